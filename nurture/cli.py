@@ -1,0 +1,259 @@
+"""The command line: ``nurture run | validate | preview | subscribe | unsubscribe | status | db``.
+
+Each command parses its arguments, calls a service and prints; exit status 1 means the work
+could not be done (bad files, bad settings, refused input), 2 a usage mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, NoReturn
+
+from nurture.config import Settings, load_settings
+from nurture.errors import ConfigError, NurtureError, SequenceError, SubscribeError
+
+__all__ = ["main"]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "sequences", None):
+        overrides["sequences_dir"] = args.sequences
+    if getattr(args, "templates", None):
+        overrides["templates_dir"] = args.templates
+    return load_settings(**overrides)
+
+
+def _fields(pairs: Sequence[str]) -> dict[str, str]:
+    fields = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SubscribeError(f"--field takes KEY=VALUE, got {pair!r}")
+        fields[key] = value
+    return fields
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per tick from APScheduler drowns what matters.
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    for noisy in ("apscheduler", "mail.log", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(quiet)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nurture import daemon
+
+    settings = _settings(args)
+    _logging(settings.log_level)
+
+    def terminate(signum: int, frame: object) -> NoReturn:
+        raise SystemExit(0)
+
+    # uvicorn re-raises SIGTERM once it has stopped serving; turning it into SystemExit lets
+    # the daemon finish its tick in flight and close its connections first.
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        asyncio.run(daemon.run(settings))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nurture.mail.render import make_environment
+    from nurture.sequences import load_catalog
+
+    settings = _settings(args)
+    catalog = load_catalog(settings.sequences_dir, env=make_environment(settings.templates_dir))
+    for seq in catalog:
+        print(f"ok  {seq.id}: {len(seq.steps)} steps ({', '.join(s.id for s in seq.steps)}) "
+              f"from {seq.source}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from nurture.mail.render import Renderer, make_environment
+    from nurture.sequences import load_catalog
+    from nurture.tokens import Signer
+
+    settings = _settings(args)
+    env = make_environment(settings.templates_dir)
+    catalog = load_catalog(settings.sequences_dir, env=env)
+    sequence = catalog.get(args.sequence)
+    if sequence is None:
+        raise SubscribeError(f"unknown sequence {args.sequence!r} "
+                             f"(known: {', '.join(sorted(catalog.sequences))})")
+    if not sequence.has_step(args.step):
+        raise SubscribeError(f"sequence {sequence.id} has no step {args.step!r} "
+                             f"(steps: {', '.join(s.id for s in sequence.steps)})")
+    step = sequence.step(args.step)
+    kind = "step"
+    if args.reminder:
+        if not 1 <= args.reminder <= len(step.reminders):
+            raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
+        kind = f"reminder{args.reminder}"
+    fields = {"first_name": "Ada", **_fields(args.field)}
+    renderer = Renderer(env, Signer("preview-only-key"), settings.public_url)
+    out = renderer.render(sequence, step.id, kind, message_id=1, email=args.email, fields=fields)
+    print(f"From: {sequence.sender}\nTo: {args.email}\nSubject: {out.subject}\n")
+    print("----- text -----")
+    print(out.text.rstrip())
+    if not args.text_only:
+        print("\n----- html -----")
+        print(out.html.rstrip())
+    print("\n----- links -----")
+    for i, (url, counts) in enumerate(out.links):
+        print(f"{i}: {url}{'   (micro-yes)' if counts else ''}")
+    return 0
+
+
+def _services(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from nurture.daemon import prepare_database
+    from nurture.services import build_services
+
+    settings = _settings(args)
+    prepare_database(settings)
+    return build_services(settings)
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from nurture.subscriptions import subscribe
+
+    services = _services(args)
+    result = subscribe(
+        services.store, services.catalog, email=args.email, sequence_id=args.sequence,
+        fields=_fields(args.field), now=services.clock.now(), confirmed=args.confirmed,
+        resubscribe=args.resubscribe,
+    )
+    if result.created:
+        print(f"enrolled {args.email} in {args.sequence} (subscriber {result.subscriber_id}, "
+              f"{result.status}); the daemon sends the first email")
+    else:
+        print(f"{args.email} is already in {args.sequence}; nothing changed")
+    return 0
+
+
+def cmd_unsubscribe(args: argparse.Namespace) -> int:
+    from nurture.subscriptions import normalize_email, unsubscribe
+
+    services = _services(args)
+    address = normalize_email(args.email)
+    with services.store.transaction() as tx:
+        sub = tx.subscriber_by_email(address)
+    if sub is None:
+        raise SubscribeError(f"no subscriber {address}")
+    changed = unsubscribe(services.store, sub.id, now=services.clock.now(), how="cli")
+    print(f"{address} unsubscribed" if changed else f"{address} was already unsubscribed")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    services = _services(args)
+    with services.store.transaction() as tx:
+        rows = tx.status_counts()
+        messages = tx.message_counts()
+    by_seq: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        label = r.status if r.status != "exited" else f"left:{r.exit_reason}"
+        by_seq[r.sequence_id][r.step_id][label] = r.count
+    sequences = list(services.catalog)
+    known = {s.id for s in sequences}
+    if not rows:
+        print("no enrollments yet")
+    for seq in sequences + [s for s in by_seq if s not in known]:  # type: ignore[operator]
+        seq_id = seq.id if hasattr(seq, "id") else seq
+        steps = [s.id for s in seq.steps] if hasattr(seq, "steps") else sorted(by_seq[seq_id])
+        counts = by_seq.get(seq_id, {})
+        total = sum(sum(v.values()) for v in counts.values())
+        print(f"\n{seq_id}: {total} enrollments")
+        print(f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}  left (why)")
+        for step_id in steps + [s for s in counts if s not in steps]:
+            c = counts.get(step_id, {})
+            left = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items())
+                             if k.startswith("left:"))
+            print(f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
+                  f"{c.get('completed', 0):>11}  {left or '-'}")
+    print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from nurture.db.session import upgrade
+
+    settings = _settings(args)
+    _logging("INFO")
+    upgrade(settings.database_url, args.revision)
+    print(f"database upgraded to {args.revision}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nurture", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--sequences", help="sequences directory (NURTURE_SEQUENCES_DIR)")
+        sp.add_argument("--templates", help="templates directory (NURTURE_TEMPLATES_DIR)")
+        sp.set_defaults(func=func)
+        return sp
+
+    add("run", "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
+        cmd_run)
+    add("validate", "check every sequence file and template; list every problem", cmd_validate)
+    sp = add("preview", "print the rendered subject, text and HTML of one step", cmd_preview)
+    sp.add_argument("sequence")
+    sp.add_argument("step")
+    sp.add_argument("--reminder", type=int, default=0, help="preview reminder N (1-based)")
+    sp.add_argument("--email", default="sample@example.com")
+    sp.add_argument("--field", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--text-only", action="store_true")
+    sp = add("subscribe", "enroll an address in a sequence", cmd_subscribe)
+    sp.add_argument("email")
+    sp.add_argument("--sequence", required=True)
+    sp.add_argument("--field", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--confirmed", action="store_true",
+                    help="the person already confirmed elsewhere: skip the confirmation step")
+    sp.add_argument("--resubscribe", action="store_true",
+                    help="subscribe again someone who unsubscribed (they must confirm again)")
+    sp = add("unsubscribe", "stop every email to an address", cmd_unsubscribe)
+    sp.add_argument("email")
+    add("status", "per sequence and step: waiting, completed, left and why", cmd_status)
+    sp = add("db", "database schema", cmd_db)
+    sp.add_argument("action", choices=["upgrade"])
+    sp.add_argument("revision", nargs="?", default="head")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SequenceError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 1
+    except NurtureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Settings: every knob of nurture, read once at start-up from ``NURTURE_*`` variables and ``.env``.
+
+The ``Settings`` object is built by the CLI (or a test) and passed down; nothing reads it as a
+module-level global.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nurture.errors import ConfigError
+
+__all__ = ["Settings", "SmtpTls", "load_settings", "ensure_secret_key"]
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "NURTURE_"
+
+
+class SmtpTls(StrEnum):
+    none = "none"
+    starttls = "starttls"
+    tls = "tls"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = "sqlite:///nurture.db"
+    sequences_dir: Path = Path("sequences")
+    templates_dir: Path = Path("templates")
+    data_dir: Path = Field(
+        default=Path("."), description="where the secret key file and the catcher's outbox live"
+    )
+
+    base_url: str | None = Field(
+        default=None, description="public base of every link; default http://HTTP_HOST:HTTP_PORT"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8025, ge=0, le=65535)
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=0, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_tls: SmtpTls = SmtpTls.none
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_connections: int = Field(default=4, ge=1, le=100)
+    catcher_port: int = Field(default=0, ge=0, le=65535)
+
+    secret_key: str | None = None
+    api_token: str | None = None
+    reply_address: str | None = Field(
+        default=None, description="per-message reply address, e.g. replies+{token}@acme.example"
+    )
+    message_id_domain: str | None = None
+
+    tick_seconds: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    retry_max_attempts: int = Field(default=12, ge=1)
+    send_lease_seconds: float = Field(default=300.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_base_url(self) -> Settings:
+        if self.base_url is None:
+            object.__setattr__(self, "base_url", f"http://{self.http_host}:{self.http_port}")
+        return self
+
+    @property
+    def public_url(self) -> str:
+        assert self.base_url is not None
+        return self.base_url
+
+    @field_validator("reply_address")
+    @classmethod
+    def _reply_address(cls, value: str | None) -> str | None:
+        if value is not None and ("{token}" not in value or "@" not in value):
+            raise ValueError("must be an address holding {token}, e.g. replies+{token}@acme.example")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+    @property
+    def uses_catcher(self) -> bool:
+        """No SMTP server configured: mail goes to the built-in catcher and /outbox exists."""
+        return not self.smtp_host
+
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / "nurture-secret.key"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; a bad value becomes one clear ConfigError line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            value = err.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+            lines.append(f"{name}: {err['msg']}{shown}")
+        raise ConfigError("; ".join(lines)) from None
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Return settings with a secret key: the configured one, else one kept in a local file."""
+    if settings.secret_key:
+        return settings
+    path = settings.secret_key_file
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(key + "\n")
+        log.warning(
+            "NURTURE_SECRET_KEY is not set: generated one and kept it in %s; "
+            "every process that signs or checks links must share it",
+            path,
+            extra={"action": "secret_key_generated", "path": str(path)},
+        )
+    return settings.model_copy(update={"secret_key": key})

@@ -1,0 +1,128 @@
+"""The daemon: one process with the web app, one APScheduler tick and (without an SMTP server)
+the built-in mail catcher. It holds no business logic: the tick asks the dispatcher to do one
+unit of work; the database says what is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import inspect
+
+from nurture.config import Settings
+from nurture.db.session import alembic_config, is_sqlite, upgrade
+from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.errors import ConfigError
+from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
+from nurture.mail.send import SmtpPool, SmtpTarget
+from nurture.services import Services, build_services
+from nurture.web.app import create_app
+
+__all__ = ["run", "prepare_database"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare_database(settings: Settings) -> None:
+    """SQLite is upgraded in place; a server database must already be at head."""
+    if is_sqlite(settings.database_url):
+        upgrade(settings.database_url)
+        return
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from nurture.db.session import make_engine
+
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            has_tables = inspect(conn).has_table("enrollments")
+    finally:
+        engine.dispose()
+    if current != head or not has_tables:
+        raise ConfigError(
+            f"the database is at revision {current or 'none'}, not {head}: run `nurture db upgrade`"
+        )
+
+
+class Daemon:
+    def __init__(self, services: Services, dispatcher: Dispatcher) -> None:
+        self.services = services
+        self.dispatcher = dispatcher
+        self._busy = asyncio.Lock()
+
+    async def tick(self) -> None:
+        if self._busy.locked():
+            return
+        async with self._busy:
+            try:
+                planned, sent = await self.dispatcher.run_once()
+            except Exception:
+                log.exception("tick failed; the next one tries again", extra={"action": "tick_failed"})
+                return
+            if planned or sent:
+                log.info("tick: %d enrollments decided, %d emails attempted", planned, sent,
+                         extra={"action": "tick", "planned": planned, "sent": sent})
+
+    async def drain(self) -> None:
+        """Wait for a tick in flight to finish (graceful shutdown)."""
+        async with self._busy:
+            pass
+
+
+async def run(settings: Settings) -> None:
+    prepare_database(settings)
+    services = build_services(settings)
+    settings = services.settings
+    catcher: SmtpServerThread | None = None
+    outbox: Outbox | None = None
+    if settings.uses_catcher:
+        catcher = SmtpServerThread(MaildirHandler(settings.outbox_dir), port=settings.catcher_port)
+        catcher.start()
+        outbox = Outbox(settings.outbox_dir)
+        target = SmtpTarget("127.0.0.1", catcher.port)
+        log.warning(
+            "no NURTURE_SMTP_HOST: emails go to the built-in catcher (SMTP 127.0.0.1:%d); "
+            "see them at %s/outbox", catcher.port, settings.public_url,
+            extra={"action": "catcher_started", "port": catcher.port},
+        )
+    else:
+        target = SmtpTarget.from_settings(settings)
+    pool = SmtpPool(target, size=settings.smtp_connections)
+    dispatcher = Dispatcher(
+        store=services.store, catalog=services.catalog, renderer=services.renderer,
+        signer=services.signer, transport=pool, clock=services.clock,
+        policy=DispatchPolicy.from_settings(settings),
+    )
+    daemon = Daemon(services, dispatcher)
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(daemon.tick, "interval", seconds=settings.tick_seconds, id="tick",
+                      max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    app = create_app(services, outbox=outbox)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_config=None,
+        access_log=False, lifespan="off", server_header=False,
+    ))
+    scheduler.start()
+    log.info(
+        "nurture is running: %d sequences, web on http://%s:%d, links to %s, tick every %ss",
+        len(services.catalog.sequences), settings.http_host, settings.http_port,
+        settings.public_url, settings.tick_seconds, extra={"action": "daemon_started"},
+    )
+    try:
+        await server.serve()
+    finally:
+        log.info("shutting down: finishing the tick in flight", extra={"action": "daemon_stopping"})
+        scheduler.shutdown(wait=False)
+        await daemon.drain()
+        await pool.close()
+        if catcher is not None:
+            catcher.stop()
+        services.store.dispose()
+        log.info("stopped", extra={"action": "daemon_stopped"})

@@ -1,0 +1,142 @@
+"""The tables. The schema itself comes only from the Alembic migrations in ``migrations/``;
+``tests/migration`` proves these models and the migrated schema agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Subscriber", "Enrollment", "Message", "Event", "Inbound"]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
+When = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))  # pending confirmed unsubscribed bounced complained
+    created_at: Mapped[datetime] = mapped_column(When)
+    confirmed_at: Mapped[datetime | None] = mapped_column(When)
+    left_at: Mapped[datetime | None] = mapped_column(When)
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "sequence_id"),
+        # The tick's claim: active rows whose due_at has come, oldest first.
+        Index("ix_enrollments_due", "due_at", postgresql_where=text("status = 'active'"),
+              sqlite_where=text("status = 'active'")),
+        Index("ix_enrollments_sequence_id_step_id", "sequence_id", "step_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    sequence_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    step_id: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(8))
+    visit: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime | None] = mapped_column(When)
+    step_sent_at: Mapped[datetime | None] = mapped_column(When)
+    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    exit_reason: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(When)
+    updated_at: Mapped[datetime] = mapped_column(When)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Record before send: one row per (enrollment, visit of a step, kind), committed before
+        # the SMTP transaction, so a crash or a second worker can never send it twice unnoticed.
+        UniqueConstraint("enrollment_id", "visit", "kind"),
+        Index("ix_messages_outgoing", "next_attempt_at",
+              postgresql_where=text("status IN ('queued', 'sending')"),
+              sqlite_where=text("status IN ('queued', 'sending')")),
+        Index("ix_messages_subscriber_id", "subscriber_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    sequence_id: Mapped[str] = mapped_column(String(64))
+    step_id: Mapped[str] = mapped_column(String(64))
+    visit: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # step, reminder1, reminder2, ...
+    status: Mapped[str] = mapped_column(String(12))  # queued sending sent failed cancelled
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(When)
+    links: Mapped[list[Any]] = mapped_column(default=list)  # [[url, counts_as_yes], ...]
+    subject: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(When)
+    sent_at: Mapped[datetime | None] = mapped_column(When)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_message_id_kind", "message_id", "kind"),
+        Index("ix_events_subscriber_id", "subscriber_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    enrollment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("enrollments.id", ondelete="CASCADE")
+    )
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # click reply unsubscribe bounce goal confirm
+    outcome: Mapped[str] = mapped_column(String(48))  # what the engine made of it
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(When)
+
+
+class Inbound(Base):
+    """Every inbound message seen, once: a provider retrying its webhook is not a second reply."""
+
+    __tablename__ = "inbound"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the raw bytes
+    header_message_id: Mapped[str | None] = mapped_column(String(998))
+    sender: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))  # matched unmatched malformed
+    matched_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL")
+    )
+    note: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(When)

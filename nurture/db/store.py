@@ -1,0 +1,488 @@
+"""Every query nurture makes, grouped in units of work.
+
+``Store.transaction()`` yields a ``Tx``: its methods read and write inside one database
+transaction and hand back frozen rows (never ORM objects). Claims use ``FOR UPDATE SKIP LOCKED``
+on PostgreSQL, so several workers can share the work; on SQLite every transaction takes the
+write lock up front (``BEGIN IMMEDIATE``), which serializes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture.clock import utc
+from nurture.db.models import Enrollment, Event, Inbound, Message, Subscriber
+from nurture.engine import (
+    ConfirmSubscriber,
+    Decision,
+    EnrollmentState,
+    ExitReason,
+    Phase,
+    SendEmail,
+    Status,
+    release,
+    stop,
+)
+
+__all__ = [
+    "Store",
+    "Tx",
+    "SubscriberRow",
+    "EnrollmentRow",
+    "MessageRow",
+    "OutgoingRow",
+    "StatusRow",
+]
+
+SENDABLE = ("pending", "confirmed")
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    id: int
+    email: str
+    fields: dict[str, Any]
+    status: str
+
+    @property
+    def confirmed(self) -> bool:
+        return self.status == "confirmed"
+
+
+@dataclass(frozen=True)
+class EnrollmentRow:
+    id: int
+    subscriber_id: int
+    sequence_id: str
+    state: EnrollmentState
+    subscriber_status: str
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    enrollment_id: int
+    subscriber_id: int
+    sequence_id: str
+    step_id: str
+    visit: int
+    kind: str
+    status: str
+    links: tuple[tuple[str, bool], ...]
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OutgoingRow:
+    """A message claimed for sending, with what rendering needs."""
+
+    id: int
+    sequence_id: str
+    step_id: str
+    kind: str
+    attempts: int
+    email: str
+    fields: dict[str, Any]
+    resumed: bool  # a previous worker claimed it and vanished mid-send
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    sequence_id: str
+    step_id: str
+    status: str
+    exit_reason: str | None
+    count: int
+
+
+def _state(row: Enrollment) -> EnrollmentState:
+    return EnrollmentState(
+        status=Status(row.status),
+        step_id=row.step_id,
+        phase=Phase(row.phase),
+        visit=row.visit,
+        due_at=utc(row.due_at) if row.due_at else None,
+        step_sent_at=utc(row.step_sent_at) if row.step_sent_at else None,
+        reminders_sent=row.reminders_sent,
+        exit_reason=ExitReason(row.exit_reason) if row.exit_reason else None,
+    )
+
+
+def _write_state(row: Enrollment, state: EnrollmentState, now: datetime) -> None:
+    row.status = state.status.value
+    row.step_id = state.step_id
+    row.phase = state.phase.value
+    row.visit = state.visit
+    row.due_at = state.due_at
+    row.step_sent_at = state.step_sent_at
+    row.reminders_sent = state.reminders_sent
+    row.exit_reason = state.exit_reason.value if state.exit_reason else None
+    row.updated_at = now
+
+
+def _message_row(m: Message) -> MessageRow:
+    return MessageRow(
+        id=m.id,
+        enrollment_id=m.enrollment_id,
+        subscriber_id=m.subscriber_id,
+        sequence_id=m.sequence_id,
+        step_id=m.step_id,
+        visit=m.visit,
+        kind=m.kind,
+        status=m.status,
+        links=tuple((str(u), bool(c)) for u, c in m.links),
+        sent_at=utc(m.sent_at) if m.sent_at else None,
+    )
+
+
+def _subscriber_row(s: Subscriber) -> SubscriberRow:
+    return SubscriberRow(s.id, s.email, dict(s.fields or {}), s.status)
+
+
+class Tx:
+    """The queries of one transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    # -- subscribers -----------------------------------------------------------------------
+
+    def subscriber_by_email(self, email: str, *, lock: bool = False) -> SubscriberRow | None:
+        q = select(Subscriber).where(Subscriber.email == email)
+        if lock:
+            q = q.with_for_update()
+        row = self.s.scalars(q).first()
+        return _subscriber_row(row) if row else None
+
+    def subscriber(self, subscriber_id: int) -> SubscriberRow:
+        return _subscriber_row(self.s.get_one(Subscriber, subscriber_id))
+
+    def create_subscriber(
+        self, email: str, fields: dict[str, Any], *, status: str, now: datetime
+    ) -> SubscriberRow:
+        row = Subscriber(
+            email=email,
+            fields=fields,
+            status=status,
+            created_at=now,
+            confirmed_at=now if status == "confirmed" else None,
+        )
+        self.s.add(row)
+        self.s.flush()
+        return _subscriber_row(row)
+
+    def update_subscriber(
+        self, subscriber_id: int, *, fields: dict[str, Any] | None = None, status: str | None = None,
+        now: datetime,
+    ) -> None:
+        row = self.s.get_one(Subscriber, subscriber_id, with_for_update=True)
+        if fields:
+            row.fields = {**(row.fields or {}), **fields}
+        if status is not None and status != row.status:
+            row.status = status
+            if status == "confirmed":
+                row.confirmed_at = now
+            elif status not in SENDABLE:
+                row.left_at = now
+
+    # -- enrollments -----------------------------------------------------------------------
+
+    def enrollment_of(self, subscriber_id: int, sequence_id: str) -> EnrollmentRow | None:
+        row = self.s.scalars(
+            select(Enrollment).where(
+                Enrollment.subscriber_id == subscriber_id, Enrollment.sequence_id == sequence_id
+            )
+        ).first()
+        return self._enrollment_row(row) if row else None
+
+    def _enrollment_row(self, row: Enrollment, subscriber_status: str | None = None) -> EnrollmentRow:
+        if subscriber_status is None:
+            subscriber_status = self.s.get_one(Subscriber, row.subscriber_id).status
+        return EnrollmentRow(row.id, row.subscriber_id, row.sequence_id, _state(row),
+                             subscriber_status)
+
+    def create_enrollment(
+        self, subscriber_id: int, sequence_id: str, state: EnrollmentState, *, now: datetime
+    ) -> int | None:
+        """Insert an enrollment; None if the subscriber is already in that sequence."""
+        row = Enrollment(subscriber_id=subscriber_id, sequence_id=sequence_id, created_at=now)
+        _write_state(row, state, now)
+        try:
+            with self.s.begin_nested():
+                self.s.add(row)
+                self.s.flush()
+        except IntegrityError:
+            return None
+        return row.id
+
+    def enrollment_for_update(self, enrollment_id: int) -> EnrollmentRow:
+        row = self.s.get_one(Enrollment, enrollment_id, with_for_update=True)
+        return self._enrollment_row(row)
+
+    def enrollments_of_subscriber(self, subscriber_id: int) -> list[EnrollmentRow]:
+        rows = self.s.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == subscriber_id).with_for_update()
+        ).all()
+        return [self._enrollment_row(r) for r in rows]
+
+    def claim_due(self, now: datetime, limit: int) -> list[EnrollmentRow]:
+        """Active enrollments whose due_at has come; locked, so no other worker takes them."""
+        q = (
+            select(Enrollment, Subscriber.status)
+            .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+            .where(Enrollment.status == "active", Enrollment.due_at <= now)
+            .order_by(Enrollment.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Enrollment)
+        )
+        return [self._enrollment_row(e, status) for e, status in self.s.execute(q).all()]
+
+    def apply(self, enrollment_id: int, decision: Decision, *, now: datetime) -> list[int]:
+        """Store a decision: the new state, a message row per email to send (record before
+        send), and a confirmation. Returns the ids of the messages it queued."""
+        row = self.s.get_one(Enrollment, enrollment_id)
+        _write_state(row, decision.state, now)
+        queued = []
+        for action in decision.actions:
+            if isinstance(action, SendEmail):
+                message = Message(
+                    enrollment_id=row.id,
+                    subscriber_id=row.subscriber_id,
+                    sequence_id=row.sequence_id,
+                    step_id=action.step_id,
+                    visit=action.visit,
+                    kind=action.kind,
+                    status="queued",
+                    attempts=0,
+                    next_attempt_at=now,
+                    links=[],
+                    created_at=now,
+                )
+                self.s.add(message)
+                queued.append(message)
+            elif isinstance(action, ConfirmSubscriber):
+                self.confirm_subscriber(row.subscriber_id, now=now)
+        self.s.flush()
+        return [m.id for m in queued]
+
+    def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> None:
+        """Double opt-in done: mark confirmed and let held enrollments send."""
+        sub = self.s.get_one(Subscriber, subscriber_id)
+        if sub.status != "pending":
+            return
+        sub.status = "confirmed"
+        sub.confirmed_at = now
+        held = self.s.scalars(
+            select(Enrollment).where(
+                Enrollment.subscriber_id == subscriber_id, Enrollment.status == "held"
+            )
+        ).all()
+        for e in held:
+            _write_state(e, release(_state(e), now=now), now)
+
+    def stop_subscriber(
+        self, subscriber_id: int, *, status: str, reason: ExitReason, now: datetime
+    ) -> int:
+        """Unsubscribe/bounce/complaint: every enrollment stops at once, queued mail is
+        cancelled. Returns how many enrollments were stopped."""
+        self.update_subscriber(subscriber_id, status=status, now=now)
+        stopped = 0
+        for e in self.s.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == subscriber_id).with_for_update()
+        ).all():
+            state = _state(e)
+            new = stop(state, reason)
+            if new != state:
+                _write_state(e, new, now)
+                stopped += 1
+        self.s.execute(
+            update(Message)
+            .where(Message.subscriber_id == subscriber_id, Message.status == "queued")
+            .values(status="cancelled", last_error=f"subscriber {status}")
+        )
+        return stopped
+
+    def stop_enrollment(self, enrollment_id: int, reason: ExitReason, *, now: datetime) -> bool:
+        row = self.s.get_one(Enrollment, enrollment_id, with_for_update=True)
+        state = _state(row)
+        new = stop(state, reason)
+        if new == state:
+            return False
+        _write_state(row, new, now)
+        self.s.execute(
+            update(Message)
+            .where(Message.enrollment_id == enrollment_id, Message.status == "queued")
+            .values(status="cancelled", last_error=f"enrollment {reason.value}")
+        )
+        return True
+
+    # -- messages --------------------------------------------------------------------------
+
+    def message(self, message_id: int) -> MessageRow | None:
+        m = self.s.get(Message, message_id)
+        return _message_row(m) if m else None
+
+    def claim_outgoing(self, now: datetime, limit: int, lease: timedelta) -> list[OutgoingRow]:
+        """Queued messages that are due, and messages whose sender vanished mid-send (lease
+        expired). Claimed rows become 'sending' until ``now + lease``; rows whose subscriber
+        can no longer be mailed are cancelled here, at the last moment before sending."""
+        q = (
+            select(Message, Subscriber.email, Subscriber.fields, Subscriber.status)
+            .join(Subscriber, Subscriber.id == Message.subscriber_id)
+            .where(
+                Message.status.in_(("queued", "sending")),
+                Message.next_attempt_at <= now,
+            )
+            .order_by(Message.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=Message)
+        )
+        out = []
+        until = now + lease
+        for m, email, fields, sub_status in self.s.execute(q).all():
+            if sub_status not in SENDABLE:
+                m.status = "cancelled"
+                m.last_error = f"subscriber {sub_status}"
+                continue
+            resumed = m.status == "sending"
+            m.status = "sending"
+            m.next_attempt_at = until
+            m.attempts += 1
+            out.append(
+                OutgoingRow(m.id, m.sequence_id, m.step_id, m.kind, m.attempts, email,
+                            dict(fields or {}), resumed)
+            )
+        return out
+
+    def set_rendered(self, rendered: Sequence[tuple[int, str, list[Any]]]) -> None:
+        """Keep each message's subject and links (the only URLs /c/ will ever redirect to)."""
+        for message_id, subject, links in rendered:
+            self.s.execute(
+                update(Message).where(Message.id == message_id).values(subject=subject, links=links)
+            )
+
+    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
+        if message_ids:
+            self.s.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids))
+                .values(status="sent", sent_at=now, next_attempt_at=None, last_error=None)
+            )
+
+    def mark_retry(self, message_id: int, *, at: datetime, error: str) -> None:
+        self.s.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(status="queued", next_attempt_at=at, last_error=error[:2000])
+        )
+
+    def mark_failed(self, message_id: int, *, error: str) -> MessageRow:
+        m = self.s.get_one(Message, message_id)
+        m.status = "failed"
+        m.next_attempt_at = None
+        m.last_error = error[:2000]
+        return _message_row(m)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        *,
+        subscriber_id: int,
+        kind: str,
+        outcome: str,
+        now: datetime,
+        enrollment_id: int | None = None,
+        message_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.s.add(
+            Event(
+                subscriber_id=subscriber_id,
+                enrollment_id=enrollment_id,
+                message_id=message_id,
+                kind=kind,
+                outcome=outcome[:48],
+                detail=detail or {},
+                created_at=now,
+            )
+        )
+
+    def record_inbound(
+        self, *, digest: str, header_message_id: str | None, sender: str | None, now: datetime
+    ) -> int | None:
+        """Remember an inbound message; None if the same bytes were seen before."""
+        row = Inbound(digest=digest, header_message_id=header_message_id, sender=sender,
+                      status="received", received_at=now)
+        try:
+            with self.s.begin_nested():
+                self.s.add(row)
+                self.s.flush()
+        except IntegrityError:
+            return None
+        return row.id
+
+    def finish_inbound(self, inbound_id: int, *, status: str, matched: int | None, note: str) -> None:
+        self.s.execute(
+            update(Inbound)
+            .where(Inbound.id == inbound_id)
+            .values(status=status, matched_message_id=matched, note=note[:2000])
+        )
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def status_counts(self) -> list[StatusRow]:
+        q = (
+            select(Enrollment.sequence_id, Enrollment.step_id, Enrollment.status,
+                   Enrollment.exit_reason, func.count())
+            .group_by(Enrollment.sequence_id, Enrollment.step_id, Enrollment.status,
+                      Enrollment.exit_reason)
+        )
+        return [StatusRow(*r) for r in self.s.execute(q).all()]
+
+    def message_counts(self) -> dict[str, int]:
+        q = select(Message.status, func.count()).group_by(Message.status)
+        return {status: n for status, n in self.s.execute(q).all()}
+
+    def next_due(self) -> datetime | None:
+        value = self.s.scalar(
+            select(func.min(Enrollment.due_at)).where(Enrollment.status == "active")
+        )
+        return utc(value) if value else None
+
+    def pending_work(self, now: datetime) -> bool:
+        """Is anything due now (an enrollment or an outgoing message)?"""
+        due = self.s.scalar(
+            select(Enrollment.id).where(Enrollment.status == "active", Enrollment.due_at <= now)
+            .limit(1)
+        )
+        if due is not None:
+            return True
+        return self.s.scalar(
+            select(Message.id).where(
+                or_(Message.status == "queued", Message.status == "sending"),
+                and_(Message.next_attempt_at.is_not(None), Message.next_attempt_at <= now),
+            ).limit(1)
+        ) is not None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._sessions() as session, session.begin():
+            yield Tx(session)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

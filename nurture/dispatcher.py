@@ -1,0 +1,265 @@
+"""The dispatcher: one unit of work at a time.
+
+``plan`` claims due enrollments, asks the engine what to do and records the messages to send
+(one committed row each, before any SMTP traffic). ``deliver`` claims queued messages, renders
+them, sends them over a few SMTP connections at once and records each outcome: sent, retry
+later (4xx, network), or failed for good (5xx; a refused recipient marks the subscriber bounced).
+One failing recipient never stops or repeats the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import jinja2
+
+from nurture import engine
+from nurture.clock import Clock
+from nurture.config import Settings
+from nurture.db.store import OutgoingRow, Store, Tx
+from nurture.engine import ExitReason
+from nurture.errors import PermanentSendError, SendError, TemporarySendError
+from nurture.mail.compose import address_of, compose
+from nurture.mail.render import Renderer
+from nurture.mail.send import Bounce
+from nurture.sequences import Catalog
+from nurture.tokens import Signer, TokenKind
+
+__all__ = ["Transport", "Dispatcher", "DispatchPolicy", "Outgoing", "backoff"]
+
+log = logging.getLogger(__name__)
+
+ORPHAN_RETRY = timedelta(hours=1)
+
+
+class Transport(Protocol):
+    async def send(self, sender: str, recipient: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    batch_size: int = 200
+    lease: timedelta = timedelta(minutes=5)
+    retry_base: timedelta = timedelta(seconds=30)
+    retry_max: timedelta = timedelta(hours=1)
+    max_attempts: int = 12
+    reply_address: str | None = None
+    message_id_domain: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchPolicy:
+        return cls(
+            batch_size=settings.batch_size,
+            lease=timedelta(seconds=settings.send_lease_seconds),
+            retry_base=timedelta(seconds=settings.retry_base_seconds),
+            retry_max=timedelta(seconds=settings.retry_max_seconds),
+            max_attempts=settings.retry_max_attempts,
+            reply_address=settings.reply_address,
+            message_id_domain=settings.message_id_domain,
+        )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: int
+    enrollment_step: str
+    sender: str
+    recipient: str
+    data: bytes
+    attempts: int
+
+
+def backoff(attempts: int, policy: DispatchPolicy, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: somewhere in [d/2, d], d = base * 2^(attempts-1)."""
+    ceiling = min(policy.retry_max.total_seconds(),
+                  policy.retry_base.total_seconds() * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        renderer: Renderer,
+        signer: Signer,
+        transport: Transport,
+        clock: Clock,
+        policy: DispatchPolicy,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.renderer = renderer
+        self.signer = signer
+        self.transport = transport
+        self.clock = clock
+        self.policy = policy
+        self.rng = rng or random.Random()
+
+    # -- planning ------------------------------------------------------------------------
+
+    def plan(self, now: datetime) -> int:
+        """Decide for up to one batch of due enrollments; returns how many were claimed."""
+        with self.store.transaction() as tx:
+            rows = tx.claim_due(now, self.policy.batch_size)
+            for row in rows:
+                sequence = self.catalog.get(row.sequence_id)
+                if sequence is None or not sequence.has_step(row.state.step_id):
+                    log.error(
+                        "enrollment %s is in %s/%s, which the loaded sequences do not have; "
+                        "retrying in an hour",
+                        row.id, row.sequence_id, row.state.step_id,
+                        extra={"action": "enrollment_orphaned", "enrollment_id": row.id},
+                    )
+                    later = engine.Decision(replace(row.state, due_at=now + ORPHAN_RETRY))
+                    tx.apply(row.id, later, now=now)
+                    continue
+                decision = engine.on_due(
+                    row.state, sequence, now=now, confirmed=row.subscriber_status == "confirmed"
+                )
+                tx.apply(row.id, decision, now=now)
+                if decision.outcome != "unchanged":
+                    log.debug("enrollment %s: %s", row.id, decision.outcome,
+                              extra={"action": "enrollment_" + decision.outcome.split(":")[0],
+                                     "enrollment_id": row.id})
+        return len(rows)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def _prepare(self, tx: Tx, row: OutgoingRow, now: datetime) -> tuple[Outgoing, str, list[list[object]]] | None:
+        sequence = self.catalog.get(row.sequence_id)
+        try:
+            if sequence is None:
+                raise KeyError(f"sequence {row.sequence_id!r} is not loaded")
+            rendered = self.renderer.render(
+                sequence, row.step_id, row.kind, message_id=row.id, email=row.email,
+                fields=row.fields,
+            )
+        except (jinja2.TemplateError, KeyError, IndexError, ValueError) as exc:
+            error = f"cannot render: {type(exc).__name__}: {exc}"
+            log.error("message %s: %s", row.id, error,
+                      extra={"action": "render_failed", "message_id": row.id})
+            self._fail(tx, row.id, error, now=now, bounce=False)
+            return None
+        sender = sequence.sender
+        envelope_from = address_of(sender)
+        domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2] or "nurture.local"
+        reply_to = None
+        if self.policy.reply_address:
+            reply_to = self.policy.reply_address.format(
+                token=self.signer.make(TokenKind.reply, row.id)
+            )
+        data = compose(
+            sender=sender,
+            to=row.email,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=self.signer.message_id(row.id, domain),
+            date=now,
+            unsubscribe_url=self.renderer.unsubscribe_url(row.id),
+            reply_to=reply_to,
+        )
+        out = Outgoing(row.id, row.step_id, envelope_from, row.email, data, row.attempts)
+        return out, rendered.subject, [list(link) for link in rendered.links]
+
+    def _claim(self) -> list[Outgoing]:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            rows = tx.claim_outgoing(now, self.policy.batch_size, self.policy.lease)
+            ready: list[Outgoing] = []
+            rendered = []
+            for row in rows:
+                if row.resumed:
+                    log.warning(
+                        "message %s was being sent when its worker stopped; sending it again "
+                        "with the same Message-ID", row.id,
+                        extra={"action": "send_resumed", "message_id": row.id},
+                    )
+                prepared = self._prepare(tx, row, now)
+                if prepared is not None:
+                    out, subject, links = prepared
+                    ready.append(out)
+                    rendered.append((out.id, subject, links))
+            tx.set_rendered(rendered)
+        return ready
+
+    async def _send(self, out: Outgoing) -> SendError | None:
+        try:
+            await self.transport.send(out.sender, out.recipient, out.data)
+        except SendError as exc:
+            return exc
+        except Exception as exc:  # a transport bug must not lose the batch's other outcomes
+            log.exception("unexpected error sending message %s", out.id)
+            return TemporarySendError(f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _record(self, results: list[tuple[Outgoing, SendError | None]]) -> None:
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            tx.mark_sent([o.id for o, err in results if err is None], now=now)
+            for out, err in results:
+                if err is None:
+                    continue
+                if isinstance(err, PermanentSendError):
+                    log.warning("message %s to %s refused for good: %s", out.id, out.recipient, err,
+                                extra={"action": "send_failed", "message_id": out.id})
+                    self._fail(tx, out.id, str(err), now=now, bounce=isinstance(err, Bounce))
+                elif err.code is not None and out.attempts >= self.policy.max_attempts:
+                    # Only a recipient's 4xx runs out of attempts; an unreachable server is
+                    # retried until it comes back, so a dead SMTP server loses nothing.
+                    log.error("message %s: giving up after %d attempts: %s", out.id, out.attempts,
+                              err, extra={"action": "send_gave_up", "message_id": out.id})
+                    self._fail(tx, out.id, f"gave up after {out.attempts} attempts: {err}",
+                               now=now, bounce=False)
+                else:
+                    delay = backoff(out.attempts, self.policy, self.rng)
+                    log.info("message %s: temporary failure (%s); retry in %.0fs", out.id, err,
+                             delay.total_seconds(),
+                             extra={"action": "send_retry", "message_id": out.id})
+                    tx.mark_retry(out.id, at=now + delay, error=str(err))
+
+    def _fail(self, tx: Tx, message_id: int, error: str, *, now: datetime, bounce: bool) -> None:
+        message = tx.mark_failed(message_id, error=error)
+        if bounce:
+            tx.stop_subscriber(message.subscriber_id, status="bounced", reason=ExitReason.bounced,
+                               now=now)
+        else:
+            tx.stop_enrollment(message.enrollment_id, ExitReason.failed, now=now)
+        tx.add_event(
+            subscriber_id=message.subscriber_id,
+            enrollment_id=message.enrollment_id,
+            message_id=message_id,
+            kind="bounce" if bounce else "failed",
+            outcome="bounced" if bounce else "failed",
+            detail={"error": error[:500]},
+            now=now,
+        )
+
+    async def deliver(self) -> int:
+        """Claim, render, send and record up to one batch; returns how many were attempted."""
+        ready = await asyncio.to_thread(self._claim)
+        if not ready:
+            return 0
+        errors = await asyncio.gather(*(self._send(o) for o in ready))
+        await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
+        return len(ready)
+
+    async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
+        """Plan and deliver until nothing is due (or ``max_batches`` each); one tick's work."""
+        planned = sent = 0
+        for _ in range(max_batches):
+            n = await asyncio.to_thread(self.plan, self.clock.now())
+            m = await self.deliver()
+            planned += n
+            sent += m
+            if n < self.policy.batch_size and m < self.policy.batch_size:
+                break
+        return planned, sent

@@ -1,0 +1,231 @@
+"""The engine: pure decisions about one enrollment.
+
+Given an enrollment's state, its sequence and either ``now`` (something fell due) or an event
+(a micro-yes candidate), the engine says what the new state is and what to do (send which
+email, confirm the subscriber). It does no I/O and never reads the clock: ``now`` is always an
+argument, so a test can run a month of a sequence in a millisecond.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+from nurture.sequences import Sequence, Step
+
+__all__ = [
+    "Status",
+    "Phase",
+    "ExitReason",
+    "EnrollmentState",
+    "SendEmail",
+    "ConfirmSubscriber",
+    "Decision",
+    "Yes",
+    "start",
+    "on_due",
+    "on_yes",
+    "release",
+    "stop",
+]
+
+
+class Status(StrEnum):
+    active = "active"  # moving: an email is due or a micro-yes is awaited
+    held = "held"  # waits for the subscriber to confirm (double opt-in) before anything is sent
+    completed = "completed"  # said yes to the last step
+    exited = "exited"  # left before the end; see ExitReason
+
+
+class Phase(StrEnum):
+    send = "send"  # the current step's email goes out at due_at
+    wait = "wait"  # the email went out; waiting for the micro-yes (due_at: next reminder/timeout)
+
+
+class ExitReason(StrEnum):
+    timeout = "timeout"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    complained = "complained"
+    converted = "converted"
+    failed = "failed"  # sending kept failing until the retries ran out
+
+
+@dataclass(frozen=True)
+class EnrollmentState:
+    status: Status
+    step_id: str
+    phase: Phase
+    visit: int  # +1 each time the enrollment enters a step; part of every message's unique key
+    due_at: datetime | None
+    step_sent_at: datetime | None = None
+    reminders_sent: int = 0
+    exit_reason: ExitReason | None = None
+
+
+@dataclass(frozen=True)
+class SendEmail:
+    step_id: str
+    visit: int
+    kind: str  # "step" or "reminder1", "reminder2", ...
+    reminder: int | None = None  # index into step.reminders
+
+
+@dataclass(frozen=True)
+class ConfirmSubscriber:
+    pass
+
+
+Action = SendEmail | ConfirmSubscriber
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: EnrollmentState
+    actions: tuple[Action, ...] = ()
+    outcome: str = "unchanged"  # a word for logs and event records: sent, advanced, ignored:...
+
+
+@dataclass(frozen=True)
+class Yes:
+    """A micro-yes candidate: a click or a reply on the email of (step_id, visit)."""
+
+    kind: str  # "click" or "reply"
+    step_id: str
+    visit: int
+
+
+def _enter(
+    sequence: Sequence, step: Step, *, visit: int, now: datetime, confirmed: bool
+) -> EnrollmentState:
+    """The state of an enrollment that has just moved to ``step`` (its email not sent yet)."""
+    if step.confirms and confirmed:
+        following = sequence.next_step(step.id)
+        if following is None:
+            return EnrollmentState(Status.completed, step.id, Phase.wait, visit, None)
+        step = following
+    return EnrollmentState(
+        status=Status.active,
+        step_id=step.id,
+        phase=Phase.send,
+        visit=visit,
+        due_at=now + step.delay,
+    )
+
+
+def start(sequence: Sequence, *, now: datetime, confirmed: bool) -> EnrollmentState:
+    """A new enrollment. A subscriber who already confirmed skips the confirmation step."""
+    return _enter(sequence, sequence.steps[0], visit=1, now=now, confirmed=confirmed)
+
+
+def _wait_due(step: Step, sent_at: datetime, reminders_sent: int) -> datetime:
+    if reminders_sent < len(step.reminders):
+        return sent_at + step.reminders[reminders_sent].after
+    return sent_at + step.wait
+
+
+def on_due(
+    state: EnrollmentState, sequence: Sequence, *, now: datetime, confirmed: bool
+) -> Decision:
+    """Something fell due for this enrollment: send its email, a reminder, or time out."""
+    if state.status is not Status.active or state.due_at is None or state.due_at > now:
+        return Decision(state)
+    step = sequence.step(state.step_id)
+
+    if state.phase is Phase.send:
+        if step.confirms and confirmed:
+            return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="skipped")
+        if not confirmed and not step.confirms:
+            held = replace(state, status=Status.held, due_at=None)
+            return Decision(held, outcome="held:unconfirmed")
+        sent = replace(
+            state,
+            phase=Phase.wait,
+            step_sent_at=now,
+            reminders_sent=0,
+            due_at=_wait_due(step, now, 0),
+        )
+        return Decision(sent, (SendEmail(step.id, state.visit, "step"),), outcome="sent")
+
+    assert state.step_sent_at is not None
+    elapsed = now - state.step_sent_at
+    if elapsed >= step.wait:
+        return _timeout(state, sequence, step, now=now, confirmed=confirmed)
+    # After downtime several reminders may be overdue: send only the latest one.
+    latest = None
+    for i in range(state.reminders_sent, len(step.reminders)):
+        if step.reminders[i].after <= elapsed:
+            latest = i
+    if latest is None:
+        due = replace(state, due_at=_wait_due(step, state.step_sent_at, state.reminders_sent))
+        return Decision(due)
+    after = replace(
+        state,
+        reminders_sent=latest + 1,
+        due_at=_wait_due(step, state.step_sent_at, latest + 1),
+    )
+    action = SendEmail(step.id, state.visit, f"reminder{latest + 1}", reminder=latest)
+    return Decision(after, (action,), outcome="reminded")
+
+
+def _timeout(
+    state: EnrollmentState, sequence: Sequence, step: Step, *, now: datetime, confirmed: bool
+) -> Decision:
+    rule = step.on_timeout
+    if rule.action == "exit":
+        left = replace(state, status=Status.exited, due_at=None, exit_reason=ExitReason.timeout)
+        return Decision(left, outcome="timeout:exit")
+    if rule.action == "goto":
+        assert rule.target is not None
+        target = sequence.step(rule.target)
+        moved = _enter(sequence, target, visit=state.visit + 1, now=now, confirmed=confirmed)
+        return Decision(moved, outcome=f"timeout:goto:{target.id}")
+    return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="timeout:next")
+
+
+def _move(
+    state: EnrollmentState,
+    sequence: Sequence,
+    step: Step,
+    *,
+    now: datetime,
+    confirmed: bool,
+    outcome: str,
+) -> Decision:
+    following = sequence.next_step(step.id)
+    if following is None:
+        done = replace(state, status=Status.completed, due_at=None)
+        return Decision(done, outcome="completed")
+    moved = _enter(sequence, following, visit=state.visit + 1, now=now, confirmed=confirmed)
+    return Decision(moved, outcome=outcome if moved.status is Status.active else "completed")
+
+
+def on_yes(
+    state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datetime
+) -> Decision:
+    """A click or reply arrived. It advances only if it answers the current ask."""
+    if state.status is not Status.active:
+        return Decision(state, outcome=f"ignored:{state.status.value}")
+    if event.step_id != state.step_id or event.visit != state.visit or state.phase is not Phase.wait:
+        return Decision(state, outcome="ignored:not_current_step")
+    step = sequence.step(state.step_id)
+    if not step.advance_on.accepts(event.kind):
+        return Decision(state, outcome=f"ignored:step_wants_{step.advance_on.value}")
+    actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
+    moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced")
+    return Decision(moved.state, actions, moved.outcome)
+
+
+def release(state: EnrollmentState, *, now: datetime) -> EnrollmentState:
+    """The subscriber confirmed: a held enrollment sends its step now."""
+    if state.status is not Status.held:
+        return state
+    return replace(state, status=Status.active, due_at=now)
+
+
+def stop(state: EnrollmentState, reason: ExitReason) -> EnrollmentState:
+    """Leave for good (unsubscribe, bounce, goal reached). A finished enrollment stays finished."""
+    if state.status in (Status.completed, Status.exited):
+        return state
+    return replace(state, status=Status.exited, due_at=None, exit_reason=reason)

@@ -1,0 +1,74 @@
+"""The error hierarchy: everything nurture raises on purpose derives from ``NurtureError``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "NurtureError",
+    "ConfigError",
+    "SequenceError",
+    "Problem",
+    "SendError",
+    "TemporarySendError",
+    "PermanentSendError",
+    "TokenError",
+    "SubscribeError",
+]
+
+
+class NurtureError(Exception):
+    """Base of every error nurture raises on purpose."""
+
+
+class ConfigError(NurtureError):
+    """A setting has a bad value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a marketer's file, with where it is."""
+
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class SequenceError(NurtureError):
+    """One or more problems in sequence files or templates."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class SendError(NurtureError):
+    """Sending failed; the dispatcher only asks whether it is temporary or permanent."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class TemporarySendError(SendError):
+    """Try again later (4xx, connection refused, timeout)."""
+
+
+class PermanentSendError(SendError):
+    """The recipient will never accept this (5xx for the recipient)."""
+
+
+class TokenError(NurtureError):
+    """A token is forged, truncated or of the wrong kind."""
+
+
+class SubscribeError(NurtureError):
+    """A subscribe request was refused; the message is for the person who made it."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)

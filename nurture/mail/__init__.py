@@ -1,0 +1,1 @@
+"""Mail: rendering templates, composing MIME, sending over SMTP, reading inbound mail."""

@@ -1,0 +1,212 @@
+"""Rendering: Jinja2 templates -> subject, text and HTML, with every link tracked.
+
+Templates run in a sandbox with ``StrictUndefined``; their context holds the subscriber's
+fields and a few URLs, never settings or secrets. Every http(s) link is rewritten to a signed
+``/c/{token}`` link whose target is stored with the message; links marked ``data-micro-yes``
+are the ask (when a template marks none, every tracked link counts).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from nurture.sequences import Sequence
+from nurture.tokens import Signer, TokenKind
+
+__all__ = ["make_environment", "Rendered", "Renderer", "html_to_text"]
+
+
+def make_environment(templates_dir: Path) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(["html", "htm"], default_for_string=False),
+        auto_reload=False,
+        cache_size=1000,
+        keep_trailing_newline=True,
+    )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+    links: list[tuple[str, bool]]  # index = link number in the click token; (url, counts_as_yes)
+
+
+_A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
+_HREF = re.compile(r"""(\shref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+_YES_ATTR = re.compile(r"""\sdata-micro-yes(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>]+))?""", re.IGNORECASE)
+_NO_TRACK = re.compile(r"\sdata-no-track\b", re.IGNORECASE)
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'\)\]]+""")
+
+
+class _Links:
+    """Collects the links of one message and hands out their tracked URLs."""
+
+    def __init__(self, tracked_url: Any) -> None:
+        self._tracked_url = tracked_url
+        self.items: list[list[Any]] = []  # [url, counts]
+        self._index: dict[str, int] = {}
+
+    def track(self, url: str, marked: bool) -> str:
+        i = self._index.get(url)
+        if i is None:
+            i = len(self.items)
+            self._index[url] = i
+            self.items.append([url, marked])
+        elif marked:
+            self.items[i][1] = True
+        return str(self._tracked_url(i))
+
+
+class Renderer:
+    def __init__(self, env: SandboxedEnvironment, signer: Signer, base_url: str) -> None:
+        self.env = env
+        self.signer = signer
+        self.base_url = base_url.rstrip("/")
+        self._subjects = lru_cache(maxsize=1024)(env.from_string)
+
+    def _text_twin(self, name: str) -> jinja2.Template | None:
+        twin = name.rsplit(".", 1)[0] + ".txt"
+        try:
+            return self.env.get_template(twin)
+        except jinja2.TemplateNotFound:
+            return None
+
+    def render(
+        self,
+        sequence: Sequence,
+        step_id: str,
+        kind: str,
+        *,
+        message_id: int,
+        email: str,
+        fields: dict[str, Any],
+    ) -> Rendered:
+        step = sequence.step(step_id)
+        if kind == "step":
+            subject_src, template_name = step.subject, step.template
+        else:
+            reminder = step.reminders[int(kind.removeprefix("reminder")) - 1]
+            subject_src, template_name = reminder.subject, reminder.template
+        unsubscribe_url = self.unsubscribe_url(message_id)
+        context = {
+            "subscriber": {**fields, "email": email},
+            "unsubscribe_url": unsubscribe_url,
+            "base_url": self.base_url,
+            "sequence": {"id": sequence.id, "name": sequence.name},
+            "step": {"id": step.id},
+        }
+        subject = " ".join(self._subjects(subject_src).render(context).split())
+        html_body = self.env.get_template(template_name).render(context)
+        twin = self._text_twin(template_name)
+        text_body = twin.render(context) if twin is not None else None
+
+        base = f"{self.base_url}/c/"
+        signer = self.signer
+        links = _Links(lambda i: base + signer.make(TokenKind.click, message_id, i))
+        html_body, marked_any = _rewrite_html(html_body, links, skip=unsubscribe_url)
+        if not marked_any:
+            for item in links.items:
+                item[1] = True
+        if text_body is None:
+            text_body = html_to_text(html_body)
+        else:
+            text_body = _rewrite_text(text_body, links, skip=unsubscribe_url, counts=not marked_any)
+        return Rendered(subject, text_body, html_body, [(u, bool(c)) for u, c in links.items])
+
+    def unsubscribe_url(self, message_id: int) -> str:
+        return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"
+
+
+def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
+    marked_any = False
+
+    def tag(match: re.Match[str]) -> str:
+        nonlocal marked_any
+        source = match.group(0)
+        href = _HREF.search(source)
+        marked = bool(_YES_ATTR.search(source))
+        cleaned = _YES_ATTR.sub("", source)
+        if href is None:
+            return cleaned
+        raw = href.group(2) if href.group(2) is not None else (href.group(3) or href.group(4) or "")
+        url = html.unescape(raw).strip()
+        if _NO_TRACK.search(source) or url == skip or not url.lower().startswith(("http://", "https://")):
+            return cleaned
+        marked_any = marked_any or marked
+        tracked = links.track(url, marked)
+        href = _HREF.search(cleaned)
+        assert href is not None
+        return cleaned[: href.start()] + f'{href.group(1)}"{tracked}"' + cleaned[href.end() :]
+
+    return _A_TAG.sub(tag, body), marked_any
+
+
+def _rewrite_text(body: str, links: _Links, *, skip: str, counts: bool) -> str:
+    def url(match: re.Match[str]) -> str:
+        found = match.group(0).rstrip(".,;:!?")
+        rest = match.group(0)[len(found) :]
+        if found == skip:
+            return match.group(0)
+        return links.track(found, counts) + rest
+
+    return _TEXT_URL.sub(url, body)
+
+
+class _TextMaker(HTMLParser):
+    BLOCK = {"p", "div", "br", "tr", "h1", "h2", "h3", "h4", "li", "table", "hr"}
+    SKIP = {"style", "script", "head", "title"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+        self.href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+        if tag == "a":
+            self.href = dict(attrs).get("href")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.BLOCK:
+            self.parts.append("\n")
+        if tag == "a" and self.href:
+            self.parts.append(f" ({self.href})")
+            self.href = None
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(" ".join(data.split()) if data.strip() else (" " if data else ""))
+
+
+def html_to_text(body: str) -> str:
+    """A readable text part for templates that have no .txt twin."""
+    maker = _TextMaker()
+    maker.feed(body)
+    maker.close()
+    lines = [line.strip() for line in "".join(maker.parts).splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"

@@ -1,0 +1,136 @@
+"""Sending over SMTP with aiosmtplib: a few reused connections, bounded concurrency.
+
+SMTP failures are translated here, at the boundary, into the two errors the dispatcher knows:
+``TemporarySendError`` (4xx, refused or dropped connections, timeouts: retry later) and
+``PermanentSendError`` (5xx; ``bounce`` is set when the server refused the recipient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from nurture.config import Settings, SmtpTls
+from nurture.errors import PermanentSendError, TemporarySendError
+
+__all__ = ["SmtpTarget", "SmtpPool", "Bounce"]
+
+log = logging.getLogger(__name__)
+
+
+class Bounce(PermanentSendError):
+    """The server refused the recipient with a 5xx: the address is bad for good."""
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: SmtpTls = SmtpTls.none
+    timeout: float = 30.0
+    tls_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpTarget:
+        assert settings.smtp_host
+        return cls(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            tls=settings.smtp_tls,
+            timeout=settings.smtp_timeout,
+        )
+
+
+class SmtpPool:
+    """``size`` connections, each used by one send at a time and kept open between sends."""
+
+    def __init__(self, target: SmtpTarget, *, size: int = 4) -> None:
+        self.target = target
+        self.size = size
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
+
+    def _queue(self) -> asyncio.Queue[aiosmtplib.SMTP]:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.size):
+                self._idle.put_nowait(self._client())
+        return self._idle
+
+    def _client(self) -> aiosmtplib.SMTP:
+        t = self.target
+        return aiosmtplib.SMTP(
+            hostname=t.host,
+            port=t.port,
+            username=t.username,
+            password=t.password,
+            use_tls=t.tls is SmtpTls.tls,
+            start_tls=True if t.tls is SmtpTls.starttls else False,
+            timeout=t.timeout,
+            tls_context=t.tls_context,
+        )
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> None:
+        """Send one message; raise TemporarySendError, Bounce or PermanentSendError."""
+        idle = self._queue()
+        client = await idle.get()
+        try:
+            await self._send_on(client, sender, recipient, data)
+        finally:
+            idle.put_nowait(client)
+
+    async def _send_on(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> None:
+        for attempt in (1, 2):
+            try:
+                if not client.is_connected:
+                    await client.connect()
+                await client.sendmail(sender, [recipient], data)
+                return
+            except aiosmtplib.SMTPServerDisconnected as exc:
+                # A kept-open connection the server closed while idle: reconnect once.
+                await _close(client)
+                if attempt == 2:
+                    raise TemporarySendError(f"server disconnected: {exc}") from exc
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                # (aiosmtplib has already sent RSET, so the connection stays usable.)
+                refusal = exc.recipients[0] if exc.recipients else None
+                code = refusal.code if refusal else 550
+                message = refusal.message if refusal else str(exc)
+                if 500 <= code < 600:
+                    raise Bounce(f"{code} {message}", code=code) from exc
+                raise TemporarySendError(f"{code} {message}", code=code) from exc
+            except aiosmtplib.SMTPSenderRefused as exc:
+                # Our own envelope sender refused: an operator's problem, never the recipient's.
+                raise TemporarySendError(f"sender refused: {exc.code} {exc.message}",
+                                         code=exc.code) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                if 500 <= exc.code < 600:
+                    raise PermanentSendError(f"{exc.code} {exc.message}", code=exc.code) from exc
+                raise TemporarySendError(f"{exc.code} {exc.message}", code=exc.code) from exc
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                await _close(client)
+                raise TemporarySendError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._idle is None:
+            return
+        while not self._idle.empty():
+            await _close(self._idle.get_nowait())
+        self._idle = None
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
+        try:
+            await asyncio.wait_for(client.quit(), timeout=5)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            client.close()

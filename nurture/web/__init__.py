@@ -1,0 +1,1 @@
+"""The web side: tracking endpoints, subscribe, webhooks and (with the catcher) the outbox."""
