@@ -260,6 +260,8 @@ class Dispatcher:
             m = await self.deliver()
             planned += n
             sent += m
-            if n < self.policy.batch_size and m < self.policy.batch_size:
+            # A decision can make an enrollment due at once (a timeout moving on to a step
+            # with no delay), so plan again until a pass claims nothing.
+            if n == 0 and m < self.policy.batch_size:
                 break
         return planned, sent

@@ -189,7 +189,10 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     ]
     if outbox is not None:
         routes += _outbox_routes(services, outbox)
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    # A junk token ending in '/' must get a 404, not a redirect to another path.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _outbox_routes(services: Services, outbox: Outbox) -> list[Route]:

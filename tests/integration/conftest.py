@@ -1,0 +1,78 @@
+"""A world for integration tests: real database (SQLite and PostgreSQL), real SMTP server,
+the real dispatcher, and a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.mail.catcher import SmtpServerThread
+from nurture.mail.send import SmtpPool, SmtpTarget
+from nurture.services import Services, build_services
+from nurture.subscriptions import SubscribeResult, subscribe
+from support import FixedClock, RecordingHandler, make_settings
+
+
+@dataclass
+class World:
+    services: Services
+    clock: FixedClock
+    smtp: RecordingHandler
+    server: SmtpServerThread
+    dispatcher: Dispatcher
+
+    def subscribe(self, email: str, sequence: str = "journey", **kw: Any) -> SubscribeResult:
+        fields = kw.pop("fields", {"first_name": str(email).split("@")[0].title()})
+        return subscribe(self.services.store, self.services.catalog, email=email,
+                         sequence_id=sequence, fields=fields, now=self.clock.now(), **kw)
+
+    def tick(self) -> tuple[int, int]:
+        return asyncio.run(self._tick())
+
+    async def _tick(self) -> tuple[int, int]:
+        try:
+            return await self.dispatcher.run_once()
+        finally:
+            await self.dispatcher.transport.close()  # type: ignore[attr-defined]
+
+    def new_dispatcher(self) -> Dispatcher:
+        s = self.services
+        return Dispatcher(
+            store=s.store, catalog=s.catalog, renderer=s.renderer, signer=s.signer,
+            transport=SmtpPool(SmtpTarget("127.0.0.1", self.server.port), size=2),
+            clock=self.clock, policy=DispatchPolicy.from_settings(s.settings),
+        )
+
+    def click(self, url: str, **detail: Any) -> str:
+        token = url.rsplit("/c/", 1)[1]
+        return self.services.tracker.click(token, now=self.clock.now(), detail=detail)
+
+    def state(self, email: str, sequence: str = "journey") -> Any:
+        with self.services.store.transaction() as tx:
+            sub = tx.subscriber_by_email(email)
+            assert sub is not None
+            row = tx.enrollment_of(sub.id, sequence)
+            assert row is not None
+            return row.state
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[World]:
+    handler = RecordingHandler()
+    server = SmtpServerThread(handler).start()
+    clock = FixedClock()
+    settings = make_settings(tmp_path, database_url, smtp_host="127.0.0.1", smtp_port=server.port)
+    services = build_services(settings, clock=clock)
+    w = World(services, clock, handler, server, None)  # type: ignore[arg-type]
+    w.dispatcher = w.new_dispatcher()
+    try:
+        yield w
+    finally:
+        server.stop()
+        services.store.dispose()

@@ -1,0 +1,297 @@
+"""Claim, render, record and send against a real database and a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from nurture.db.models import Event, Message
+from nurture.engine import ExitReason, Phase, Status
+from nurture.errors import SubscribeError
+from nurture.subscriptions import goal
+from nurture.tokens import TokenKind
+from support import Caught
+
+TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
+
+
+def links(mail: Caught) -> list[str]:
+    return TRACKED.findall(mail.part("html"))
+
+
+def messages(world, **where):  # type: ignore[no-untyped-def]
+    with world.services.store.transaction() as tx:
+        q = select(Message)
+        for k, v in where.items():
+            q = q.where(getattr(Message, k) == v)
+        return [(m.step_id, m.kind, m.status, m.attempts) for m in tx.s.scalars(q.order_by(Message.id))]
+
+
+def test_first_email_is_the_confirmation_with_every_header(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("ann@example.com")
+    assert world.tick() == (1, 1)
+    [mail] = world.smtp.to("ann@example.com")
+    msg = mail.message
+    assert mail.sender == "ada@acme.example"
+    assert msg["Subject"] == "Confirm, Ann"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    unsubscribe = msg["List-Unsubscribe"]
+    assert re.fullmatch(r"<http://nurture\.test/u/[A-Za-z0-9_-]+>", unsubscribe)
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    [(message_row_id,)] = [(m.id,) for m in _rows(world)]
+    signer = world.services.signer
+    assert signer.read_message_id(msg["Message-ID"]) == message_row_id
+    assert msg["Reply-To"] is None  # no reply address configured
+    # The text part carries the same tracked links as the HTML part.
+    for url in links(mail):
+        assert url in mail.part("plain")
+
+
+def _rows(world):  # type: ignore[no-untyped-def]
+    with world.services.store.transaction() as tx:
+        return list(tx.s.scalars(select(Message).order_by(Message.id)))
+
+
+def test_click_journey_to_completion(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("bo@example.com")
+    world.tick()
+    [confirm] = world.smtp.to("bo@example.com")
+    confirm_link, about_link = links(confirm)
+    # A link that is not the ask is recorded but does not confirm.
+    assert world.click(about_link) == "https://acme.example/about?a=1&b=2"
+    assert world.state("bo@example.com").step_id == "confirm"
+    assert world.click(confirm_link) == "http://nurture.test/confirmed"
+    assert world.state("bo@example.com").step_id == "read"
+    world.tick()
+    read = world.smtp.to("bo@example.com")[-1]
+    assert read.subject == "Read this, Bo"
+    world.click(links(read)[0])
+    world.tick()
+    ask = world.smtp.to("bo@example.com")[-1]
+    assert ask.subject == "Tell me by reply"
+    world.click(links(ask)[0])  # the ask wants a reply: a click does not advance
+    world.tick()
+    assert len(world.smtp.to("bo@example.com")) == 3
+    world.clock.advance(days=1)
+    world.tick()  # timeout: next -> offer
+    offer = world.smtp.to("bo@example.com")[-1]
+    assert offer.subject == "The offer"
+    world.click(links(offer)[0])
+    state = world.state("bo@example.com")
+    assert state.status is Status.completed
+    world.clock.advance(days=30)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("bo@example.com")] == [
+        "Confirm, Bo", "Read this, Bo", "Tell me by reply", "The offer"]
+
+
+def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("cy@example.com")
+    world.tick()
+    world.clock.advance(seconds=3)
+    world.tick()
+    world.clock.advance(seconds=3)
+    world.tick()
+    world.clock.advance(days=10)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("cy@example.com")] == [
+        "Confirm, Cy", "Reminder: please confirm"]
+    state = world.state("cy@example.com")
+    assert state.status is Status.exited and state.exit_reason is ExitReason.timeout
+
+
+def test_subscribing_twice_enrolls_once(world) -> None:  # type: ignore[no-untyped-def]
+    first = world.subscribe("di@example.com")
+    second = world.subscribe("di@example.com", fields={"first_name": "Diana"})
+    assert first.created and not second.created
+    assert first.enrollment_id == second.enrollment_id
+    world.tick()
+    assert len(world.smtp.to("di@example.com")) == 1
+    assert world.smtp.to("di@example.com")[0].subject == "Confirm, Diana"  # fields updated
+
+
+@pytest.mark.parametrize("bad", ["not-an-email", "a@b", "", "ann@@example.com", None])
+def test_a_malformed_address_is_refused(world, bad) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SubscribeError) as err:
+        world.subscribe(bad)
+    assert err.value.status == 400
+
+
+def test_unsubscribe_stops_everything_for_good(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("ed@example.com")
+    world.tick()
+    [confirm] = world.smtp.to("ed@example.com")
+    token = confirm.message["List-Unsubscribe"].strip("<>").rsplit("/u/", 1)[1]
+    tracker = world.services.tracker
+    assert tracker.unsubscribe(token, now=world.clock.now(), how="one-click") == "ed@example.com"
+    assert tracker.unsubscribe(token, now=world.clock.now(), how="one-click") == "ed@example.com"
+    state = world.state("ed@example.com")
+    assert state.status is Status.exited and state.exit_reason is ExitReason.unsubscribed
+    # A click on the old confirmation link is recorded only.
+    world.click(links(confirm)[0])
+    world.clock.advance(days=30)
+    world.tick()
+    assert len(world.smtp.to("ed@example.com")) == 1
+    with pytest.raises(SubscribeError) as err:
+        world.subscribe("ed@example.com")
+    assert err.value.status == 409
+    with world.services.store.transaction() as tx:
+        kinds = [e.kind for e in tx.s.scalars(select(Event).order_by(Event.id))]
+    assert kinds.count("unsubscribe") == 1 and "click" in kinds
+
+
+def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world) -> None:  # type: ignore[no-untyped-def]
+    result = world.subscribe("fay@example.com")
+    asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
+    assert messages(world) == [("confirm", "step", "queued", 0)]
+    from nurture.subscriptions import unsubscribe
+
+    unsubscribe(world.services.store, result.subscriber_id, now=world.clock.now())
+    world.tick()
+    assert world.smtp.to("fay@example.com") == []
+    assert messages(world) == [("confirm", "step", "cancelled", 0)]
+
+
+def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("gus@example.com", confirmed=True)
+    world.tick()
+    store, catalog = world.services.store, world.services.catalog
+    assert goal(store, catalog, email="gus@example.com", event="newsletter",
+                now=world.clock.now()) == []  # not a goal of this sequence
+    assert goal(store, catalog, email="GUS@example.com", event="purchase",
+                now=world.clock.now()) == ["journey"]
+    state = world.state("gus@example.com")
+    assert state.status is Status.exited and state.exit_reason is ExitReason.converted
+    world.clock.advance(days=5)
+    world.tick()
+    assert len(world.smtp.to("gus@example.com")) == 1
+
+
+def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world) -> None:  # type: ignore[no-untyped-def]
+    world.smtp.refuse["hal@example.com"] = (451, "4.7.1 try again later")
+    world.subscribe("hal@example.com")
+    world.subscribe("ivy@example.com")
+    world.tick()
+    assert world.smtp.to("hal@example.com") == []
+    assert len(world.smtp.to("ivy@example.com")) == 1
+    [(_, _, status, attempts)] = messages(world, subscriber_id=_sub(world, "hal@example.com"))
+    assert (status, attempts) == ("queued", 1)
+    world.tick()  # not yet due again: backoff is at least half the 60 s base
+    assert world.smtp.to("hal@example.com") == []
+    del world.smtp.refuse["hal@example.com"]
+    world.clock.advance(seconds=61)
+    world.tick()
+    assert len(world.smtp.to("hal@example.com")) == 1
+    assert len(world.smtp.to("ivy@example.com")) == 1
+    assert world.state("hal@example.com").phase is Phase.wait
+
+
+def _sub(world, email: str) -> int:  # type: ignore[no-untyped-def]
+    with world.services.store.transaction() as tx:
+        sub = tx.subscriber_by_email(email)
+        assert sub is not None
+        return sub.id
+
+
+def test_a_5xx_for_the_recipient_bounces_and_the_batch_goes_on(world) -> None:  # type: ignore[no-untyped-def]
+    world.smtp.refuse["jo@example.com"] = (550, "5.1.1 no such user")
+    for name in ("ken", "jo", "lu"):
+        world.subscribe(f"{name}@example.com", confirmed=True)
+    world.tick()
+    assert len(world.smtp.to("ken@example.com")) == 1
+    assert len(world.smtp.to("lu@example.com")) == 1
+    assert world.smtp.to("jo@example.com") == []
+    state = world.state("jo@example.com")
+    assert state.status is Status.exited and state.exit_reason is ExitReason.bounced
+    with world.services.store.transaction() as tx:
+        assert tx.subscriber_by_email("jo@example.com").status == "bounced"  # type: ignore[union-attr]
+    world.clock.advance(days=3)
+    world.tick()
+    assert world.smtp.to("jo@example.com") == []
+
+
+def test_a_dead_smtp_server_means_retries_not_lost_emails(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("max@example.com")
+    world.server.stop()
+    world.tick()
+    [(_, _, status, attempts)] = messages(world)
+    assert (status, attempts) == ("queued", 1)
+    # Far more attempts than the recipient limit: an unreachable server is never given up on.
+    for _ in range(world.services.settings.retry_max_attempts + 3):
+        world.clock.advance(hours=2)
+        world.tick()
+    [(_, _, status, attempts)] = messages(world)
+    assert status == "queued" and attempts > world.services.settings.retry_max_attempts
+    from nurture.mail.catcher import SmtpServerThread
+
+    world.server = SmtpServerThread(world.smtp, port=world.server.port).start()
+    world.clock.advance(hours=2)
+    world.tick()
+    assert len(world.smtp.to("max@example.com")) == 1
+    assert messages(world)[0][2] == "sent"
+
+
+def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("ned@example.com")
+    asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
+    claimed = world.dispatcher._claim()  # claimed and rendered, then the worker "dies"
+    assert len(claimed) == 1
+    world.tick()
+    assert world.smtp.to("ned@example.com") == []  # the lease still holds
+    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
+    world.tick()
+    [mail] = world.smtp.to("ned@example.com")
+    assert mail.message["Message-ID"] == world.services.signer.message_id(
+        claimed[0].id, "acme.example")
+    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
+    world.tick()
+    assert len(world.smtp.to("ned@example.com")) == 1
+
+
+def test_two_dispatchers_never_send_the_same_step_twice(world) -> None:  # type: ignore[no-untyped-def]
+    emails = [f"p{i}@example.com" for i in range(60)]
+    for address in emails:
+        world.subscribe(address, confirmed=True)
+    first, second = world.dispatcher, world.new_dispatcher()
+
+    async def both() -> None:
+        try:
+            await asyncio.gather(first.run_once(), second.run_once(), first.run_once())
+        finally:
+            await first.transport.close()  # type: ignore[attr-defined]
+            await second.transport.close()  # type: ignore[attr-defined]
+
+    asyncio.run(both())
+    got = sorted(c.recipient for c in world.smtp.caught)
+    assert got == sorted(emails)
+    ids = [c.message["Message-ID"] for c in world.smtp.caught]
+    assert len(set(ids)) == len(ids)
+
+
+def test_held_enrollment_waits_for_confirmation_elsewhere(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A pending subscriber in a sequence without a confirmation step gets nothing until
+    # they confirm through another sequence.
+    world.subscribe("oz@example.com", sequence="noconfirm")
+    world.tick()
+    assert world.smtp.to("oz@example.com") == []
+    assert world.state("oz@example.com", "noconfirm").status is Status.held
+    world.subscribe("oz@example.com")
+    world.tick()
+    [confirm] = world.smtp.to("oz@example.com")
+    world.click(links(confirm)[0])
+    world.tick()
+    subjects = sorted(m.subject for m in world.smtp.to("oz@example.com"))
+    assert subjects == ["Confirm, Oz", "News for you", "Read this, Oz"]
+
+
+def test_reply_token_and_message_id(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("pia@example.com")
+    world.tick()
+    row = _rows(world)[0]
+    reply_token = world.services.signer.make(TokenKind.reply, row.id)
+    assert reply_token == reply_token.lower()

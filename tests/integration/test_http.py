@@ -1,0 +1,210 @@
+"""The real ASGI app over real HTTP (uvicorn on a loopback port), on both databases."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from nurture.db.models import Event
+from nurture.engine import ExitReason, Status
+from nurture.tokens import TokenKind
+from nurture.web.app import create_app
+from support import ServedApp
+
+TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
+
+
+@pytest.fixture
+def http(world) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    with ServedApp(create_app(world.services)) as base, httpx.Client(
+        base_url=base, follow_redirects=False, timeout=10
+    ) as client:
+        yield client
+
+
+def path(url: str) -> str:
+    return url.replace("http://nurture.test", "")
+
+
+def test_healthz(http) -> None:  # type: ignore[no-untyped-def]
+    r = http.get("/healthz")
+    assert r.status_code == 200 and r.json()["ok"] is True
+
+
+def test_subscribe_json_form_and_errors(world, http) -> None:  # type: ignore[no-untyped-def]
+    r = http.post("/subscribe", json={"email": "Ann@Example.com", "sequence": "journey",
+                                      "first_name": "Ann", "timezone": "Europe/Paris"})
+    assert r.status_code == 201 and r.json()["created"] is True
+    r = http.post("/subscribe", json={"email": "ann@example.com", "sequence": "journey"})
+    assert r.status_code == 200 and r.json()["created"] is False
+    r = http.post("/subscribe", data={"email": "bob@example.com", "sequence": "journey",
+                                      "first_name": "Bob"})
+    assert r.status_code == 201 and "Check your inbox" in r.text
+    r = http.post("/subscribe", json={"email": "not an address", "sequence": "journey"})
+    assert r.status_code == 400 and "not a valid email address" in r.json()["error"]
+    r = http.post("/subscribe", data={"email": "x@", "sequence": "journey"})
+    assert r.status_code == 400 and "not a valid email address" in r.text
+    r = http.post("/subscribe", json={"email": "c@example.com", "sequence": "nope"})
+    assert r.status_code == 404 and "unknown sequence" in r.json()["error"]
+    r = http.post("/subscribe", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    world.tick()
+    [mail] = world.smtp.to("ann@example.com")
+    assert mail.subject == "Confirm, Ann"
+    with world.services.store.transaction() as tx:
+        sub = tx.subscriber_by_email("ann@example.com")
+    assert sub is not None and sub.fields["timezone"] == "Europe/Paris"
+
+
+def test_click_redirects_to_the_stored_url_and_advances(world, http) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("dan@example.com")
+    world.tick()
+    [mail] = world.smtp.to("dan@example.com")
+    confirm_url, about_url = TRACKED.findall(mail.part("html"))
+    r = http.get(path(about_url))
+    assert r.status_code == 302 and r.headers["location"] == "https://acme.example/about?a=1&b=2"
+    r = http.get(path(confirm_url))
+    assert r.status_code == 302 and r.headers["location"] == "http://nurture.test/confirmed"
+    assert world.state("dan@example.com").step_id == "read"
+    r = http.get(path(confirm_url))  # again: still redirects, advances nothing
+    assert r.status_code == 302
+    assert world.state("dan@example.com").step_id == "read"
+
+
+@pytest.mark.parametrize("token", [
+    "x", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "../../etc/passwd", "%00", "a" * 500,
+    "Y19fX19fX19fX19fX19fX19fX19fX18", "<script>",
+])
+def test_junk_tokens_get_404(http, token: str) -> None:  # type: ignore[no-untyped-def]
+    for url in (f"/c/{token}", f"/u/{token}"):
+        r = http.get(url)
+        assert r.status_code == 404, url
+        assert "location" not in r.headers
+
+
+def test_forged_and_truncated_tokens_get_404_never_a_redirect(world, http) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("eve@example.com")
+    world.tick()
+    [mail] = world.smtp.to("eve@example.com")
+    good = path(TRACKED.findall(mail.part("html"))[0])
+    token = good.rsplit("/", 1)[1]
+    flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    unsubscribe_token = mail.message["List-Unsubscribe"].strip("<>").rsplit("/", 1)[1]
+    # A valid token of another message number, signed with another key.
+    from nurture.tokens import Signer
+
+    foreign = Signer("another-key").make(TokenKind.click, 1, 0)
+    for bad in (token[:-3], flipped, token + "A", unsubscribe_token, foreign):
+        r = http.get(f"/c/{bad}")
+        assert r.status_code == 404 and "location" not in r.headers
+    # A well-signed token naming a link the message does not have.
+    beyond = world.services.signer.make(TokenKind.click, 1, 99)
+    assert http.get(f"/c/{beyond}").status_code == 404
+    missing = world.services.signer.make(TokenKind.click, 10_000, 0)
+    assert http.get(f"/c/{missing}").status_code == 404
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80))
+def test_any_token_text_is_404_never_500(http, text: str) -> None:  # type: ignore[no-untyped-def]
+    r = http.get("/c/" + quote(text, safe=""))
+    assert r.status_code in (404, 405), (text, r.status_code)
+
+
+def test_unsubscribe_page_then_post_and_one_click(world, http) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("fin@example.com")
+    world.subscribe("gil@example.com")
+    world.tick()
+    [mail] = world.smtp.to("fin@example.com")
+    url = path(mail.message["List-Unsubscribe"].strip("<>"))
+    page = http.get(url)
+    assert page.status_code == 200 and "fin@example.com" in page.text and "<form" in page.text
+    assert world.state("fin@example.com").status is Status.active  # a GET changes nothing
+    r = http.post(url, data={"confirm": "yes"})
+    assert r.status_code == 200 and "unsubscribed" in r.text
+    assert world.state("fin@example.com").exit_reason is ExitReason.unsubscribed
+    # RFC 8058 one-click: a POST with that body, no cookies, answers 200, idempotently.
+    [other] = world.smtp.to("gil@example.com")
+    one_click = path(other.message["List-Unsubscribe"].strip("<>"))
+    for _ in range(2):
+        r = http.post(one_click, content=b"List-Unsubscribe=One-Click",
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200
+    assert world.state("gil@example.com").exit_reason is ExitReason.unsubscribed
+    with world.services.store.transaction() as tx:
+        n = len(list(tx.s.scalars(select(Event).where(Event.kind == "unsubscribe"))))
+    assert n == 2
+
+
+def test_events_need_the_api_token(world, http) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("hoa@example.com", confirmed=True)
+    body = {"email": "hoa@example.com", "event": "purchase"}
+    assert http.post("/events", json=body).status_code == 401
+    assert http.post("/events", json=body,
+                     headers={"authorization": "Bearer wrong"}).status_code == 401
+    r = http.post("/events", json=body, headers={"authorization": "Bearer test-api-token"})
+    assert r.status_code == 200 and r.json() == {"converted": ["journey"]}
+    assert world.state("hoa@example.com").exit_reason is ExitReason.converted
+    r = http.post("/events", json={"email": "nobody@example.com", "event": "purchase"},
+                  headers={"authorization": "Bearer test-api-token"})
+    assert r.status_code == 404
+
+
+def reply_to(mail, body: str = "Yes please!", **headers: str) -> bytes:  # type: ignore[no-untyped-def]
+    msg = EmailMessage()
+    msg["From"] = mail.recipient
+    msg["To"] = mail.message["Reply-To"] or mail.message["From"]
+    msg["Subject"] = "Re: " + mail.subject
+    msg["Message-ID"] = make_msgid(domain="mail.example.com")
+    msg["In-Reply-To"] = mail.message["Message-ID"]
+    msg["References"] = mail.message["Message-ID"]
+    for k, v in headers.items():
+        msg[k.replace("_", "-")] = v
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def drive_to_ask(world, email: str) -> object:  # type: ignore[no-untyped-def]
+    world.subscribe(email, confirmed=True)
+    world.tick()
+    read = world.smtp.to(email)[-1]
+    world.click(TRACKED.findall(read.part("html"))[0])
+    world.tick()
+    ask = world.smtp.to(email)[-1]
+    assert ask.subject == "Tell me by reply"
+    return ask
+
+
+def test_inbound_reply_advances_once_and_auto_replies_never(world, http) -> None:  # type: ignore[no-untyped-def]
+    ask = drive_to_ask(world, "ida@example.com")
+    auto = reply_to(ask, "I am out of office", Auto_Submitted="auto-replied")
+    r = http.post("/inbound", content=auto, headers={"content-type": "message/rfc822"})
+    assert r.status_code == 200 and r.json()["status"] == "automatic"
+    assert world.state("ida@example.com").step_id == "ask"
+    human = reply_to(ask)
+    r = http.post("/inbound", content=human)
+    assert r.json() == {"status": "matched", "outcome": "advanced"}
+    assert world.state("ida@example.com").step_id == "offer"
+    r = http.post("/inbound", content=human)  # the provider retries its webhook
+    assert r.json()["status"] == "duplicate"
+    r = http.post("/inbound", content=b"\x00\x01 not an email")
+    assert r.status_code in (200, 400) and r.json()["status"] in ("malformed", "unmatched")
+    stranger = EmailMessage()
+    stranger["From"] = "x@example.com"
+    stranger["Subject"] = "hello"
+    stranger["In-Reply-To"] = "<1.0000000000000000@acme.example>"
+    stranger.set_content("hi")
+    assert http.post("/inbound", content=stranger.as_bytes()).json()["status"] == "unmatched"
+
+
+def test_outbox_does_not_exist_when_smtp_is_configured(http) -> None:  # type: ignore[no-untyped-def]
+    assert http.get("/outbox").status_code == 404
