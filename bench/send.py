@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -204,8 +204,7 @@ def fresh_database(spec: str, workdir: Path, run: int) -> Iterator[str]:
 def describe_database(spec: str) -> str:
     if spec == "sqlite":
         return "SQLite (temporary file)"
-    url = make_url(normalize_url(spec))
-    return f"{url.get_backend_name()} {url.render_as_string(hide_password=True)}"
+    return make_url(normalize_url(spec)).render_as_string(hide_password=True)
 
 
 # -- the two sides -------------------------------------------------------------------------
@@ -266,7 +265,8 @@ async def bare_loop(port: int, sender: str, data: bytes, n: int, k: int) -> Run:
             await client.sendmail(sender, [f"reader{i:06d}@example.com"], data)
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker(c, s, m) for c, s, m in zip(clients, starts, shares, strict=True)))
+    jobs = zip(clients, starts, shares, strict=True)
+    await asyncio.gather(*(worker(client, start, count) for client, start, count in jobs))
     seconds = time.perf_counter() - began
     for client in clients:
         await client.quit()
@@ -354,23 +354,27 @@ async def _inline_to_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any
     return func(*args, **kwargs)
 
 
-async def profiled_run(args: argparse.Namespace, sink: Sink, workdir: Path) -> None:
-    """One extra end-to-end drain under cProfile, not counted in the figures. cProfile sees only
-    the thread that enables it, so the dispatcher's asyncio.to_thread calls run inline here
-    (the dispatcher awaits each of them before doing anything else, so the work is the same)."""
+async def profiled_run(args: argparse.Namespace, sink: Sink, workdir: Path) -> str:
+    """One extra end-to-end drain under cProfile, not counted in the figures; returns the report.
+    cProfile sees only the thread that enables it, so the dispatcher's asyncio.to_thread calls
+    run inline here (the dispatcher awaits each of them before doing anything else, so the
+    work is the same)."""
     profile = cProfile.Profile()
     original = asyncio.to_thread
     asyncio.to_thread = _inline_to_thread  # type: ignore[assignment]
     try:
-        with fresh_database(args.database, workdir, 999) as url:
+        with fresh_database(args.database, workdir, 0) as url:
             run = await end_to_end(url, args, sink, workdir, profile=profile)
     finally:
         asyncio.to_thread = original
     profile.dump_stats(args.profile)
     stats = pstats.Stats(profile)
-    total = run.seconds
-    print(f"\nprofile: one extra end-to-end drain under cProfile ({run.seconds:.2f} s with the "
-          f"profiler on); full stats in {args.profile}")
+    top = args.profile_top
+    lines = [f"profile: one extra end-to-end drain under cProfile ({run.seconds:.2f} s with the "
+             f"profiler on, {run.seconds / args.n * 1e6:.0f} us a message); "
+             f"stats in {args.profile}",
+             f"top {top} functions of nurture by cumulative time:",
+             f"  {'cumulative s':>12} {'% of drain':>10} {'own s':>8} {'calls':>8}  function"]
     rows = []
     for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in \
             stats.stats.items():  # type: ignore[attr-defined]
@@ -378,16 +382,16 @@ async def profiled_run(args: argparse.Namespace, sink: Sink, workdir: Path) -> N
             short = filename.split("/nurture/", 1)[1]
             rows.append((cumtime, tottime, calls, f"nurture/{short}:{line}({name})"))
     rows.sort(reverse=True)
-    print(f"top {args.profile_top} functions of nurture by cumulative time:")
-    print(f"  {'cumulative s':>12} {'% of drain':>10} {'own s':>8} {'calls':>8}  function")
-    for cumtime, tottime, calls, where in rows[: args.profile_top]:
-        print(f"  {cumtime:12.3f} {100 * cumtime / total:9.1f}% {tottime:8.3f} {calls:8d}  {where}")
+    for cumtime, tottime, calls, where in rows[:top]:
+        lines.append(f"  {cumtime:12.3f} {100 * cumtime / run.seconds:9.1f}% {tottime:8.3f} "
+                     f"{calls:8d}  {where}")
     out = io.StringIO()
-    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.profile_top)
-    print(f"top {args.profile_top} functions overall by own time:")
-    for line in out.getvalue().splitlines():
-        if re.match(r"\s*\d", line):
-            print("  " + line.strip())
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    lines.append(f"top {top} functions overall by own time "
+                 "(ncalls tottime percall cumtime percall):")
+    lines += ["  " + line.strip() for line in out.getvalue().splitlines()
+              if re.match(r"\s*\d", line)]
+    return "\n".join(lines)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -423,8 +427,7 @@ async def main(args: argparse.Namespace) -> int:
                 runs["e2e"].append(e2e)
                 say(f"run {r}/{args.repeat}: end-to-end {e2e.seconds:.3f} s")
             rss_after_runs = peak_rss_mib()
-            if args.profile:
-                await profiled_run(args, sink, workdir)
+            profile_report = await profiled_run(args, sink, workdir) if args.profile else None
         finally:
             counted = sink.stop()
 
@@ -452,8 +455,9 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print(f"ratio end-to-end / bare = {ratio:.2f} (median runs: {bare_median / e2e_median:.2f}); "
           f"target >= 0.50: {verdict}")
+    e2e_us, bare_us = e2e_best.seconds / n * 1e6, bare_best.seconds / n * 1e6
     print(f"per-message overhead of nurture: {overhead_us:.0f} us "
-          f"(end-to-end {e2e_best.seconds / n * 1e6:.0f} us - bare {bare_best.seconds / n * 1e6:.0f} us)")
+          f"(end-to-end {e2e_us:.0f} us - bare {bare_us:.0f} us a message)")
     phases = ", ".join(f"{k} {v:.3f} s ({100 * v / e2e_best.seconds:.0f}%)"
                        for k, v in e2e_best.phases.items())
     print(f"end-to-end wall time by phase (best run): {phases}")
@@ -461,6 +465,9 @@ async def main(args: argparse.Namespace) -> int:
     if counted is not None:
         status = "ok" if counted == expected else "MISMATCH"
         print(f"sink counted {counted} messages, expected {expected}: {status}")
+    if profile_report:
+        print()
+        print(profile_report)
     return 0
 
 
@@ -469,7 +476,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="messages per run, each side")
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections, each side")
-    parser.add_argument("--batch-size", type=int, default=Settings.model_fields["batch_size"].default,
+    default_batch = Settings.model_fields["batch_size"].default
+    parser.add_argument("--batch-size", type=int, default=default_batch,
                         help="the dispatcher's batch size (NURTURE_BATCH_SIZE)")
     parser.add_argument("--database", default="sqlite",
                         help="'sqlite' (a temporary file), a SQLite file URL that does not exist "

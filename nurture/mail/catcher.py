@@ -10,6 +10,7 @@ import asyncio
 import email
 import email.policy
 import mailbox
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,17 @@ class CaughtMail:
         return body.get_content() if body is not None else ""  # type: ignore[union-attr]
 
 
+_KEY_TIME = re.compile(r"^(\d+)\.M(\d+)")
+
+
+def _delivered(key: str) -> tuple[float, str]:
+    """Maildir keys begin with the delivery time: seconds, then .M and microseconds."""
+    match = _KEY_TIME.match(key)
+    if match is None:
+        return (0.0, key)
+    return (int(match.group(1)) + int(match.group(2)) / 1e6, key)
+
+
 class Outbox:
     """Reads what the catcher caught, newest first."""
 
@@ -122,10 +134,7 @@ class Outbox:
 
     def list(self, limit: int = 200) -> list[CaughtMail]:
         self.maildir.clean()
-        keys = list(self.maildir.keys())
-        # Maildir keys start with the delivery time in seconds: sort newest first.
-        keys.sort(key=lambda k: (float(k.split(".")[0]) if k.split(".")[0].isdigit() else 0, k),
-                  reverse=True)
+        keys = sorted(self.maildir.keys(), key=_delivered, reverse=True)
         return [self._load(k) for k in keys[:limit]]
 
     def get(self, key: str) -> CaughtMail | None:

@@ -1,0 +1,206 @@
+"""The daemon as a user starts it: `nurture run` in a subprocess, real SMTP, real HTTP clicks,
+replies through POST /inbound, and a kill -9 in the middle of the journey."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from nurture.mail.catcher import SmtpServerThread
+from support import DATA, Caught, RecordingHandler, recording_smtp
+
+NURTURE = Path(sys.executable).parent / "nurture"
+TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{env['NURTURE_HTTP_PORT']}"
+        self.log = workdir / "daemon.log"
+
+    def start(self, command: list[str]) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(self.base + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for("the daemon to answer /healthz", healthy)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(20)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServerThread]:
+    with recording_smtp(RecordingHandler()) as server:
+        yield server
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    port = free_port()
+    env.update({
+        "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
+        "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+        "NURTURE_HTTP_PORT": str(port),
+        "NURTURE_TICK_SECONDS": "0.2",
+        "NURTURE_RETRY_BASE_SECONDS": "1",
+        "NURTURE_SEND_LEASE_SECONDS": "5",
+        "NURTURE_SMTP_HOST": "127.0.0.1",
+        "NURTURE_SMTP_PORT": str(smtp.port),
+    })
+    d = Daemon(tmp_path, env)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait(10)
+
+
+TRACKED = re.compile(r'href="(http://127\.0\.0\.1:\d+/c/[^"]+)"')
+
+
+def test_three_people_a_kill_9_and_nobody_lost_or_sent_twice(
+    daemon: Daemon, smtp: SmtpServerThread, tmp_path: Path
+) -> None:
+    server: RecordingHandler = smtp.handler
+    daemon.start([str(NURTURE), "run"])
+    assert (tmp_path / "nurture-secret.key").exists()  # generated on first start
+
+    http = httpx.Client(base_url=daemon.base, timeout=10)
+    try:
+        _journey(daemon, server, http, tmp_path)
+    finally:
+        http.close()
+
+
+def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_path: Path) -> None:
+    for name in ("ann", "bob", "cat"):
+        r = http.post("/subscribe", json={"email": f"{name}@example.com", "sequence": "e2e",
+                                         "first_name": name.title()})
+        assert r.status_code == 201, r.text
+
+    def mails(who: str) -> list[Caught]:
+        return server.to(f"{who}@example.com")
+
+    def arrived(who: str, subject: str) -> Caught:
+        return wait_for(f"{who}: {subject!r}",
+                        lambda: next((m for m in mails(who) if m.subject == subject), None))
+
+    def click_ask(mail: Caught) -> None:
+        url = TRACKED.findall(mail.part("html"))[0]
+        r = http.get(url.replace(f"http://127.0.0.1:{daemon.env['NURTURE_HTTP_PORT']}", ""),
+                     follow_redirects=False)
+        assert r.status_code == 302
+
+    # ann and cat confirm; bob never does anything.
+    click_ask(arrived("ann", "Confirm, Ann"))
+    click_ask(arrived("cat", "Confirm, Cat"))
+    click_ask(arrived("ann", "Read this, Ann"))
+    # Mid-journey: ann's next step is due, cat's read email is on its way. kill -9.
+    daemon.kill9()
+    daemon.start([sys.executable, "-m", "nurture", "run"])
+
+    click_ask(arrived("cat", "Read this, Cat"))
+    ask = arrived("cat", "Tell me by reply")
+    r = http.post("/inbound", content=_reply(ask))
+    assert r.json() == {"status": "matched", "outcome": "advanced"}, r.text
+    click_ask(arrived("cat", "The offer"))
+
+    click_ask(arrived("ann", "Tell me by reply"))
+    click_ask(arrived("ann", "The offer"))
+
+    arrived("bob", "Reminder: please confirm")
+    engine = create_engine(daemon.env["NURTURE_DATABASE_URL"])
+
+    def statuses() -> dict[str, tuple[str, str | None]]:
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT s.email, e.status, e.exit_reason FROM enrollments e "
+                "JOIN subscribers s ON s.id = e.subscriber_id")).all()
+        return {email.split("@")[0]: (status, reason) for email, status, reason in rows}
+
+    wait_for("bob to time out", lambda: statuses()["bob"] == ("exited", "timeout"))
+    assert statuses() == {"ann": ("completed", None), "cat": ("completed", None),
+                          "bob": ("exited", "timeout")}
+    time.sleep(1)  # a few more ticks: nothing else may be sent
+
+    assert [m.subject for m in mails("ann")] == [
+        "Confirm, Ann", "Read this, Ann", "Tell me by reply", "The offer"]
+    assert [m.subject for m in mails("cat")] == [
+        "Confirm, Cat", "Read this, Cat", "Tell me by reply", "The offer"]
+    assert [m.subject for m in mails("bob")] == ["Confirm, Bob", "Reminder: please confirm"]
+    ids = Counter(m.message["Message-ID"] for m in server.caught)
+    assert max(ids.values()) == 1
+
+    status = subprocess.run([str(NURTURE), "status"], cwd=tmp_path, env=daemon.env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"e2e: 3 enrollments", status.stdout)
+    assert re.search(r"confirm\s+0\s+0\s+0\s+timeout 1", status.stdout)
+    assert re.search(r"offer\s+0\s+0\s+2", status.stdout)
+    assert daemon.stop() == 0
+    engine.dispose()
+
+
+def _reply(mail: Caught) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = mail.recipient
+    msg["To"] = mail.message["From"]
+    msg["Subject"] = "Re: " + mail.subject
+    msg["Message-ID"] = make_msgid(domain="example.com")
+    msg["In-Reply-To"] = mail.message["Message-ID"]
+    msg.set_content("I want to learn about subject lines.\n\n> " + mail.subject)
+    return msg.as_bytes()

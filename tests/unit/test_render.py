@@ -1,0 +1,455 @@
+"""Rendering (templates -> subject, text, HTML with tracked links) and composing the bytes."""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import email.policy
+import html
+import re
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import jinja2
+import pytest
+from jinja2.exceptions import SecurityError
+from support import DATA, REPO
+
+from nurture.mail.compose import compose
+from nurture.mail.render import Rendered, Renderer, html_to_text, make_environment
+from nurture.sequences import AdvanceOn, Sequence, Step, load_catalog
+from nurture.tokens import Signer, Token, TokenKind
+
+BASE = "http://nurture.test"
+MESSAGE_ID = 42
+SIGNER = Signer("test-secret-key")
+HREF = re.compile(r"""<a\b[^>]*?\shref="([^"]*)\"""", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def env() -> jinja2.Environment:
+    return make_environment(DATA / "templates")
+
+
+@pytest.fixture(scope="module")
+def journey(env: jinja2.Environment) -> Sequence:
+    seq = load_catalog(DATA / "sequences", env=env).get("journey")
+    assert seq is not None
+    return seq
+
+
+@pytest.fixture(scope="module")
+def renderer(env: jinja2.Environment) -> Renderer:
+    return Renderer(env, SIGNER, BASE + "/")  # a trailing slash must not double up
+
+
+def render(
+    renderer: Renderer, seq: Sequence, step: str, kind: str = "step", **fields: str
+) -> Rendered:
+    return renderer.render(
+        seq, step, kind, message_id=MESSAGE_ID, email="bob@example.com", fields=fields
+    )
+
+
+def hrefs(body: str) -> list[str]:
+    return [html.unescape(h) for h in HREF.findall(body)]
+
+
+def click_of(url: str) -> Token:
+    assert url.startswith(BASE + "/c/"), url
+    return SIGNER.read(url.removeprefix(BASE + "/c/"), TokenKind.click)
+
+
+def unsubscribe_url(message_id: int = MESSAGE_ID) -> str:
+    return f"{BASE}/u/{SIGNER.make(TokenKind.unsubscribe, message_id)}"
+
+
+def one_step(template: str, subject: str = "Hi") -> Sequence:
+    step = Step("only", subject, template, AdvanceOn.click, timedelta(days=1))
+    return Sequence("adhoc", "Ad hoc", "Ada <ada@acme.example>", (step,))
+
+
+@pytest.fixture
+def adhoc(tmp_path: Path) -> tuple[Path, Renderer]:
+    """An empty templates directory and a renderer over it, for templates written per test."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    return folder, Renderer(make_environment(folder), SIGNER, BASE)
+
+
+def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: str) -> Rendered:
+    folder, rend = adhoc
+    for name, body in files.items():
+        (folder / name).write_text(body, encoding="utf-8")
+    return rend.render(one_step("t.html"), "only", "step", message_id=MESSAGE_ID,
+                       email="bob@example.com", fields=fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Links
+
+
+@pytest.mark.parametrize(
+    ("step", "kind", "targets"),
+    [
+        ("confirm", "step", ["http://nurture.test/confirmed", "https://acme.example/about?a=1&b=2"]),
+        ("confirm", "reminder1", ["http://nurture.test/confirmed"]),
+        ("read", "step", ["https://acme.example/post"]),
+        ("ask", "step", ["https://acme.example/faq"]),
+        ("offer", "step", ["https://acme.example/offer"]),
+    ],
+)
+def test_every_link_is_tracked_and_decodes_to_its_target(
+    renderer: Renderer, journey: Sequence, step: str, kind: str, targets: list[str]
+) -> None:
+    out = render(renderer, journey, step, kind)
+    *tracked, unsubscribe = hrefs(out.html)
+    assert unsubscribe == unsubscribe_url()
+    assert [url for url, _ in out.links] == targets
+    for index, url in enumerate(tracked):
+        assert click_of(url) == Token(TokenKind.click, MESSAGE_ID, index)
+        assert out.links[index][0] == targets[index]
+    assert len(tracked) == len(targets)
+    for target in targets:  # no original URL is left in the HTML
+        assert target not in html.unescape(out.html)
+
+
+def test_html_entities_in_links_are_unescaped(renderer: Renderer, journey: Sequence) -> None:
+    out = render(renderer, journey, "confirm")
+    assert ("https://acme.example/about?a=1&b=2", False) in out.links
+    assert not any("&amp;" in url for url, _ in out.links)
+
+
+@pytest.mark.parametrize(("step", "kind"), [("confirm", "step"), ("confirm", "reminder1"),
+                                            ("read", "step"), ("offer", "step")])
+def test_data_micro_yes_never_reaches_the_reader(
+    renderer: Renderer, journey: Sequence, step: str, kind: str
+) -> None:
+    out = render(renderer, journey, step, kind)
+    assert "data-micro-yes" not in out.html
+    assert "micro" not in out.text
+
+
+def test_only_marked_links_count_when_a_template_marks_some(
+    renderer: Renderer, journey: Sequence
+) -> None:
+    out = render(renderer, journey, "confirm")
+    assert out.links == [
+        ("http://nurture.test/confirmed", True),
+        ("https://acme.example/about?a=1&b=2", False),
+    ]
+
+
+@pytest.mark.parametrize("step", ["read", "ask"])
+def test_every_tracked_link_counts_when_none_is_marked(
+    renderer: Renderer, journey: Sequence, step: str
+) -> None:
+    out = render(renderer, journey, step)
+    assert out.links
+    assert all(counts for _, counts in out.links)
+
+
+def test_unsubscribe_link_is_not_tracked(renderer: Renderer, journey: Sequence) -> None:
+    out = render(renderer, journey, "read")
+    unsub = unsubscribe_url()
+    assert hrefs(out.html)[-1] == unsub
+    assert renderer.unsubscribe_url(MESSAGE_ID) == unsub
+    token = unsub.removeprefix(BASE + "/u/")
+    assert SIGNER.read(token, TokenKind.unsubscribe).message_id == MESSAGE_ID
+    assert unsub not in [url for url, _ in out.links]
+    assert unsub in out.text
+
+
+def test_text_twin_uses_the_same_tracked_urls_as_the_html(
+    renderer: Renderer, journey: Sequence
+) -> None:
+    out = render(renderer, journey, "confirm", first_name="Ada")
+    tracked = hrefs(out.html)[:-1]
+    assert out.text == (
+        "Hi Ada, please confirm:\n"
+        f"{tracked[0]}\n"
+        "\n"
+        f"About us: {tracked[1]}\n"
+        f"Unsubscribe: {unsubscribe_url()}\n"
+    )
+    assert "acme.example" not in out.text
+    assert len(out.links) == 2  # the text twin added no link of its own
+
+
+def test_template_without_twin_gets_a_generated_text_part(
+    renderer: Renderer, journey: Sequence
+) -> None:
+    out = render(renderer, journey, "read", first_name="Ada")
+    [tracked, unsub] = hrefs(out.html)
+    assert out.text.startswith("A short read\n")
+    for words in ("Here is", "the post", "Ada."):
+        assert words in out.text
+    assert f"({tracked})" in out.text
+    assert f"({unsub})" in out.text
+    assert "<" not in out.text.replace(f"({tracked})", "").replace(f"({unsub})", "")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="render.py:197-199 (_TextMaker.handle_data) collapses each text chunk with "
+    "' '.join(data.split()), which drops the spaces at the chunk's edges, so words around an "
+    "inline tag are glued: read.html gives 'Here isthe post', '<p>Hello <b>World</b></p>' gives "
+    "'HelloWorld'. Fix: collapse whitespace runs to one space but keep the edges "
+    "(re.sub(r'\\s+', ' ', data)); html_to_text already strips each line.",
+)
+def test_generated_text_keeps_spaces_around_links(renderer: Renderer, journey: Sequence) -> None:
+    out = render(renderer, journey, "read", first_name="Ada")
+    assert "Here is the post (" in out.text
+
+
+def test_link_variants(adhoc: tuple[Path, Renderer]) -> None:
+    out = render_adhoc(adhoc, {"t.html": (
+        "<p><a href='https://x.example/single'>single</a>\n"
+        "<A HREF=https://x.example/bare>bare</A>\n"
+        '<a class="b" data-micro-yes="yes" href="https://x.example/yes">yes</a>\n'
+        '<a href="https://x.example/single" data-micro-yes>again, marked</a>\n'
+        '<a href="mailto:ada@acme.example">mail</a>\n'
+        '<a href="#top">anchor</a>\n'
+        '<a href="/relative">relative</a>\n'
+        '<a data-no-track href="https://x.example/private">private</a>\n'
+        '<a name="no-href">no href</a></p>\n'
+    )})
+    assert out.links == [
+        ("https://x.example/single", True),  # marked on its second occurrence
+        ("https://x.example/bare", False),
+        ("https://x.example/yes", True),
+    ]
+    found = hrefs(out.html)
+    assert [click_of(u).link for u in found[:4]] == [0, 1, 2, 0]  # same URL, same token
+    assert found[4:] == [
+        "mailto:ada@acme.example", "#top", "/relative", "https://x.example/private",
+    ]
+    assert '<a class="b" href=' in out.html
+    assert "data-micro-yes" not in out.html
+
+
+def test_generated_text_has_no_link_the_html_does_not_have(adhoc: tuple[Path, Renderer]) -> None:
+    out = render_adhoc(adhoc, {"t.html": '<p><a href="https://x.example/a">a</a></p>\n'})
+    assert out.links == [("https://x.example/a", True)]
+    assert hrefs(out.html)[0] in out.text
+
+
+def test_text_only_links_are_tracked_and_do_not_count_when_html_marks_one(
+    adhoc: tuple[Path, Renderer],
+) -> None:
+    out = render_adhoc(adhoc, {
+        "t.html": '<p><a href="https://x.example/yes" data-micro-yes>yes</a></p>\n',
+        "t.txt": "Yes: https://x.example/yes.\nMore (https://x.example/more), bye\n",
+    })
+    assert out.links == [("https://x.example/yes", True), ("https://x.example/more", False)]
+    yes, more = (f"{BASE}/c/{SIGNER.make(TokenKind.click, MESSAGE_ID, i)}" for i in (0, 1))
+    assert out.text == f"Yes: {yes}.\nMore ({more}), bye\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject and context
+
+
+def test_subject_uses_first_name_and_falls_back(renderer: Renderer, journey: Sequence) -> None:
+    assert render(renderer, journey, "confirm", first_name="Ada").subject == "Confirm, Ada"
+    assert render(renderer, journey, "confirm").subject == "Confirm, friend"
+    assert render(renderer, journey, "confirm", "reminder1").subject == "Reminder: please confirm"
+
+
+def test_subject_is_one_line_and_not_html_escaped(adhoc: tuple[Path, Renderer]) -> None:
+    folder, rend = adhoc
+    (folder / "t.html").write_text("<p>x</p>\n", encoding="utf-8")
+    seq = one_step("t.html", subject="Tom & {{ subscriber.first_name }}\n  again")
+    out = rend.render(seq, "only", "step", message_id=1, email="b@example.com",
+                      fields={"first_name": "Jerry\r\nBcc: x@evil.example"})
+    assert out.subject == "Tom & Jerry Bcc: x@evil.example again"
+
+
+def test_fields_are_escaped_in_html(renderer: Renderer, journey: Sequence) -> None:
+    out = render(renderer, journey, "confirm", first_name="<b>Ada</b>")
+    assert "Hi &lt;b&gt;Ada&lt;/b&gt;, please confirm." in out.html
+    assert "<b>" not in out.html
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{{ nope }}", "{{ subscriber.nickname }}", "{{ subscriber.first_name }}", "{{ step.wait }}"],
+)
+def test_undefined_variables_raise(adhoc: tuple[Path, Renderer], source: str) -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render_adhoc(adhoc, {"t.html": source})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ subscriber.email.__class__ }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ subscriber.__class__.__subclasses__() }}",
+    ],
+)
+def test_sandbox_blocks_python_internals(adhoc: tuple[Path, Renderer], source: str) -> None:
+    with pytest.raises(SecurityError):
+        render_adhoc(adhoc, {"t.html": source})
+
+
+@pytest.mark.parametrize(
+    "name", ["settings", "secret_key", "config", "signer", "api_token", "database_url", "env"]
+)
+def test_context_holds_no_settings_or_secrets(adhoc: tuple[Path, Renderer], name: str) -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render_adhoc(adhoc, {"t.html": f"{{{{ {name} }}}}"})
+
+
+def test_context_holds_subscriber_and_urls(adhoc: tuple[Path, Renderer]) -> None:
+    out = render_adhoc(adhoc, {"t.html": (
+        "{{ subscriber.email }}|{{ subscriber.first_name }}|{{ sequence.id }}|"
+        "{{ sequence.name }}|{{ step.id }}|{{ base_url }}|{{ unsubscribe_url }}\n"
+    )}, first_name="Ada")
+    assert out.html == (
+        f"bob@example.com|Ada|adhoc|Ad hoc|only|{BASE}|{unsubscribe_url()}\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# html_to_text and the shipped templates
+
+
+def test_html_to_text() -> None:
+    body = (
+        "<html><head><title>T</title><style>p { color: red }</style></head><body>"
+        "<h1>Title</h1><p>First   para.</p><p>Tom &amp; Jerry</p>"
+        "<ul><li>One</li><li>Two</li></ul>"
+        '<p><a href="https://x.example/a">Link</a></p>'
+        "<script>var a = 1;</script><br>Bye</body></html>"
+    )
+    assert html_to_text(body) == (
+        "Title\n\nFirst para.\n\nTom & Jerry\n\n- One\n\n- Two\n\nLink (https://x.example/a)\n\nBye\n"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="render.py:197-199: html_to_text glues words across inline tags "
+    "('<p>Hello <b>World</b> and <i>more</i>.</p>' -> 'HelloWorldandmore.'); see "
+    "test_generated_text_keeps_spaces_around_links.",
+)
+def test_html_to_text_keeps_spaces_around_inline_tags() -> None:
+    assert html_to_text("<p>Hello <b>World</b> and <i>more</i>.</p>") == "Hello World and more.\n"
+
+
+def test_shipped_templates_render_every_step_and_reminder() -> None:
+    env = make_environment(REPO / "templates")
+    rend = Renderer(env, SIGNER, BASE)
+    catalog = load_catalog(REPO / "sequences", env=env)
+    rendered = 0
+    for seq in catalog:
+        for step in seq.steps:
+            kinds = ["step"] + [f"reminder{i + 1}" for i in range(len(step.reminders))]
+            for kind in kinds:
+                for fields in ({}, {"first_name": "Ada"}):
+                    out = rend.render(seq, step.id, kind, message_id=7,
+                                      email="bob@example.com", fields=fields)
+                    assert out.subject and "{{" not in out.subject
+                    assert unsubscribe_url(7) in out.html and unsubscribe_url(7) in out.text
+                    assert any(counts for _, counts in out.links)
+                    rendered += 1
+    assert rendered >= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# compose
+
+
+def build(**overrides: object) -> EmailMessage:
+    values: dict[str, object] = {
+        "sender": "Ada Test <ada@acme.example>",
+        "to": "bob@example.com",
+        "subject": "Grüße 👋",
+        "text": "Hällo text https://x.example/a\n",
+        "html": "<p>Hällo <b>html</b></p>\n",
+        "message_id": "<42.0123456789abcdef@acme.example>",
+        "date": datetime(2026, 1, 5, 9, 0, tzinfo=UTC),
+        "unsubscribe_url": "https://nurture.test/u/TOKEN",
+    }
+    values.update(overrides)
+    data = compose(**values)  # type: ignore[arg-type]
+    assert isinstance(data, bytes)
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def test_compose_is_multipart_alternative_text_then_html() -> None:
+    msg = build()
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert parts[0].get_content() == "Hällo text https://x.example/a\n"
+    assert parts[1].get_content() == "<p>Hällo <b>html</b></p>\n"
+    assert msg.defects == [] and all(p.defects == [] for p in parts)
+
+
+def test_compose_headers() -> None:
+    msg = build()
+    assert msg["From"].addresses[0].display_name == "Ada Test"
+    assert msg["From"].addresses[0].addr_spec == "ada@acme.example"
+    assert str(msg["To"]) == "bob@example.com"
+    assert str(msg["Subject"]) == "Grüße 👋"
+    assert str(msg["Message-ID"]) == "<42.0123456789abcdef@acme.example>"
+    assert msg["Date"].datetime == datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    assert str(msg["List-Unsubscribe"]) == "<https://nurture.test/u/TOKEN>"
+    assert str(msg["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize(
+    "subject", ["Plain ASCII", "Grüße 👋", "Ünïcödé " * 20, "Quote \" and = and ?= and _"]
+)
+def test_compose_subject_round_trips(subject: str) -> None:
+    assert str(build(subject=subject)["Subject"]) == subject
+
+
+@pytest.mark.parametrize(
+    ("sender", "name", "address"),
+    [
+        ("ada@acme.example", "", "ada@acme.example"),
+        ("Ada Test <ada@acme.example>", "Ada Test", "ada@acme.example"),
+        ("Zoë Müller <zoe@acme.example>", "Zoë Müller", "zoe@acme.example"),
+        ('"Acme, Inc." <news@acme.example>', "Acme, Inc.", "news@acme.example"),
+    ],
+)
+def test_compose_from_round_trips(sender: str, name: str, address: str) -> None:
+    [found] = build(sender=sender)["From"].addresses
+    assert (found.display_name, found.addr_spec) == (name, address)
+
+
+@pytest.mark.parametrize("reply_to", [None, ""])
+def test_compose_without_reply_to(reply_to: str | None) -> None:
+    assert "Reply-To" not in build(reply_to=reply_to)
+
+
+def test_compose_with_reply_to() -> None:
+    msg = build(reply_to="reply+abc234@acme.example")
+    assert str(msg["Reply-To"]) == "reply+abc234@acme.example"
+
+
+def test_compose_refuses_a_header_injection_in_the_subject() -> None:
+    with pytest.raises(email.errors.HeaderParseError):
+        build(subject="Hi\r\nBcc: evil@x.example")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compose.py:53 (msg['To'] = to): a non-ASCII recipient, which normalize_email in "
+    "subscriptions.py accepts (email-validator allows SMTPUTF8 by default), is written as one "
+    "RFC 2047 encoded-word ('=?utf-8?b?...?='), which is not an address: parsers read it as a "
+    "display name with no address. Fix: build the message with email.message.EmailMessage and "
+    "policy=email.policy.SMTPUTF8 when an address is not ASCII (and send with SMTPUTF8), or "
+    "refuse such addresses at subscribe time.",
+)
+@pytest.mark.parametrize("to", ["bob@bücher.example", "zoë@acme.example"])
+def test_compose_non_ascii_recipient(to: str) -> None:
+    [found] = build(to=to)["To"].addresses
+    assert found.addr_spec == to

@@ -1,0 +1,702 @@
+"""The YAML loader: shipped files load, every marketer mistake is a Problem with file, line and
+a sentence, several at once; and the frozen domain objects it builds."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import jinja2
+import pytest
+from support import DATA, REPO
+
+from nurture.errors import Problem, SequenceError
+from nurture.mail.render import make_environment
+from nurture.sequences import (
+    AdvanceOn,
+    Reminder,
+    Sequence,
+    Step,
+    Timeout,
+    load_catalog,
+    load_sequence_file,
+)
+
+TEMPLATES = {
+    "a.html": '<p>A <a href="https://acme.example/a" data-micro-yes>a</a></p>\n',
+    "a.txt": "A https://acme.example/a\n",
+    "r.html": "<p>Reminder</p>\n",
+    # A syntax error on line 3 of the template.
+    "broken.html": "<p>one</p>\n<p>two</p>\n<p>{{ 1 + }}</p>\n<p>four</p>\n",
+}
+
+
+@pytest.fixture
+def templates_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    for name, body in TEMPLATES.items():
+        (folder / name).write_text(body, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def env(templates_dir: Path) -> jinja2.Environment:
+    return make_environment(templates_dir)
+
+
+@pytest.fixture
+def seq_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "sequences"
+    folder.mkdir()
+    return folder
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def load(path: Path, env: jinja2.Environment | None) -> tuple[Sequence | None, list[Problem]]:
+    problems: list[Problem] = []
+    seq = load_sequence_file(path, env=env, problems=problems)
+    return seq, problems
+
+
+# A valid two-step file; the line numbers are what the error cases below refer to.
+VALID = """
+id: demo                                        # 1
+name: Demo                                      # 2
+from: "Ada <ada@acme.example>"                  # 3
+steps:                                          # 4
+  - id: one                                     # 5
+    subject: "Hi {{ subscriber.first_name | default('there') }}"
+    template: a.html                            # 7
+    wait: 3d                                    # 8
+    on_timeout: next                            # 9
+  - id: two                                     # 10
+    subject: Two                                # 11
+    template: a.html                            # 12
+    wait: 1d                                    # 13
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that load
+
+
+def test_shipped_sequences_load_with_shipped_templates() -> None:
+    env = make_environment(REPO / "templates")
+    for path in sorted((REPO / "sequences").glob("*.y*ml")):
+        seq, problems = load(path, env)
+        assert problems == []
+        assert seq is not None
+    catalog = load_catalog(REPO / "sequences", env=env)
+    assert catalog.get("starter") is not None
+
+
+def test_test_journey_loads_with_test_templates() -> None:
+    catalog = load_catalog(DATA / "sequences", env=make_environment(DATA / "templates"))
+    journey = catalog.get("journey")
+    assert journey is not None
+    assert [s.id for s in journey.steps] == ["confirm", "read", "ask", "offer"]
+
+
+def test_valid_file_loads(seq_dir: Path, env: jinja2.Environment) -> None:
+    path = write(seq_dir, "demo.yaml", VALID)
+    seq, problems = load(path, env)
+    assert problems == []
+    assert seq is not None
+    assert (seq.id, seq.name, seq.sender, seq.source) == (
+        "demo", "Demo", "Ada <ada@acme.example>", str(path),
+    )
+
+
+def test_without_env_templates_are_not_checked(seq_dir: Path) -> None:
+    path = write(seq_dir, "demo.yaml", VALID.replace("template: a.html ", "template: zz.html"))
+    seq, problems = load(path, None)
+    assert problems == []
+    assert seq is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# One mistake each: (file text, [(line, words the sentence must contain), ...])
+
+STEP = """
+id: demo
+name: Demo
+from: "Ada <ada@acme.example>"
+steps:
+  - id: one
+    subject: Hi
+    template: a.html
+    wait: 3d
+"""  # lines 1-8; a case's extra lines start at line 9
+
+CASES = {
+    "unknown template": (
+        VALID.replace("template: a.html                            # 12", "template: nope.html"),
+        [(12, "unknown template 'nope.html'")],
+    ),
+    "template with a syntax error": (
+        VALID.replace("template: a.html                            # 7", "template: broken.html"),
+        [(7, "template 'broken.html' has a syntax error at"), (7, "broken.html:3")],
+    ),
+    "template that is not html": (
+        VALID.replace("template: a.html                            # 7", "template: a.txt"),
+        [(7, "must be an HTML file")],
+    ),
+    "subject with a syntax error": (
+        VALID.replace("subject: Two", "subject: '{{ oops'"),
+        [(11, "subject has a template syntax error")],
+    ),
+    "duplicate step id": (
+        VALID.replace("id: two ", "id: one "),
+        [(10, "duplicate step id 'one'")],
+    ),
+    "goto a missing step": (
+        VALID.replace("on_timeout: next", "on_timeout: {goto: missing}"),
+        [(9, "on_timeout goes to step 'missing', which this sequence does not have")],
+    ),
+    "goto the step itself": (
+        VALID.replace("on_timeout: next", "on_timeout: {goto: one}"),
+        [(9, "on_timeout cannot go to the step itself")],
+    ),
+    "wait in words": (
+        VALID.replace("wait: 3d", "wait: 3 days"),
+        [(8, "steps[0].wait: '3 days' is not a duration")],
+    ),
+    "wait without unit": (
+        VALID.replace("wait: 3d", "wait: 10"),
+        [(8, "steps[0].wait: 10 has no unit")],
+    ),
+    "wait of zero": (
+        VALID.replace("wait: 3d", "wait: 0"),
+        [(8, "wait must be longer than 0")],
+    ),
+    "bad delay": (
+        STEP + "    delay: soon\n",
+        [(9, "steps[0].delay: 'soon' is not a duration")],
+    ),
+    "typo in a step key": (
+        VALID.replace("subject: Two", "subjct: Two\n    subject: Two"),
+        [(11, "unknown key 'subjct' in steps[1]")],
+    ),
+    "typo in a top-level key": (
+        VALID.replace("name: Demo ", "name: Demo\ncolour: blue "),
+        [(3, "unknown key 'colour'")],
+    ),
+    "missing subject": (
+        VALID.replace("    subject: Two                                # 11\n", ""),
+        [(10, "missing required key 'subject' in steps[1]")],
+    ),
+    "missing from": (
+        VALID.replace('from: "Ada <ada@acme.example>"                  # 3\n', ""),
+        [(1, "missing required key 'from'")],
+    ),
+    "bad advance_on": (
+        STEP + "    advance_on: open\n",
+        [(9, "steps[0].advance_on must be one of 'click', 'reply' or 'click_or_reply'")],
+    ),
+    "bad step id": (
+        VALID.replace("id: two ", "id: 'two words'"),
+        [(10, "steps[1].id 'two words' may hold only letters, digits")],
+    ),
+    "next on the last step": (
+        STEP + "    on_timeout: next\n",
+        [(9, "step 'one' is the last step: there is no next step; use exit")],
+    ),
+    "reminder at the wait": (
+        STEP + "    reminders:\n      - after: 3d\n        subject: R\n        template: r.html\n",
+        [(10, "reminder 1 at 3d comes after the wait of 3d is over")],
+    ),
+    "reminder after the wait": (
+        STEP + "    reminders:\n      - after: 1w\n        subject: R\n        template: r.html\n",
+        [(10, "reminder 1 at 1w comes after the wait of 3d is over")],
+    ),
+    "reminders not ascending": (
+        STEP
+        + "    reminders:\n"
+        + "      - after: 2d\n        subject: R\n        template: r.html\n"
+        + "      - after: 1d\n        subject: R\n        template: r.html\n",
+        [(13, "reminder 2 must come after reminder 1")],
+    ),
+    "reminder with an unknown template": (
+        STEP + "    reminders:\n      - after: 1d\n        subject: R\n        template: rr.html\n",
+        [(12, "unknown template 'rr.html'")],
+    ),
+    "confirms on the second step": (
+        VALID + "    confirms: true\n",
+        [(14, "step 'two': only the first step can confirm the subscription")],
+    ),
+    "empty steps": (
+        'id: demo\nname: Demo\nfrom: "a@acme.example"\nsteps: []\n',
+        [(4, "a sequence needs at least one step")],
+    ),
+    "duplicate yaml key": (
+        STEP + "    wait: 4d\n",
+        [(9, "duplicate key 'wait'")],
+    ),
+    "a list, not a mapping": ("- id: demo\n- name: Demo\n", [(1, "must be a mapping")]),
+    "a scalar, not a mapping": ("just some words\n", [(1, "must be a mapping")]),
+    "an empty file": ("", [(1, "must be a mapping")]),
+    "yaml syntax error": (
+        STEP.replace("    template: a.html", "   template: a.html"),
+        [(7, "YAML syntax error")],  # the badly indented line
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), CASES.values(), ids=list(CASES))
+def test_each_mistake_is_reported_with_file_line_and_sentence(
+    seq_dir: Path, env: jinja2.Environment, text: str, expected: list[tuple[int, str]]
+) -> None:
+    path = write(seq_dir, "demo.yaml", text)
+    _seq, problems = load(path, env)
+    assert {p.file for p in problems} == {str(path)}
+    lines = sorted({line for line, _ in expected})
+    assert sorted(p.line for p in problems) == lines
+    for line, words in expected:
+        assert any(p.line == line and words in p.message for p in problems), (words, problems)
+    # str(Problem) is what the marketer reads: "file:line: sentence".
+    assert str(problems[0]).startswith(f"{path}:{problems[0].line}: ")
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c != "duplicate yaml key"]
+)
+def test_a_file_with_problems_yields_no_sequence(
+    seq_dir: Path, env: jinja2.Environment, case: str
+) -> None:
+    seq, problems = load(write(seq_dir, "demo.yaml", CASES[case][0]), env)
+    assert problems
+    assert seq is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:268-269: load_sequence_file takes `found = len(problems)` AFTER "
+    "_line_map has appended the duplicate-key problems, so a file whose only mistake is a "
+    "duplicate key still returns a Sequence (contradicting 'None if it cannot be used'). Fix: "
+    "take `found = len(problems)` at the start of the function, before _line_map.",
+)
+def test_a_file_with_a_duplicate_key_yields_no_sequence(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    seq, problems = load(write(seq_dir, "demo.yaml", CASES["duplicate yaml key"][0]), env)
+    assert [p.message for p in problems] == ["duplicate key 'wait'"]
+    assert seq is None
+
+
+def test_yaml_syntax_error_inside_brackets(seq_dir: Path, env: jinja2.Environment) -> None:
+    path = write(seq_dir, "demo.yaml", STEP + "    reminders: [1d, 2d\n    on_timeout: exit\n")
+    _seq, problems = load(path, env)
+    assert len(problems) == 1
+    # The bracket opened on line 9 is still open when the parser meets the ':' on line 10.
+    assert problems[0].line == 10
+    assert problems[0].message.startswith("YAML syntax error: ")
+
+
+def test_unreadable_file_is_a_problem_without_line(seq_dir: Path, env: jinja2.Environment) -> None:
+    path = seq_dir / "latin1.yaml"
+    path.write_bytes("id: caf\xe9\n".encode("latin-1"))
+    seq, problems = load(path, env)
+    assert seq is None
+    assert len(problems) == 1
+    assert (problems[0].file, problems[0].line) == (str(path), None)
+    assert "cannot read the file" in problems[0].message
+
+
+# ---------------------------------------------------------------------------------------------
+# Several mistakes at once
+
+
+def test_several_schema_mistakes_are_all_reported(seq_dir: Path, env: jinja2.Environment) -> None:
+    text = """
+    id: demo
+    name: Demo
+    from: "Ada <ada@acme.example>"
+    steps:
+      - id: one
+        subjct: Hi
+        template: a.html
+        wait: 3 days
+        advance_on: open
+      - id: two
+        subject: Two
+        template: a.html
+        wait: 10
+        confirms: maybe
+    """
+    path = write(seq_dir, "demo.yaml", text)
+    seq, problems = load(path, env)
+    assert seq is None
+    found = sorted((p.line, p.message.split(":")[0].split(" must")[0]) for p in problems)
+    assert found == [
+        (5, "missing required key 'subject' in steps[0]"),
+        (6, "unknown key 'subjct' in steps[0]"),
+        (8, "steps[0].wait"),
+        (9, "steps[0].advance_on"),
+        (13, "steps[1].wait"),
+        (14, "steps[1].confirms"),
+    ]
+
+
+def test_several_semantic_mistakes_are_all_reported(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    text = """
+    id: demo
+    name: Demo
+    from: "Ada <ada@acme.example>"
+    steps:
+      - id: one
+        subject: Hi
+        template: nope.html
+        wait: 1d
+        reminders:
+          - after: 2d
+            subject: R
+            template: r.html
+        on_timeout: {goto: missing}
+      - id: one
+        subject: "{{ oops"
+        template: a.html
+        wait: 1d
+        confirms: true
+        on_timeout: next
+    """
+    path = write(seq_dir, "demo.yaml", text)
+    seq, problems = load(path, env)
+    assert seq is None
+    assert {p.file for p in problems} == {str(path)}
+    found = sorted((p.line, p.message) for p in problems)
+    assert [line for line, _ in found] == [7, 10, 13, 14, 15, 18, 19]
+    messages = " | ".join(m for _, m in found)
+    for words in (
+        "unknown template 'nope.html'",
+        "reminder 1 at 2d comes after the wait of 1d",
+        "on_timeout goes to step 'missing'",
+        "duplicate step id 'one'",
+        "subject has a template syntax error",
+        "only the first step can confirm",
+        "is the last step",
+    ):
+        assert words in messages
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:272-277: when pydantic validation fails, load_sequence_file returns "
+    "right away, so the checks that need a valid model (unknown template, goto target, "
+    "duplicate step id, reminder order, confirms) never run for that file: a typo in step 1 "
+    "hides an unknown template in step 2 until the typo is fixed. The module promises every "
+    "mistake at once. Fix: validate each step with StepModel separately, keep the valid ones "
+    "and run the semantic and template checks on them too.",
+)
+def test_schema_and_semantic_mistakes_are_reported_together(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    text = """
+    id: demo
+    name: Demo
+    from: "Ada <ada@acme.example>"
+    steps:
+      - id: one
+        subjct: Hi
+        template: a.html
+        wait: 1d
+      - id: two
+        subject: Two
+        template: nope.html
+        wait: 1d
+    """
+    _seq, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert sorted(p.line for p in problems) == [5, 6, 11]
+    assert any("unknown template 'nope.html'" in p.message for p in problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes the loader misses today
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:368-379 (_check_template) only compiles the named .html template: a "
+    "syntax error in its text twin (.txt), in a layout it extends or includes, or a missing "
+    "parent template, passes load_catalog and only fails when the email is rendered at send "
+    "time. Fix: also compile the twin (name minus extension + '.txt') and every template "
+    "reachable through jinja2.meta.find_referenced_templates(env.parse(source)), reporting "
+    "TemplateSyntaxError/TemplateNotFound the same way.",
+)
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"t.html": "<p>fine</p>\n", "t.txt": "fine\n{{ oops(\n"},
+        {"t.html": '{% extends "_layout.html" %}\n', "_layout.html": "<p>\n{% if x %}\n"},
+        {"t.html": '{% extends "_missing.html" %}\n'},
+        {"t.html": '{% include "_part.html" %}\n', "_part.html": "{{ 1 + }}\n"},
+    ],
+    ids=["twin", "parent", "missing parent", "include"],
+)
+def test_errors_in_related_templates_are_reported(
+    seq_dir: Path, templates_dir: Path, files: dict[str, str]
+) -> None:
+    for name, body in files.items():
+        (templates_dir / name).write_text(body, encoding="utf-8")
+    path = write(seq_dir, "demo.yaml", STEP.replace("a.html", "t.html"))
+    seq, problems = load(path, make_environment(templates_dir))
+    assert [p.line for p in problems] == [7]
+    assert seq is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:170-192 (_line_map.walk) follows YAML aliases without remembering "
+    "visited nodes, so a self-referencing alias (`goals: &g [*g]`) recurses until "
+    "RecursionError escapes load_sequence_file instead of becoming a Problem. Fix: keep a set "
+    "of visited node ids in walk (or reject aliases) and report a Problem.",
+)
+def test_recursive_alias_is_a_problem_not_a_crash(seq_dir: Path, env: jinja2.Environment) -> None:
+    path = write(seq_dir, "demo.yaml", STEP.replace("steps:", "goals: &g [*g]\nsteps:"))
+    seq, problems = load(path, env)
+    assert seq is None
+    assert problems
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:209-234 (_sentence): a bad on_timeout value (`on_timeout: stay`) gives "
+    "two problems, one of them pydantic's 'input should be a valid dictionary or instance of "
+    "gotomodel', which names an internal class instead of telling the marketer to write exit, "
+    "next or {goto: STEP_ID}. Fix: special-case errors under on_timeout into one sentence.",
+)
+def test_bad_on_timeout_is_one_plain_sentence(seq_dir: Path, env: jinja2.Environment) -> None:
+    _seq, problems = load(write(seq_dir, "demo.yaml", STEP + "    on_timeout: stay\n"), env)
+    assert len(problems) == 1
+    assert problems[0].line == 9
+    assert "model" not in problems[0].message.lower()
+    assert "goto" in problems[0].message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:158: `from` is any string; it is never checked to be one address. "
+    "`from: \"Acme, Inc. <news@acme.example>\"` (unquoted comma) loads, then compose.py:29 "
+    "(`(name, addr), = getaddresses([sender])`) raises ValueError at send time; since "
+    "dispatcher.py:159 calls compose outside _prepare's try/except, the error escapes _claim "
+    "and fails the whole tick, again on every tick. `from: not an address` loads and sends "
+    "'From: not'. Fix: validate `from` in SequenceModel (exactly one address with an '@', via "
+    "email.utils.getaddresses) and report a Problem on its line.",
+)
+@pytest.mark.parametrize(
+    "sender", ["Acme, Inc. <news@acme.example>", "not an address", "a@acme.example, b@acme.example"]
+)
+def test_from_must_be_one_address(seq_dir: Path, env: jinja2.Environment, sender: str) -> None:
+    text = VALID.replace('"Ada <ada@acme.example>"', f"'{sender}'")
+    seq, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert [p.line for p in problems] == [3]
+    assert seq is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalog
+
+
+def test_catalog_collects_problems_from_several_files(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    good = write(seq_dir, "a_good.yaml", VALID)
+    typo = write(seq_dir, "b_typo.yaml", VALID.replace("id: demo", "id: b").replace(
+        "subject: Two", "subjct: Two"))
+    template = write(seq_dir, "c_template.yml", VALID.replace("id: demo", "id: c").replace(
+        "template: a.html                            # 7", "template: nope.html"))
+    with pytest.raises(SequenceError) as info:
+        load_catalog(seq_dir, env=env)
+    problems = info.value.problems
+    assert [(p.file, p.line) for p in problems] == [
+        (str(typo), 10),  # missing required key 'subject' in steps[1]
+        (str(typo), 11),  # unknown key 'subjct' in steps[1]
+        (str(template), 7),
+    ]
+    assert str(good) not in str(info.value)
+    assert f"{typo}:11: unknown key 'subjct'" in str(info.value)
+    assert f"{template}:7: unknown template 'nope.html'" in str(info.value)
+
+
+def test_catalog_loads_yaml_and_yml(seq_dir: Path, env: jinja2.Environment) -> None:
+    write(seq_dir, "a.yaml", VALID)
+    write(seq_dir, "b.yml", VALID.replace("id: demo", "id: other"))
+    write(seq_dir, "notes.txt", "not a sequence")
+    catalog = load_catalog(seq_dir, env=env)
+    assert sorted(s.id for s in catalog) == ["demo", "other"]
+    assert catalog.get("missing") is None
+
+
+def test_duplicate_sequence_id_across_files(seq_dir: Path, env: jinja2.Environment) -> None:
+    first = write(seq_dir, "a.yaml", VALID)
+    second = write(seq_dir, "b.yaml", VALID)
+    with pytest.raises(SequenceError) as info:
+        load_catalog(seq_dir, env=env)
+    [problem] = info.value.problems
+    assert problem.file == str(second)
+    assert problem.line == 1
+    assert f"sequence id 'demo' is already used by {first}" in problem.message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:404-407 (load_catalog) reports a duplicate sequence id at line 1, "
+    "not at the `id:` line. The shipped starter.yaml has 38 comment lines before `id:` and "
+    "says 'Copy this file to make your own', so the likely mistake points at a comment. Fix: "
+    "keep the id's line (lines[('id',)]) on the Sequence and use it here.",
+)
+def test_duplicate_sequence_id_points_at_the_id_line(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    write(seq_dir, "a.yaml", VALID)
+    write(seq_dir, "b.yaml", "# A copy of a.yaml\n# that kept its id\n" + textwrap.dedent(VALID))
+    with pytest.raises(SequenceError) as info:
+        load_catalog(seq_dir, env=env)
+    assert [p.line for p in info.value.problems] == [3]
+
+
+def test_catalog_of_missing_or_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(SequenceError, match="does not exist"):
+        load_catalog(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SequenceError, match="no sequence files"):
+        load_catalog(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain objects
+
+
+FULL = """
+id: full
+name: Full
+from: "Ada <ada@acme.example>"
+goals: [purchase, booked]
+steps:
+  - id: confirm
+    confirms: true
+    subject: Confirm
+    template: a.html
+    wait: 2d
+    reminders:
+      - after: 12h
+        subject: R1
+        template: r.html
+      - after: 1d6h
+        subject: R2
+        template: r.html
+    on_timeout: exit
+  - id: read
+    subject: Read
+    template: a.html
+    advance_on: click_or_reply
+    delay: 1h
+    wait: 1w
+    on_timeout: next
+  - id: ask
+    subject: Ask
+    template: a.html
+    advance_on: reply
+    wait: 30m
+    on_timeout: {goto: read}
+  - id: last
+    subject: Last
+    template: a.html
+    wait: 1d
+"""
+
+
+@pytest.fixture
+def full(seq_dir: Path, env: jinja2.Environment) -> Sequence:
+    seq, problems = load(write(seq_dir, "full.yaml", FULL), env)
+    assert problems == []
+    assert seq is not None
+    return seq
+
+
+def test_steps_carry_typed_values(full: Sequence) -> None:
+    confirm, read, ask, last = full.steps
+    assert confirm == Step(
+        id="confirm",
+        subject="Confirm",
+        template="a.html",
+        advance_on=AdvanceOn.click,
+        wait=timedelta(days=2),
+        delay=timedelta(0),
+        reminders=(
+            Reminder(timedelta(hours=12), "R1", "r.html"),
+            Reminder(timedelta(days=1, hours=6), "R2", "r.html"),
+        ),
+        on_timeout=Timeout("exit"),
+        confirms=True,
+        line=6,
+    )
+    assert (read.advance_on, read.delay, read.wait) == (
+        AdvanceOn.click_or_reply, timedelta(hours=1), timedelta(weeks=1),
+    )
+    assert read.on_timeout == Timeout("next")
+    assert read.reminders == ()
+    assert ask.on_timeout == Timeout("goto", "read")
+    assert ask.on_timeout.describe() == "goto read"
+    assert ask.advance_on is AdvanceOn.reply
+    assert last.on_timeout == Timeout("exit")
+    assert [s.line for s in full.steps] == [6, 19, 26, 32]
+
+
+def test_steps_are_frozen(full: Sequence) -> None:
+    with pytest.raises(AttributeError):
+        full.steps[0].wait = timedelta(0)  # type: ignore[misc]
+
+
+def test_navigation(full: Sequence) -> None:
+    assert full.step("ask").subject == "Ask"
+    assert full.position("ask") == 2
+    assert full.has_step("read") and not full.has_step("nope")
+    assert full.next_step("confirm") == full.step("read")
+    assert full.next_step("ask") == full.step("last")
+    assert full.next_step("last") is None
+    with pytest.raises(KeyError):
+        full.next_step("nope")
+
+
+def test_counts_as_goal(full: Sequence, seq_dir: Path, env: jinja2.Environment) -> None:
+    assert full.goals == ("purchase", "booked")
+    assert full.counts_as_goal("purchase")
+    assert full.counts_as_goal("booked")
+    assert not full.counts_as_goal("signup")
+    no_goals, _ = load(write(seq_dir, "plain.yaml", VALID), env)
+    assert no_goals is not None and no_goals.goals == ()
+    assert no_goals.counts_as_goal("anything")
+
+
+@pytest.mark.parametrize(
+    ("advance_on", "accepts"),
+    [
+        (AdvanceOn.click, {"click"}),
+        (AdvanceOn.reply, {"reply"}),
+        (AdvanceOn.click_or_reply, {"click", "reply"}),
+    ],
+)
+def test_advance_on_accepts(advance_on: AdvanceOn, accepts: set[str]) -> None:
+    assert {k for k in ("click", "reply") if advance_on.accepts(k)} == accepts
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sequences.py:40-41 (AdvanceOn.accepts): click_or_reply returns True for ANY kind "
+    "('open', 'bounce', ''), not just click and reply. Latent today (tracking._yes only passes "
+    "'click' or 'reply'), but an open-pixel or other event routed through engine.on_yes would "
+    "advance click_or_reply steps. Fix: `return kind in ('click', 'reply') if self is "
+    "AdvanceOn.click_or_reply else self.value == kind`.",
+)
+@pytest.mark.parametrize("kind", ["open", "bounce", ""])
+def test_click_or_reply_accepts_only_clicks_and_replies(kind: str) -> None:
+    assert not AdvanceOn.click_or_reply.accepts(kind)
