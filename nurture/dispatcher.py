@@ -142,31 +142,32 @@ class Dispatcher:
                 sequence, row.step_id, row.kind, message_id=row.id, email=row.email,
                 fields=row.fields,
             )
-        except (jinja2.TemplateError, KeyError, IndexError, ValueError) as exc:
+            envelope_from = address_of(sequence.sender)
+            domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2]
+            reply_to = None
+            if self.policy.reply_address:
+                reply_to = self.policy.reply_address.format(
+                    token=self.signer.make(TokenKind.reply, row.id)
+                )
+            data = compose(
+                sender=sequence.sender,
+                to=row.email,
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                message_id=self.signer.message_id(row.id, domain or "nurture.local"),
+                date=now,
+                unsubscribe_url=self.renderer.unsubscribe_url(row.id),
+                reply_to=reply_to,
+            )
+        except (jinja2.TemplateError, KeyError, IndexError, ValueError, TypeError) as exc:
+            # A template or a subscriber's data that cannot make an email: this email fails
+            # (and says why), the rest of the batch goes on.
             error = f"cannot render: {type(exc).__name__}: {exc}"
             log.error("message %s: %s", row.id, error,
                       extra={"action": "render_failed", "message_id": row.id})
             self._fail(tx, row.id, error, now=now, bounce=False)
             return None
-        sender = sequence.sender
-        envelope_from = address_of(sender)
-        domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2] or "nurture.local"
-        reply_to = None
-        if self.policy.reply_address:
-            reply_to = self.policy.reply_address.format(
-                token=self.signer.make(TokenKind.reply, row.id)
-            )
-        data = compose(
-            sender=sender,
-            to=row.email,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            message_id=self.signer.message_id(row.id, domain),
-            date=now,
-            unsubscribe_url=self.renderer.unsubscribe_url(row.id),
-            reply_to=reply_to,
-        )
         out = Outgoing(row.id, row.step_id, envelope_from, row.email, data, row.attempts)
         return out, rendered.subject, [list(link) for link in rendered.links]
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 __all__ = ["parse_duration", "format_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_PART = re.compile(r"(\d+)\s*([smhdw])")
-_WHOLE = re.compile(r"^\s*(?:\d+\s*[smhdw]\s*)+$")
+_PART = re.compile(r"([0-9]+)\s*([smhdw])")
+_WHOLE = re.compile(r"^\s*(?:[0-9]+\s*[smhdw]\s*)+$")
 
 
 def parse_duration(text: object) -> timedelta:
@@ -18,7 +18,7 @@ def parse_duration(text: object) -> timedelta:
         raise ValueError(f"{text!r} is not a duration: write a number and a unit, e.g. 3d, 12h, 30m")
     if str(text).strip() == "0":
         return timedelta(0)
-    if isinstance(text, int) or text.strip().isdigit():
+    if (isinstance(text, int) and text > 0) or (isinstance(text, str) and re.fullmatch(r"\s*[0-9]+\s*", text) is not None):
         n = str(text).strip()
         raise ValueError(
             f"{text!r} has no unit: write e.g. {n}s, {n}m, {n}h or {n}d (units: s, m, h, d, w)"

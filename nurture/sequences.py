@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.utils import getaddresses
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jinja2
+import jinja2.meta
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from nurture.durations import parse_duration
+from nurture.durations import format_duration, parse_duration
 from nurture.errors import Problem, SequenceError
 
 __all__ = [
@@ -38,7 +40,9 @@ class AdvanceOn(StrEnum):
     click_or_reply = "click_or_reply"
 
     def accepts(self, kind: str) -> bool:
-        return self.value == "click_or_reply" or self.value == kind
+        if self.value == "click_or_reply":
+            return kind in ("click", "reply")
+        return self.value == kind
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Sequence:
     steps: tuple[Step, ...]
     source: str = ""
     goals: tuple[str, ...] = ()
+    line: int | None = None  # of the id
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,10 +158,13 @@ class StepModel(_Model):
 
 
 class SequenceModel(_Model):
+    """The file's top level; each step is validated on its own so that one broken step does
+    not hide the problems of the others."""
+
     id: StepId
     name: str
     sender: str = Field(alias="from")
-    steps: list[StepModel] = Field(min_length=1)
+    steps: list[Any] = Field(min_length=1)
     goals: list[str] = []
 
 
@@ -164,15 +172,21 @@ class SequenceModel(_Model):
 # Loading
 
 
-Path_ = tuple[str | int, ...]
+Loc = tuple[str | int, ...]
 
 
-def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Path_, int]:
+def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc, int]:
     """Map each key path of a YAML document to its 1-based line; report duplicate keys."""
-    lines: dict[Path_, int] = {}
+    lines: dict[Loc, int] = {}
+    active: set[int] = set()  # nodes on the current path: an alias may point back up
 
-    def walk(n: yaml.Node, path: Path_) -> None:
+    def walk(n: yaml.Node, path: Loc) -> None:
         lines.setdefault(path, n.start_mark.line + 1)
+        if id(n) in active:
+            problems.append(Problem(source, n.start_mark.line + 1,
+                                    "this alias refers to itself; write the value out"))
+            return
+        active.add(id(n))
         if isinstance(n, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in n.value:
@@ -187,51 +201,66 @@ def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Pat
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))
+        active.discard(id(n))
 
     walk(node, ())
     return lines
 
 
-def _line_for(lines: dict[Path_, int], loc: Path_) -> int | None:
+def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
     return None
 
 
-def _where(loc: Path_) -> str:
+def _clean_loc(loc: Loc) -> Loc:
+    # pydantic names union branches in loc ("GotoModel", "literal['exit','next']"): drop them.
+    return tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+
+
+def _path_text(loc: Loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _sentence(err: dict[str, Any], data: Any) -> str:
-    loc: Path_ = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-    # pydantic names union branches in loc ("GotoModel", "literal[...]"); drop those parts.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper()))
+def _sentence(err: Any, loc: Loc) -> str:
+    """One pydantic error as a sentence; ``loc`` is relative to the step or the file."""
     kind = err["type"]
-    name = _where(loc)
+    name = _path_text(loc)
+    parent = _path_text(loc[:-1])
+    if loc and loc[0] == "on_timeout" and kind != "extra_forbidden":
+        return (f"on_timeout must be exit, next or {{goto: STEP_ID}} "
+                f"(got {err.get('input')!r})")
     if kind == "extra_forbidden":
-        return f"unknown key '{loc[-1]}'" + (f" in {_where(loc[:-1])}" if loc[:-1] else "")
+        return f"unknown key '{loc[-1]}'" + (f" in {parent}" if parent else "")
     if kind == "missing":
-        return f"missing required key '{loc[-1]}'" + (
-            f" in {_where(loc[:-1])}" if loc[:-1] else ""
-        )
+        return f"missing required key '{loc[-1]}'" + (f" in {parent}" if parent else "")
     if kind in ("value_error", "assertion_error"):
-        msg = str(err.get("ctx", {}).get("error", err["msg"]))
-        return f"{name}: {msg}"
-    if kind == "enum" or kind == "literal_error":
+        return f"{name}: {err.get('ctx', {}).get('error', err['msg'])}"
+    if kind in ("enum", "literal_error"):
         expected = err.get("ctx", {}).get("expected", "")
         return f"{name} must be one of {expected} (got {err.get('input')!r})"
     if kind == "string_pattern_mismatch":
-        return (
-            f"{name} {err.get('input')!r} may hold only letters, digits, '_', '-' and '.' "
-            "(at most 64)"
-        )
-    if kind == "too_short" and loc and loc[-1] == "steps":
+        return (f"{name} {err.get('input')!r} may hold only letters, digits, '_', '-' and '.' "
+                "(at most 64)")
+    if kind == "too_short" and loc == ("steps",):
         return "a sequence needs at least one step"
-    return f"{name}: {err['msg'].lower()}"
+    if kind == "model_type" or kind == "dict_type":
+        return f"{name or 'this'} must be a mapping of keys and values"
+    return f"{name}: {err['msg'][:1].lower()}{err['msg'][1:]}"
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> Problem:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem(source, None, f"YAML syntax error: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or "invalid YAML"
+    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+        what += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+    return Problem(source, mark.line + 1 if mark else None, f"YAML syntax error: {what}")
 
 
 def _timeout(model: Literal["exit", "next"] | GotoModel) -> Timeout:
@@ -245,6 +274,11 @@ def load_sequence_file(
 ) -> Sequence | None:
     """Load one file; append every problem found to ``problems``; None if it cannot be used."""
     source = str(path)
+    found = len(problems)
+
+    def problem(loc: Loc, message: str) -> None:
+        problems.append(Problem(source, _line_for(lines, loc), message))
+
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -253,92 +287,67 @@ def load_sequence_file(
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = exc.problem or "invalid YAML"
-        problems.append(Problem(source, line, f"YAML syntax error: {what}"))
-        return None
     except yaml.YAMLError as exc:
-        problems.append(Problem(source, None, f"YAML syntax error: {exc}"))
+        problems.append(_yaml_problem(source, exc))
         return None
     if node is None or not isinstance(data, dict):
-        problems.append(Problem(source, 1, "a sequence file must be a mapping with id, name, from and steps"))
+        problems.append(Problem(source, 1, "a sequence file must be a mapping with id, name, "
+                                           "from and steps"))
         return None
     lines = _line_map(node, source, problems)
-    found = len(problems)
-    try:
-        model = SequenceModel.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc: Path_ = tuple(err["loc"])
-            clean = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
-            problems.append(Problem(source, _line_for(lines, clean), _sentence(err, data)))
+    if len(problems) > found and any("refers to itself" in p.message for p in problems[found:]):
         return None
 
-    step_ids: dict[str, int] = {}
-    for i, step in enumerate(model.steps):
-        line = _line_for(lines, ("steps", i, "id"))
-        if step.id in step_ids:
-            problems.append(
-                Problem(source, line, f"duplicate step id '{step.id}' (first used at step {step_ids[step.id] + 1})")
-            )
+    header: SequenceModel | None = None
+    try:
+        header = SequenceModel.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            problem(loc, _sentence(err, loc))
+    raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    raw_ids = [s.get("id") if isinstance(s, dict) else None for s in raw_steps]
+
+    def label(i: int) -> str:
+        step_id = raw_ids[i]
+        return f"step '{step_id}'" if isinstance(step_id, str) else f"step {i + 1}"
+
+    first_use: dict[str, int] = {}
+    for i, step_id in enumerate(raw_ids):
+        if not isinstance(step_id, str):
+            continue
+        if step_id in first_use:
+            problem(("steps", i, "id"), f"duplicate step id '{step_id}' (step {first_use[step_id] + 1} "
+                                         "has it already)")
         else:
-            step_ids[step.id] = i
-    for i, step in enumerate(model.steps):
-        here: Path_ = ("steps", i)
-        if isinstance(step.on_timeout, GotoModel) and step.on_timeout.goto not in step_ids:
-            problems.append(
-                Problem(
-                    source,
-                    _line_for(lines, (*here, "on_timeout", "goto")),
-                    f"step '{step.id}': on_timeout goes to step '{step.on_timeout.goto}', "
-                    f"which this sequence does not have (steps: {', '.join(step_ids)})",
-                )
-            )
-        if isinstance(step.on_timeout, GotoModel) and step.on_timeout.goto == step.id:
-            problems.append(
-                Problem(source, _line_for(lines, (*here, "on_timeout")),
-                        f"step '{step.id}': on_timeout cannot go to the step itself")
-            )
-        if step.on_timeout == "next" and i == len(model.steps) - 1:
-            problems.append(
-                Problem(source, _line_for(lines, (*here, "on_timeout")),
-                        f"step '{step.id}' is the last step: there is no next step; use exit")
-            )
-        if step.wait <= timedelta(0):
-            problems.append(
-                Problem(source, _line_for(lines, (*here, "wait")),
-                        f"step '{step.id}': wait must be longer than 0")
-            )
-        if step.confirms and i != 0:
-            problems.append(
-                Problem(source, _line_for(lines, (*here, "confirms")),
-                        f"step '{step.id}': only the first step can confirm the subscription")
-            )
-        previous = timedelta(0)
-        for r, reminder in enumerate(step.reminders):
-            rline = _line_for(lines, (*here, "reminders", r, "after"))
-            if reminder.after <= previous:
-                problems.append(Problem(source, rline, f"step '{step.id}': reminder {r + 1} must come after "
-                                        + ("the step's email" if r == 0 else f"reminder {r}")))
-            if reminder.after >= step.wait:
-                problems.append(
-                    Problem(source, rline, f"step '{step.id}': reminder {r + 1} at {_fmt(reminder.after)} "
-                            f"comes after the wait of {_fmt(step.wait)} is over; it would never be sent")
-                )
-            previous = reminder.after
-        if env is not None:
-            _check_template(env, step.template, source, _line_for(lines, (*here, "template")), problems)
-            _check_subject(env, step.subject, source, _line_for(lines, (*here, "subject")), problems)
-            for r, reminder in enumerate(step.reminders):
-                _check_template(env, reminder.template, source,
-                                _line_for(lines, (*here, "reminders", r, "template")), problems)
-                _check_subject(env, reminder.subject, source,
-                               _line_for(lines, (*here, "reminders", r, "subject")), problems)
-    if len(problems) > found:
+            first_use[step_id] = i
+
+    steps: list[StepModel | None] = []
+    for i, raw in enumerate(raw_steps):
+        here: Loc = ("steps", i)
+        try:
+            steps.append(StepModel.model_validate(raw))
+        except ValidationError as exc:
+            steps.append(None)
+            for err in exc.errors():
+                loc = _clean_loc(tuple(err["loc"]))
+                problem((*here, *loc), f"{label(i)}: {_sentence(err, loc)}")
+        if env is not None and isinstance(raw, dict):
+            _check_email(env, raw, here, label(i), problem)
+            for r, reminder in enumerate(raw.get("reminders") or []):
+                if isinstance(reminder, dict):
+                    _check_email(env, reminder, (*here, "reminders", r),
+                                 f"{label(i)}, reminder {r + 1}", problem)
+
+    for i, step in enumerate(steps):
+        if step is not None:
+            _check_step(step, i, len(steps), list(first_use), problem)
+    if header is not None and not _address_ok(header.sender):
+        problem(("from",), f"from {header.sender!r} is not an address like \"Ada <ada@acme.example>\"")
+
+    if len(problems) > found or header is None:
         return None
-    steps = tuple(
+    built = tuple(
         Step(
             id=s.id,
             subject=s.subject,
@@ -351,41 +360,100 @@ def load_sequence_file(
             confirms=s.confirms,
             line=_line_for(lines, ("steps", i)),
         )
-        for i, s in enumerate(model.steps)
+        for i, s in enumerate(steps)
+        if s is not None
     )
-    return Sequence(
-        id=model.id, name=model.name, sender=model.sender, steps=steps, source=source,
-        goals=tuple(model.goals),
-    )
+    return Sequence(id=header.id, name=header.name, sender=header.sender, steps=built,
+                    source=source, goals=tuple(header.goals), line=_line_for(lines, ("id",)))
 
 
-def _fmt(value: timedelta) -> str:
-    from nurture.durations import format_duration
+def _address_ok(sender: str) -> bool:
+    """Exactly one address, with a local part and a dotted domain."""
+    found = getaddresses([sender])
+    if len(found) != 1:
+        return False
+    local, _, domain = found[0][1].partition("@")
+    return bool(local) and "." in domain and not domain.startswith(".")
 
-    return format_duration(value)
+
+def _check_step(step: StepModel, i: int, count: int, ids: list[str], problem: Any) -> None:
+    here: Loc = ("steps", i)
+    name = f"step '{step.id}'"
+    if isinstance(step.on_timeout, GotoModel):
+        target = step.on_timeout.goto
+        if target not in ids:
+            problem((*here, "on_timeout", "goto"),
+                    f"{name}: on_timeout goes to step '{target}', which this sequence does not "
+                    f"have (steps: {', '.join(ids)})")
+        elif target == step.id:
+            problem((*here, "on_timeout"), f"{name}: on_timeout cannot go to the step itself")
+    if step.on_timeout == "next" and i == count - 1:
+        problem((*here, "on_timeout"),
+                f"{name} is the last step: there is no next step; use exit")
+    if step.wait <= timedelta(0):
+        problem((*here, "wait"), f"{name}: wait must be longer than 0")
+    if step.confirms and i != 0:
+        problem((*here, "confirms"), f"{name}: only the first step can confirm the subscription")
+    previous = timedelta(0)
+    for r, reminder in enumerate(step.reminders):
+        where = (*here, "reminders", r, "after")
+        if reminder.after <= previous:
+            problem(where, f"{name}: reminder {r + 1} must come after "
+                    + ("the step's email" if r == 0 else f"reminder {r}"))
+        if reminder.after >= step.wait:
+            problem(where, f"{name}: reminder {r + 1} at {format_duration(reminder.after)} comes "
+                    f"after the wait of {format_duration(step.wait)} is over; it would never be sent")
+        previous = reminder.after
 
 
-def _check_template(
-    env: jinja2.Environment, name: str, source: str, line: int | None, problems: list[Problem]
-) -> None:
+def _template_problem(env: jinja2.Environment, name: str, *, optional: bool = False,
+                      seen: set[str] | None = None) -> str | None:
+    """Compile a template and every template it extends or includes; None when all is well."""
+    seen = seen if seen is not None else set()
+    if name in seen:
+        return None
+    seen.add(name)
+    assert env.loader is not None
     try:
-        env.get_template(name)
+        source, filename, _ = env.loader.get_source(env, name)
+        tree = env.parse(source, name, filename)
     except jinja2.TemplateNotFound:
-        problems.append(Problem(source, line, f"unknown template '{name}' (not found in the templates directory)"))
+        if optional:
+            return None
+        return f"unknown template '{name}' (not found in the templates directory)"
     except jinja2.TemplateSyntaxError as exc:
-        where = exc.filename or name
-        problems.append(Problem(source, line, f"template '{name}' has a syntax error at {where}:{exc.lineno}: {exc.message}"))
-    if not name.endswith((".html", ".htm")):
-        problems.append(Problem(source, line, f"template '{name}' must be an HTML file (.html); its text twin is found next to it"))
+        return f"template '{name}' has a syntax error at line {exc.lineno}: {exc.message}"
+    for ref in jinja2.meta.find_referenced_templates(tree):
+        if ref is None:
+            continue  # a name computed at render time: nothing to check here
+        message = _template_problem(env, ref, seen=seen)
+        if message:
+            return f"template '{name}' uses {message}" if message.startswith("unknown") else message
+    return None
 
 
-def _check_subject(
-    env: jinja2.Environment, subject: str, source: str, line: int | None, problems: list[Problem]
-) -> None:
-    try:
-        env.from_string(subject)
-    except jinja2.TemplateSyntaxError as exc:
-        problems.append(Problem(source, line, f"subject has a template syntax error: {exc.message}"))
+def _check_email(env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str,
+                 problem: Any) -> None:
+    """The template exists, is HTML and compiles; the subject compiles."""
+    name = raw.get("template")
+    if isinstance(name, str):
+        where = (*here, "template")
+        if not name.endswith((".html", ".htm")):
+            problem(where, f"{label}: template '{name}' must be an HTML file (.html); "
+                           "its text twin (.txt) is found next to it")
+        else:
+            twin = name.rsplit(".", 1)[0] + ".txt"
+            for template in (name, twin):
+                message = _template_problem(env, template, optional=template == twin)
+                if message:
+                    problem(where, f"{label}: {message}")
+    subject = raw.get("subject")
+    if isinstance(subject, str):
+        try:
+            env.from_string(subject)
+        except jinja2.TemplateSyntaxError as exc:
+            problem((*here, "subject"), f"{label}: the subject is not a valid template: "
+                                        f"{exc.message}")
 
 
 def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:
@@ -403,10 +471,12 @@ def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) 
             continue
         if seq.id in sequences:
             problems.append(
-                Problem(seq.source, 1, f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}")
+                Problem(seq.source, seq.line,
+                        f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}")
             )
             continue
         sequences[seq.id] = seq
     if problems:
+        problems.sort(key=lambda p: (p.file, p.line or 0))
         raise SequenceError(problems)
     return Catalog(sequences)

@@ -38,10 +38,12 @@ def normalize_email(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SubscribeError("an email address is required")
     try:
-        info = validate_email(value.strip(), check_deliverability=False)
+        # SMTPUTF8 addresses (non-ASCII local parts) are refused: most relays cannot deliver
+        # them yet. Non-ASCII domains are kept in their ASCII (IDNA) form.
+        info = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise SubscribeError(f"{value.strip()!r} is not a valid email address: {exc}") from None
-    return info.normalized.lower()
+    return str(info.ascii_email or info.normalized).lower()
 
 
 def clean_fields(raw: dict[str, Any]) -> dict[str, str]:

@@ -51,7 +51,10 @@ class Signer:
 
     def make(self, kind: TokenKind, message_id: int, link: int = 0) -> str:
         payload = _LAYOUT.pack(kind.value.encode(), message_id, link)
-        raw = payload + self._sig(payload)
+        return self._encode(payload + self._sig(payload), kind)
+
+    @staticmethod
+    def _encode(raw: bytes, kind: TokenKind) -> str:
         if kind is TokenKind.reply:
             # Reply tokens live in an address's local part: lower case, no '-' or '_'.
             return base64.b32encode(raw).decode().rstrip("=").lower()
@@ -73,6 +76,10 @@ class Signer:
             raise TokenError("undecodable token") from exc
         if len(raw) != _LAYOUT.size + _SIG_BYTES:
             raise TokenError("bad token size")
+        # The last character carries unused bits that decoding ignores: accept only the one
+        # spelling we issue, so a token has exactly one valid form.
+        if self._encode(raw, kind) != (token.lower() if kind is TokenKind.reply else token):
+            raise TokenError("non-canonical token")
         payload, sig = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
         if not hmac.compare_digest(sig, self._sig(payload)):
             raise TokenError("bad signature")

@@ -59,6 +59,9 @@ class _Links:
         self.items: list[list[Any]] = []  # [url, counts]
         self._index: dict[str, int] = {}
 
+    def knows(self, url: str) -> bool:
+        return url in self._index
+
     def track(self, url: str, marked: bool) -> str:
         i = self._index.get(url)
         if i is None:
@@ -123,7 +126,7 @@ class Renderer:
         if text_body is None:
             text_body = html_to_text(html_body)
         else:
-            text_body = _rewrite_text(text_body, links, skip=unsubscribe_url, counts=not marked_any)
+            text_body = _rewrite_text(text_body, links)
         return Rendered(subject, text_body, html_body, [(u, bool(c)) for u, c in links.items])
 
     def unsubscribe_url(self, message_id: int) -> str:
@@ -154,13 +157,16 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
     return _A_TAG.sub(tag, body), marked_any
 
 
-def _rewrite_text(body: str, links: _Links, *, skip: str, counts: bool) -> str:
+def _rewrite_text(body: str, links: _Links) -> str:
+    """Track the text part's URLs that the HTML part links to. Other URLs stay as they are:
+    a URL that came from a subscriber's field must never become a link we redirect to."""
+
     def url(match: re.Match[str]) -> str:
         found = match.group(0).rstrip(".,;:!?")
         rest = match.group(0)[len(found) :]
-        if found == skip:
+        if not links.knows(found):
             return match.group(0)
-        return links.track(found, counts) + rest
+        return links.track(found, False) + rest
 
     return _TEXT_URL.sub(url, body)
 
@@ -196,7 +202,7 @@ class _TextMaker(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self.skipping:
-            self.parts.append(" ".join(data.split()) if data.strip() else (" " if data else ""))
+            self.parts.append(re.sub(r"\s+", " ", data))
 
 
 def html_to_text(body: str) -> str:
