@@ -332,6 +332,8 @@ def load_sequence_file(
             for err in exc.errors():
                 loc = _clean_loc(tuple(err["loc"]))
                 problem((*here, *loc), f"{label(i)}: {_sentence(err, loc)}")
+        if isinstance(raw, dict):
+            _check_goto(raw, here, label(i), list(first_use), problem)
         if env is not None and isinstance(raw, dict):
             _check_email(env, raw, here, label(i), problem)
             for r, reminder in enumerate(raw.get("reminders") or []):
@@ -376,17 +378,23 @@ def _address_ok(sender: str) -> bool:
     return bool(local) and "." in domain and not domain.startswith(".")
 
 
+def _check_goto(raw: dict[str, Any], here: Loc, label: str, ids: list[str], problem: Any) -> None:
+    """Checked on the raw step, so a typo elsewhere in the step does not hide it."""
+    rule = raw.get("on_timeout")
+    target = rule.get("goto") if isinstance(rule, dict) else None
+    if not isinstance(target, str):
+        return
+    if target not in ids:
+        problem((*here, "on_timeout", "goto"),
+                f"{label}: on_timeout goes to step '{target}', which this sequence does not "
+                f"have (steps: {', '.join(ids)})")
+    elif target == raw.get("id"):
+        problem((*here, "on_timeout"), f"{label}: on_timeout cannot go to the step itself")
+
+
 def _check_step(step: StepModel, i: int, count: int, ids: list[str], problem: Any) -> None:
     here: Loc = ("steps", i)
     name = f"step '{step.id}'"
-    if isinstance(step.on_timeout, GotoModel):
-        target = step.on_timeout.goto
-        if target not in ids:
-            problem((*here, "on_timeout", "goto"),
-                    f"{name}: on_timeout goes to step '{target}', which this sequence does not "
-                    f"have (steps: {', '.join(ids)})")
-        elif target == step.id:
-            problem((*here, "on_timeout"), f"{name}: on_timeout cannot go to the step itself")
     if step.on_timeout == "next" and i == count - 1:
         problem((*here, "on_timeout"),
                 f"{name} is the last step: there is no next step; use exit")

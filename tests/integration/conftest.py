@@ -63,16 +63,30 @@ class World:
 
 
 @pytest.fixture
-def world(database_url: str, tmp_path: Path) -> Iterator[World]:
-    handler = RecordingHandler()
-    server = SmtpServerThread(handler).start()
-    clock = FixedClock()
-    settings = make_settings(tmp_path, database_url, smtp_host="127.0.0.1", smtp_port=server.port)
-    services = build_services(settings, clock=clock)
-    w = World(services, clock, handler, server, None)  # type: ignore[arg-type]
-    w.dispatcher = w.new_dispatcher()
+def make_world(database_url: str, tmp_path: Path) -> Iterator[Any]:
+    """Build a World with extra settings (e.g. reply_address=...)."""
+    made: list[World] = []
+
+    def build(**overrides: Any) -> World:
+        handler = RecordingHandler()
+        server = SmtpServerThread(handler).start()
+        clock = FixedClock()
+        settings = make_settings(tmp_path, database_url, smtp_host="127.0.0.1",
+                                 smtp_port=server.port, **overrides)
+        services = build_services(settings, clock=clock)
+        w = World(services, clock, handler, server, None)  # type: ignore[arg-type]
+        w.dispatcher = w.new_dispatcher()
+        made.append(w)
+        return w
+
     try:
-        yield w
+        yield build
     finally:
-        server.stop()
-        services.store.dispose()
+        for w in made:
+            w.server.stop()
+            w.services.store.dispose()
+
+
+@pytest.fixture
+def world(make_world: Any) -> World:
+    return make_world()  # type: ignore[no-any-return]

@@ -208,3 +208,27 @@ def test_inbound_reply_advances_once_and_auto_replies_never(world, http) -> None
 
 def test_outbox_does_not_exist_when_smtp_is_configured(http) -> None:  # type: ignore[no-untyped-def]
     assert http.get("/outbox").status_code == 404
+
+
+def test_reply_address_matches_even_when_headers_were_rewritten(make_world) -> None:  # type: ignore[no-untyped-def]
+    world = make_world(reply_address="replies+{token}@acme.example")
+    with ServedApp(create_app(world.services)) as base, httpx.Client(base_url=base) as http:
+        ask = drive_to_ask(world, "joy@example.com")
+        reply_address = ask.message["Reply-To"]
+        assert re.fullmatch(r"replies\+[a-z2-7]+@acme\.example", reply_address)
+        # The provider replaced the Message-ID and dropped References and In-Reply-To.
+        msg = EmailMessage()
+        msg["From"] = "Joy <joy@example.com>"
+        msg["To"] = reply_address.upper()  # some systems change the case of addresses
+        msg["Subject"] = "Re: Tell me by reply"
+        msg["Message-ID"] = make_msgid(domain="ses.example")
+        msg.set_content("Subject lines!")
+        r = http.post("/inbound", content=msg.as_bytes())
+        assert r.json() == {"status": "matched", "outcome": "advanced"}
+        assert world.state("joy@example.com").step_id == "offer"
+        forged = EmailMessage()
+        forged["From"] = "x@example.com"
+        forged["To"] = reply_address.replace(reply_address[9], "a" if reply_address[9] != "a" else "b", 1)
+        forged["Subject"] = "hi"
+        forged.set_content("hi")
+        assert http.post("/inbound", content=forged.as_bytes()).json()["status"] == "unmatched"

@@ -1,0 +1,146 @@
+"""The command line as a marketer and an operator use it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nurture.cli import main
+from support import DATA, REPO
+
+NURTURE = Path(sys.executable).parent / "nurture"
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    base.update(env or {})
+    return subprocess.run([str(NURTURE), *args], cwd=cwd, env=base, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_validate_the_shipped_sequences(tmp_path: Path) -> None:
+    r = run("validate", "--sequences", str(REPO / "sequences"), "--templates",
+            str(REPO / "templates"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ok  starter: 5 steps (confirm, welcome, guide, webinar, offer)" in r.stdout
+
+
+def test_validate_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    seq = tmp_path / "sequences"
+    seq.mkdir()
+    shutil.copytree(DATA / "templates", tmp_path / "templates")
+    (seq / "broken.yaml").write_text(
+        "id: broken\n"
+        "name: Broken\n"
+        "from: Ada <ada@acme.example>\n"
+        "steps:\n"
+        "  - id: one\n"
+        "    subject: Hi\n"
+        "    template: missing.html\n"
+        "    wait: 3 days\n"
+        "  - id: one\n"
+        "    subject: Again\n"
+        "    template: read.html\n"
+        "    wait: 1d\n"
+        "    on_timeout: {goto: nowhere}\n"
+        "    colour: blue\n"
+    )
+    (seq / "syntax.yaml").write_text("id: x\nname: [oops\nsteps:\n")
+    r = run("validate", cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    broken = str(Path("sequences") / "broken.yaml")
+    assert lines == [
+        f"{broken}:7: step 'one': unknown template 'missing.html' (not found in the templates "
+        "directory)",
+        f"{broken}:8: step 'one': wait: '3 days' is not a duration: write a number and a unit, "
+        "e.g. 3d, 12h, 30m, 1s (units: s, m, h, d, w)",
+        f"{broken}:9: duplicate step id 'one' (step 1 has it already)",
+        f"{broken}:13: step 'one': on_timeout goes to step 'nowhere', which this sequence does "
+        "not have (steps: one)",
+        f"{broken}:14: step 'one': unknown key 'colour'",
+        f"{Path('sequences') / 'syntax.yaml'}:3: YAML syntax error: expected ',' or ']', but got "
+        "':' (while parsing a flow sequence that starts at line 2)",
+        "6 problems found",
+    ]
+
+
+def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["preview", "starter", "confirm", "--field", "first_name=Grace",
+                 "--sequences", str(REPO / "sequences"), "--templates", str(REPO / "templates")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Subject: One click to confirm, Grace" in out
+    assert "----- text -----" in out and "----- html -----" in out
+    assert "Hi Grace" in out
+    assert "/confirmed   (micro-yes)" in out
+    code = main(["preview", "starter", "guide", "--reminder", "1", "--sequences",
+                 str(REPO / "sequences"), "--templates", str(REPO / "templates")])
+    assert code == 0
+    code = main(["preview", "starter", "nope", "--sequences", str(REPO / "sequences"),
+                 "--templates", str(REPO / "templates")])
+    assert code == 1
+    assert "has no step 'nope'" in capsys.readouterr().err
+
+
+def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> None:
+    env = {"NURTURE_DATABASE_URL": database_url, "NURTURE_SEQUENCES_DIR": str(DATA / "sequences"),
+           "NURTURE_TEMPLATES_DIR": str(DATA / "templates")}
+    r = run("subscribe", "amy@example.com", "--sequence", "journey", "--field", "first_name=Amy",
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "enrolled amy@example.com in journey" in r.stdout
+    r = run("subscribe", "amy@example.com", "--sequence", "journey", cwd=tmp_path, env=env)
+    assert "already in journey; nothing changed" in r.stdout
+    r = run("subscribe", "not-an-address", "--sequence", "journey", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "not a valid email address" in r.stderr
+    r = run("subscribe", "ben@example.com", "--sequence", "journey", "--confirmed", cwd=tmp_path,
+            env=env)
+    assert r.returncode == 0
+    r = run("status", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "journey: 2 enrollments" in r.stdout
+    assert [line.split() for line in r.stdout.splitlines() if line.strip().startswith(
+        ("confirm ", "read "))] == [["confirm", "1", "0", "0", "-"], ["read", "1", "0", "0", "-"]]
+    r = run("unsubscribe", "amy@example.com", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "amy@example.com unsubscribed" in r.stdout
+    r = run("status", cwd=tmp_path, env=env)
+    assert "unsubscribed 1" in r.stdout
+    r = run("subscribe", "amy@example.com", "--sequence", "journey", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "unsubscribed" in r.stderr
+    r = run("subscribe", "amy@example.com", "--sequence", "journey", "--resubscribe",
+            cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("NURTURE_SMTP_PORT", "abc"),
+    ("NURTURE_SMTP_TLS", "ssl3"),
+    ("NURTURE_BASE_URL", "ftp://x"),
+    ("NURTURE_TICK_SECONDS", "-1"),
+])
+def test_a_bad_setting_stops_start_up_with_one_line_naming_it(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    r = run("run", cwd=tmp_path, env={name: value})
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"configuration error: {name}: "), r.stderr
+
+
+def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "nurture", "validate", "--sequences",
+                        str(REPO / "sequences"), "--templates", str(REPO / "templates")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "ok  starter" in r.stdout
+
+
+def test_db_upgrade(empty_database_url: str, tmp_path: Path) -> None:
+    r = run("db", "upgrade", cwd=tmp_path, env={"NURTURE_DATABASE_URL": empty_database_url})
+    assert r.returncode == 0, r.stderr
+    assert "database upgraded to head" in r.stdout
