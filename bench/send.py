@@ -124,15 +124,24 @@ def install_postfix(log: Path) -> None:
     listening_before = port_25_listening()
     with log.open("ab") as out:
         subprocess.run(["apt-get", "update"], stdout=out, stderr=out, env=env, check=False)
-        subprocess.run(["debconf-set-selections"], input=b"postfix postfix/main_mailer_type "
-                       b"select No configuration\n", stdout=out, stderr=out, env=env, check=False)
-        done = subprocess.run(["apt-get", "install", "-y", "postfix"], stdout=out, stderr=out,
-                              env=env, check=False)
+        subprocess.run(
+            ["debconf-set-selections"],
+            input=b"postfix postfix/main_mailer_type select No configuration\n",
+            stdout=out,
+            stderr=out,
+            env=env,
+            check=False,
+        )
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "postfix"], stdout=out, stderr=out, env=env, check=False
+        )
     if done.returncode != 0:
         say(f"apt-get install postfix failed (exit {done.returncode}); see {log}")
     if port_25_listening() and not listening_before:
-        say("warning: something now listens on 127.0.0.1:25 after installing postfix; "
-            "stop it with `postfix stop`")
+        say(
+            "warning: something now listens on 127.0.0.1:25 after installing postfix; "
+            "stop it with `postfix stop`"
+        )
 
 
 def start_sink(workdir: Path) -> Sink:
@@ -156,8 +165,16 @@ def start_sink(workdir: Path) -> Sink:
                 process.kill()
         # The fallback is a Python server: it is slower than both sides, so the figures
         # measure it more than nurture.
-        cmd = [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
-               "-l", f"127.0.0.1:{port}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+            "-l",
+            f"127.0.0.1:{port}",
+        ]
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     if not wait_for_port(port, process):
         raise SystemExit(f"no SMTP sink could be started: {output.read_text(errors='replace')}")
@@ -240,15 +257,24 @@ def sample_message(services: Services) -> tuple[str, bytes]:
     sequence = services.catalog.get(SEQUENCE)
     assert sequence is not None
     step = sequence.steps[1].id
-    rendered = services.renderer.render(sequence, step, "step", message_id=1,
-                                        email="reader000000@example.com",
-                                        fields={"first_name": "Ada"})
+    rendered = services.renderer.render(
+        sequence,
+        step,
+        "step",
+        message_id=1,
+        email="reader000000@example.com",
+        fields={"first_name": "Ada"},
+    )
     sender = address_of(sequence.sender)
     data = compose(
-        sender=sequence.sender, to="reader000000@example.com", subject=rendered.subject,
-        text=rendered.text, html=rendered.html,
+        sender=sequence.sender,
+        to="reader000000@example.com",
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
         message_id=services.signer.message_id(1, sender.rpartition("@")[2]),
-        date=services.clock.now(), unsubscribe_url=services.renderer.unsubscribe_url(1),
+        date=services.clock.now(),
+        unsubscribe_url=services.renderer.unsubscribe_url(1),
     )
     return sender, data
 
@@ -308,8 +334,13 @@ class TimedDispatcher(Dispatcher):
             self.phases["smtp"] += time.perf_counter() - began - inside
 
 
-async def end_to_end(url: str, args: argparse.Namespace, sink: Sink, workdir: Path,
-                     profile: cProfile.Profile | None = None) -> Run:
+async def end_to_end(
+    url: str,
+    args: argparse.Namespace,
+    sink: Sink,
+    workdir: Path,
+    profile: cProfile.Profile | None = None,
+) -> Run:
     """Enroll N people (untimed), then time draining them all through the dispatcher."""
     n = args.n
     settings = settings_for(url, args, sink.port, workdir)
@@ -320,13 +351,23 @@ async def end_to_end(url: str, args: argparse.Namespace, sink: Sink, workdir: Pa
         # Enrolled an hour ago: the welcome step (10 minutes after confirming) is due now.
         then = clock.now() - timedelta(hours=1)
         for i in range(n):
-            subscribe(services.store, services.catalog, email=f"reader{i:06d}@example.com",
-                      sequence_id=SEQUENCE, fields={"first_name": FIRST_NAMES[i % 10]},
-                      now=then, confirmed=True)
+            subscribe(
+                services.store,
+                services.catalog,
+                email=f"reader{i:06d}@example.com",
+                sequence_id=SEQUENCE,
+                fields={"first_name": FIRST_NAMES[i % 10]},
+                now=then,
+                confirmed=True,
+            )
         pool = SmtpPool(SmtpTarget.from_settings(settings), size=settings.smtp_connections)
         dispatcher = TimedDispatcher(
-            store=services.store, catalog=services.catalog, renderer=services.renderer,
-            signer=services.signer, transport=pool, clock=clock,
+            store=services.store,
+            catalog=services.catalog,
+            renderer=services.renderer,
+            signer=services.signer,
+            transport=pool,
+            clock=clock,
             policy=DispatchPolicy.from_settings(settings),
         )
         max_batches = n // settings.batch_size + 5
@@ -370,27 +411,32 @@ async def profiled_run(args: argparse.Namespace, sink: Sink, workdir: Path) -> s
     profile.dump_stats(args.profile)
     stats = pstats.Stats(profile)
     top = args.profile_top
-    lines = [f"profile: one extra end-to-end drain under cProfile ({run.seconds:.2f} s with the "
-             f"profiler on, {run.seconds / args.n * 1e6:.0f} us a message); "
-             f"stats in {args.profile}",
-             f"top {top} functions of nurture by cumulative time:",
-             f"  {'cumulative s':>12} {'% of drain':>10} {'own s':>8} {'calls':>8}  function"]
+    lines = [
+        f"profile: one extra end-to-end drain under cProfile ({run.seconds:.2f} s with the "
+        f"profiler on, {run.seconds / args.n * 1e6:.0f} us a message); "
+        f"stats in {args.profile}",
+        f"top {top} functions of nurture by cumulative time:",
+        f"  {'cumulative s':>12} {'% of drain':>10} {'own s':>8} {'calls':>8}  function",
+    ]
     rows = []
-    for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in \
-            stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if "/nurture/" in filename:
             short = filename.split("/nurture/", 1)[1]
             rows.append((cumtime, tottime, calls, f"nurture/{short}:{line}({name})"))
     rows.sort(reverse=True)
     for cumtime, tottime, calls, where in rows[:top]:
-        lines.append(f"  {cumtime:12.3f} {100 * cumtime / run.seconds:9.1f}% {tottime:8.3f} "
-                     f"{calls:8d}  {where}")
+        lines.append(
+            f"  {cumtime:12.3f} {100 * cumtime / run.seconds:9.1f}% {tottime:8.3f} "
+            f"{calls:8d}  {where}"
+        )
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
-    lines.append(f"top {top} functions overall by own time "
-                 "(ncalls tottime percall cumtime percall):")
-    lines += ["  " + line.strip() for line in out.getvalue().splitlines()
-              if re.match(r"\s*\d", line)]
+    lines.append(
+        f"top {top} functions overall by own time (ncalls tottime percall cumtime percall):"
+    )
+    lines += [
+        "  " + line.strip() for line in out.getvalue().splitlines() if re.match(r"\s*\d", line)
+    ]
     return "\n".join(lines)
 
 
@@ -436,30 +482,43 @@ async def main(args: argparse.Namespace) -> int:
     n = args.n
     expected = 2 * n * args.repeat + (n if args.profile else 0)
     print()
-    print(f"nurture send benchmark: N={n}, connections={args.connections}, "
-          f"batch_size={args.batch_size}, database={describe_database(args.database)}")
-    print(f"sink: {sink.kind} on 127.0.0.1:{sink.port}; message: {len(data):,} bytes "
-          f"(sequence {SEQUENCE!r}, welcome step); best of {args.repeat} runs per side "
-          "(median in the last column)")
+    print(
+        f"nurture send benchmark: N={n}, connections={args.connections}, "
+        f"batch_size={args.batch_size}, database={describe_database(args.database)}"
+    )
+    print(
+        f"sink: {sink.kind} on 127.0.0.1:{sink.port}; message: {len(data):,} bytes "
+        f"(sequence {SEQUENCE!r}, welcome step); best of {args.repeat} runs per side "
+        "(median in the last column)"
+    )
     if not sink.comparable:
-        print("WARNING: smtp-sink is not available; the sink is aiosmtpd, which is slower than "
-              "both sides: these figures are NOT comparable with smtp-sink figures")
+        print(
+            "WARNING: smtp-sink is not available; the sink is aiosmtpd, which is slower than "
+            "both sides: these figures are NOT comparable with smtp-sink figures"
+        )
     print()
     print(f"{'side':<16} {'messages':>8} {'seconds':>8} {'msgs/s':>8} {'median msgs/s':>14}")
     for best, median in ((bare_best, bare_median), (e2e_best, e2e_median)):
-        print(f"{best.side:<16} {best.messages:>8} {best.seconds:>8.3f} "
-              f"{best.messages / best.seconds:>8.0f} {best.messages / median:>14.0f}")
+        print(
+            f"{best.side:<16} {best.messages:>8} {best.seconds:>8.3f} "
+            f"{best.messages / best.seconds:>8.0f} {best.messages / median:>14.0f}"
+        )
     ratio = bare_best.seconds / e2e_best.seconds
     overhead_us = (e2e_best.seconds - bare_best.seconds) / n * 1e6
     verdict = "met" if ratio >= 0.5 else "NOT met"
     print()
-    print(f"ratio end-to-end / bare = {ratio:.2f} (median runs: {bare_median / e2e_median:.2f}); "
-          f"target >= 0.50: {verdict}")
+    print(
+        f"ratio end-to-end / bare = {ratio:.2f} (median runs: {bare_median / e2e_median:.2f}); "
+        f"target >= 0.50: {verdict}"
+    )
     e2e_us, bare_us = e2e_best.seconds / n * 1e6, bare_best.seconds / n * 1e6
-    print(f"per-message overhead of nurture: {overhead_us:.0f} us "
-          f"(end-to-end {e2e_us:.0f} us - bare {bare_us:.0f} us a message)")
-    phases = ", ".join(f"{k} {v:.3f} s ({100 * v / e2e_best.seconds:.0f}%)"
-                       for k, v in e2e_best.phases.items())
+    print(
+        f"per-message overhead of nurture: {overhead_us:.0f} us "
+        f"(end-to-end {e2e_us:.0f} us - bare {bare_us:.0f} us a message)"
+    )
+    phases = ", ".join(
+        f"{k} {v:.3f} s ({100 * v / e2e_best.seconds:.0f}%)" for k, v in e2e_best.phases.items()
+    )
     print(f"end-to-end wall time by phase (best run): {phases}")
     print(f"peak RSS: {rss_after_runs:.1f} MiB (whole bench process, setup included)")
     if counted is not None:
@@ -472,20 +531,31 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="messages per run, each side")
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections, each side")
     default_batch = Settings.model_fields["batch_size"].default
-    parser.add_argument("--batch-size", type=int, default=default_batch,
-                        help="the dispatcher's batch size (NURTURE_BATCH_SIZE)")
-    parser.add_argument("--database", default="sqlite",
-                        help="'sqlite' (a temporary file), a SQLite file URL that does not exist "
-                             "yet, or a PostgreSQL URL (a throwaway schema is created and dropped)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=default_batch,
+        help="the dispatcher's batch size (NURTURE_BATCH_SIZE)",
+    )
+    parser.add_argument(
+        "--database",
+        default="sqlite",
+        help="'sqlite' (a temporary file), a SQLite file URL that does not exist "
+        "yet, or a PostgreSQL URL (a throwaway schema is created and dropped)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the best is shown")
-    parser.add_argument("--profile", metavar="FILE",
-                        help="also drain once more under cProfile, write the stats to FILE and "
-                             "print the hotspots (not counted in the figures)")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also drain once more under cProfile, write the stats to FILE and "
+        "print the hotspots (not counted in the figures)",
+    )
     parser.add_argument("--profile-top", type=int, default=15, help="hotspots to print")
     return parser.parse_args(argv)
 

@@ -13,7 +13,6 @@ import signal
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, NoReturn
 
 from nurture.config import Settings, load_settings
@@ -43,7 +42,8 @@ def _fields(pairs: Sequence[str]) -> dict[str, str]:
 
 def _logging(level: str) -> None:
     logging.basicConfig(
-        level=level, stream=sys.stderr,
+        level=level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # One line per tick from APScheduler drowns what matters.
@@ -78,8 +78,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     catalog = load_catalog(settings.sequences_dir, env=make_environment(settings.templates_dir))
     for seq in catalog:
-        print(f"ok  {seq.id}: {len(seq.steps)} steps ({', '.join(s.id for s in seq.steps)}) "
-              f"from {seq.source}")
+        print(
+            f"ok  {seq.id}: {len(seq.steps)} steps ({', '.join(s.id for s in seq.steps)}) "
+            f"from {seq.source}"
+        )
     return 0
 
 
@@ -93,11 +95,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.sequences_dir, env=env)
     sequence = catalog.get(args.sequence)
     if sequence is None:
-        raise SubscribeError(f"unknown sequence {args.sequence!r} "
-                             f"(known: {', '.join(sorted(catalog.sequences))})")
+        raise SubscribeError(
+            f"unknown sequence {args.sequence!r} (known: {', '.join(sorted(catalog.sequences))})"
+        )
     if not sequence.has_step(args.step):
-        raise SubscribeError(f"sequence {sequence.id} has no step {args.step!r} "
-                             f"(steps: {', '.join(s.id for s in sequence.steps)})")
+        raise SubscribeError(
+            f"sequence {sequence.id} has no step {args.step!r} "
+            f"(steps: {', '.join(s.id for s in sequence.steps)})"
+        )
     step = sequence.step(args.step)
     kind = "step"
     if args.reminder:
@@ -133,13 +138,20 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
     services = _services(args)
     result = subscribe(
-        services.store, services.catalog, email=args.email, sequence_id=args.sequence,
-        fields=_fields(args.field), now=services.clock.now(), confirmed=args.confirmed,
+        services.store,
+        services.catalog,
+        email=args.email,
+        sequence_id=args.sequence,
+        fields=_fields(args.field),
+        now=services.clock.now(),
+        confirmed=args.confirmed,
         resubscribe=args.resubscribe,
     )
     if result.created:
-        print(f"enrolled {args.email} in {args.sequence} (subscriber {result.subscriber_id}, "
-              f"{result.status}); the daemon sends the first email")
+        print(
+            f"enrolled {args.email} in {args.sequence} (subscriber {result.subscriber_id}, "
+            f"{result.status}); the daemon sends the first email"
+        )
     else:
         print(f"{args.email} is already in {args.sequence}; nothing changed")
     return 0
@@ -181,10 +193,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}  left (why)")
         for step_id in steps + [s for s in counts if s not in steps]:
             c = counts.get(step_id, {})
-            left = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items())
-                             if k.startswith("left:"))
-            print(f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
-                  f"{c.get('completed', 0):>11}  {left or '-'}")
+            left = ", ".join(
+                f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("left:")
+            )
+            print(
+                f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
+                f"{c.get('completed', 0):>11}  {left or '-'}"
+            )
     print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
     return 0
 
@@ -210,8 +225,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    add("run", "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
-        cmd_run)
+    add(
+        "run",
+        "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
+        cmd_run,
+    )
     add("validate", "check every sequence file and template; list every problem", cmd_validate)
     sp = add("preview", "print the rendered subject, text and HTML of one step", cmd_preview)
     sp.add_argument("sequence")
@@ -224,10 +242,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("email")
     sp.add_argument("--sequence", required=True)
     sp.add_argument("--field", action="append", default=[], metavar="KEY=VALUE")
-    sp.add_argument("--confirmed", action="store_true",
-                    help="the person already confirmed elsewhere: skip the confirmation step")
-    sp.add_argument("--resubscribe", action="store_true",
-                    help="subscribe again someone who unsubscribed (they must confirm again)")
+    sp.add_argument(
+        "--confirmed",
+        action="store_true",
+        help="the person already confirmed elsewhere: skip the confirmation step",
+    )
+    sp.add_argument(
+        "--resubscribe",
+        action="store_true",
+        help="subscribe again someone who unsubscribed (they must confirm again)",
+    )
     sp = add("unsubscribe", "stop every email to an address", cmd_unsubscribe)
     sp.add_argument("email")
     add("status", "per sequence and step: waiting, completed, left and why", cmd_status)

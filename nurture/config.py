@@ -100,7 +100,9 @@ class Settings(BaseSettings):
     @classmethod
     def _reply_address(cls, value: str | None) -> str | None:
         if value is not None and ("{token}" not in value or "@" not in value):
-            raise ValueError("must be an address holding {token}, e.g. replies+{token}@acme.example")
+            raise ValueError(
+                "must be an address holding {token}, e.g. replies+{token}@acme.example"
+            )
         return value
 
     @field_validator("log_level")

@@ -64,11 +64,17 @@ class Daemon:
             try:
                 planned, sent = await self.dispatcher.run_once()
             except Exception:
-                log.exception("tick failed; the next one tries again", extra={"action": "tick_failed"})
+                log.exception(
+                    "tick failed; the next one tries again", extra={"action": "tick_failed"}
+                )
                 return
             if planned or sent:
-                log.info("tick: %d enrollments decided, %d emails attempted", planned, sent,
-                         extra={"action": "tick", "planned": planned, "sent": sent})
+                log.info(
+                    "tick: %d enrollments decided, %d emails attempted",
+                    planned,
+                    sent,
+                    extra={"action": "tick", "planned": planned, "sent": sent},
+                )
 
     async def drain(self) -> None:
         """Wait for a tick in flight to finish (graceful shutdown)."""
@@ -89,31 +95,55 @@ async def run(settings: Settings) -> None:
         target = SmtpTarget("127.0.0.1", catcher.port)
         log.warning(
             "no NURTURE_SMTP_HOST: emails go to the built-in catcher (SMTP 127.0.0.1:%d); "
-            "see them at %s/outbox", catcher.port, settings.public_url,
+            "see them at %s/outbox",
+            catcher.port,
+            settings.public_url,
             extra={"action": "catcher_started", "port": catcher.port},
         )
     else:
         target = SmtpTarget.from_settings(settings)
     pool = SmtpPool(target, size=settings.smtp_connections)
     dispatcher = Dispatcher(
-        store=services.store, catalog=services.catalog, renderer=services.renderer,
-        signer=services.signer, transport=pool, clock=services.clock,
+        store=services.store,
+        catalog=services.catalog,
+        renderer=services.renderer,
+        signer=services.signer,
+        transport=pool,
+        clock=services.clock,
         policy=DispatchPolicy.from_settings(settings),
     )
     daemon = Daemon(services, dispatcher)
     scheduler = AsyncIOScheduler(timezone=UTC)
-    scheduler.add_job(daemon.tick, "interval", seconds=settings.tick_seconds, id="tick",
-                      max_instances=1, coalesce=True, next_run_time=datetime.now(UTC))
+    scheduler.add_job(
+        daemon.tick,
+        "interval",
+        seconds=settings.tick_seconds,
+        id="tick",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
     app = create_app(services, outbox=outbox)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None,
-        access_log=False, lifespan="off", server_header=False,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+        )
+    )
     scheduler.start()
     log.info(
         "nurture is running: %d sequences, web on http://%s:%d, links to %s, tick every %ss",
-        len(services.catalog.sequences), settings.http_host, settings.http_port,
-        settings.public_url, settings.tick_seconds, extra={"action": "daemon_started"},
+        len(services.catalog.sequences),
+        settings.http_host,
+        settings.http_port,
+        settings.public_url,
+        settings.tick_seconds,
+        extra={"action": "daemon_started"},
     )
     try:
         await server.serve()

@@ -76,8 +76,10 @@ class Outgoing:
 
 def backoff(attempts: int, policy: DispatchPolicy, rng: random.Random) -> timedelta:
     """Exponential backoff with jitter: somewhere in [d/2, d], d = base * 2^(attempts-1)."""
-    ceiling = min(policy.retry_max.total_seconds(),
-                  policy.retry_base.total_seconds() * 2 ** max(0, attempts - 1))
+    ceiling = min(
+        policy.retry_max.total_seconds(),
+        policy.retry_base.total_seconds() * 2 ** max(0, attempts - 1),
+    )
     return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
@@ -115,7 +117,9 @@ class Dispatcher:
                     log.error(
                         "enrollment %s is in %s/%s, which the loaded sequences do not have; "
                         "retrying in an hour",
-                        row.id, row.sequence_id, row.state.step_id,
+                        row.id,
+                        row.sequence_id,
+                        row.state.step_id,
                         extra={"action": "enrollment_orphaned", "enrollment_id": row.id},
                     )
                     later = engine.Decision(replace(row.state, due_at=now + ORPHAN_RETRY))
@@ -126,20 +130,32 @@ class Dispatcher:
                 )
                 tx.apply(row.id, decision, now=now)
                 if decision.outcome != "unchanged":
-                    log.debug("enrollment %s: %s", row.id, decision.outcome,
-                              extra={"action": "enrollment_" + decision.outcome.split(":")[0],
-                                     "enrollment_id": row.id})
+                    log.debug(
+                        "enrollment %s: %s",
+                        row.id,
+                        decision.outcome,
+                        extra={
+                            "action": "enrollment_" + decision.outcome.split(":")[0],
+                            "enrollment_id": row.id,
+                        },
+                    )
         return len(rows)
 
     # -- delivery ------------------------------------------------------------------------
 
-    def _prepare(self, tx: Tx, row: OutgoingRow, now: datetime) -> tuple[Outgoing, str, list[list[object]]] | None:
+    def _prepare(
+        self, tx: Tx, row: OutgoingRow, now: datetime
+    ) -> tuple[Outgoing, str, list[list[object]]] | None:
         sequence = self.catalog.get(row.sequence_id)
         try:
             if sequence is None:
                 raise KeyError(f"sequence {row.sequence_id!r} is not loaded")
             rendered = self.renderer.render(
-                sequence, row.step_id, row.kind, message_id=row.id, email=row.email,
+                sequence,
+                row.step_id,
+                row.kind,
+                message_id=row.id,
+                email=row.email,
                 fields=row.fields,
             )
             envelope_from = address_of(sequence.sender)
@@ -164,8 +180,12 @@ class Dispatcher:
             # A template or a subscriber's data that cannot make an email: this email fails
             # (and says why), the rest of the batch goes on.
             error = f"cannot render: {type(exc).__name__}: {exc}"
-            log.error("message %s: %s", row.id, error,
-                      extra={"action": "render_failed", "message_id": row.id})
+            log.error(
+                "message %s: %s",
+                row.id,
+                error,
+                extra={"action": "render_failed", "message_id": row.id},
+            )
             self._fail(tx, row.id, error, now=now, bounce=False)
             return None
         out = Outgoing(row.id, row.step_id, envelope_from, row.email, data, row.attempts)
@@ -181,7 +201,8 @@ class Dispatcher:
                 if row.resumed:
                     log.warning(
                         "message %s was being sent when its worker stopped; sending it again "
-                        "with the same Message-ID", row.id,
+                        "with the same Message-ID",
+                        row.id,
                         extra={"action": "send_resumed", "message_id": row.id},
                     )
                 prepared = self._prepare(tx, row, now)
@@ -210,28 +231,48 @@ class Dispatcher:
                 if err is None:
                     continue
                 if isinstance(err, PermanentSendError):
-                    log.warning("message %s to %s refused for good: %s", out.id, out.recipient, err,
-                                extra={"action": "send_failed", "message_id": out.id})
+                    log.warning(
+                        "message %s to %s refused for good: %s",
+                        out.id,
+                        out.recipient,
+                        err,
+                        extra={"action": "send_failed", "message_id": out.id},
+                    )
                     self._fail(tx, out.id, str(err), now=now, bounce=isinstance(err, Bounce))
                 elif err.code is not None and out.attempts >= self.policy.max_attempts:
                     # Only a recipient's 4xx runs out of attempts; an unreachable server is
                     # retried until it comes back, so a dead SMTP server loses nothing.
-                    log.error("message %s: giving up after %d attempts: %s", out.id, out.attempts,
-                              err, extra={"action": "send_gave_up", "message_id": out.id})
-                    self._fail(tx, out.id, f"gave up after {out.attempts} attempts: {err}",
-                               now=now, bounce=False)
+                    log.error(
+                        "message %s: giving up after %d attempts: %s",
+                        out.id,
+                        out.attempts,
+                        err,
+                        extra={"action": "send_gave_up", "message_id": out.id},
+                    )
+                    self._fail(
+                        tx,
+                        out.id,
+                        f"gave up after {out.attempts} attempts: {err}",
+                        now=now,
+                        bounce=False,
+                    )
                 else:
                     delay = backoff(out.attempts, self.policy, self.rng)
-                    log.info("message %s: temporary failure (%s); retry in %.0fs", out.id, err,
-                             delay.total_seconds(),
-                             extra={"action": "send_retry", "message_id": out.id})
+                    log.info(
+                        "message %s: temporary failure (%s); retry in %.0fs",
+                        out.id,
+                        err,
+                        delay.total_seconds(),
+                        extra={"action": "send_retry", "message_id": out.id},
+                    )
                     tx.mark_retry(out.id, at=now + delay, error=str(err))
 
     def _fail(self, tx: Tx, message_id: int, error: str, *, now: datetime, bounce: bool) -> None:
         message = tx.mark_failed(message_id, error=error)
         if bounce:
-            tx.stop_subscriber(message.subscriber_id, status="bounced", reason=ExitReason.bounced,
-                               now=now)
+            tx.stop_subscriber(
+                message.subscriber_id, status="bounced", reason=ExitReason.bounced, now=now
+            )
         else:
             tx.stop_enrollment(message.enrollment_id, ExitReason.failed, now=now)
         tx.add_event(

@@ -15,10 +15,16 @@ _WHOLE = re.compile(r"^\s*(?:[0-9]+\s*[smhdw]\s*)+$")
 def parse_duration(text: object) -> timedelta:
     """Parse a duration; raise ValueError with a sentence a marketer understands."""
     if isinstance(text, bool) or not isinstance(text, str | int):
-        raise ValueError(f"{text!r} is not a duration: write a number and a unit, e.g. 3d, 12h, 30m")
+        raise ValueError(
+            f"{text!r} is not a duration: write a number and a unit, e.g. 3d, 12h, 30m"
+        )
+    if isinstance(text, int) and text < 0:
+        raise ValueError(f"{text!r} is not a duration: write a number and a unit, e.g. 3d")
     if str(text).strip() == "0":
         return timedelta(0)
-    if (isinstance(text, int) and text > 0) or (isinstance(text, str) and re.fullmatch(r"\s*[0-9]+\s*", text) is not None):
+    if (isinstance(text, int) and text > 0) or (
+        isinstance(text, str) and re.fullmatch(r"\s*[0-9]+\s*", text) is not None
+    ):
         n = str(text).strip()
         raise ValueError(
             f"{text!r} has no unit: write e.g. {n}s, {n}m, {n}h or {n}d (units: s, m, h, d, w)"

@@ -201,13 +201,15 @@ def _move(
     return Decision(moved, outcome=outcome if moved.status is Status.active else "completed")
 
 
-def on_yes(
-    state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datetime
-) -> Decision:
+def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datetime) -> Decision:
     """A click or reply arrived. It advances only if it answers the current ask."""
     if state.status is not Status.active:
         return Decision(state, outcome=f"ignored:{state.status.value}")
-    if event.step_id != state.step_id or event.visit != state.visit or state.phase is not Phase.wait:
+    if (
+        event.step_id != state.step_id
+        or event.visit != state.visit
+        or state.phase is not Phase.wait
+    ):
         return Decision(state, outcome="ignored:not_current_step")
     step = sequence.step(state.step_id)
     if not step.advance_on.accepts(event.kind):

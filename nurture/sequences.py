@@ -183,8 +183,13 @@ def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc
     def walk(n: yaml.Node, path: Loc) -> None:
         lines.setdefault(path, n.start_mark.line + 1)
         if id(n) in active:
-            problems.append(Problem(source, n.start_mark.line + 1,
-                                    "this alias refers to itself; write the value out"))
+            problems.append(
+                Problem(
+                    source,
+                    n.start_mark.line + 1,
+                    "this alias refers to itself; write the value out",
+                )
+            )
             return
         active.add(id(n))
         if isinstance(n, yaml.MappingNode):
@@ -232,8 +237,7 @@ def _sentence(err: Any, loc: Loc) -> str:
     name = _path_text(loc)
     parent = _path_text(loc[:-1])
     if loc and loc[0] == "on_timeout" and kind != "extra_forbidden":
-        return (f"on_timeout must be exit, next or {{goto: STEP_ID}} "
-                f"(got {err.get('input')!r})")
+        return f"on_timeout must be exit, next or {{goto: STEP_ID}} (got {err.get('input')!r})"
     if kind == "extra_forbidden":
         return f"unknown key '{loc[-1]}'" + (f" in {parent}" if parent else "")
     if kind == "missing":
@@ -244,8 +248,10 @@ def _sentence(err: Any, loc: Loc) -> str:
         expected = err.get("ctx", {}).get("expected", "")
         return f"{name} must be one of {expected} (got {err.get('input')!r})"
     if kind == "string_pattern_mismatch":
-        return (f"{name} {err.get('input')!r} may hold only letters, digits, '_', '-' and '.' "
-                "(at most 64)")
+        return (
+            f"{name} {err.get('input')!r} may hold only letters, digits, '_', '-' and '.' "
+            "(at most 64)"
+        )
     if kind == "too_short" and loc == ("steps",):
         return "a sequence needs at least one step"
     if kind == "model_type" or kind == "dict_type":
@@ -291,8 +297,9 @@ def load_sequence_file(
         problems.append(_yaml_problem(source, exc))
         return None
     if node is None or not isinstance(data, dict):
-        problems.append(Problem(source, 1, "a sequence file must be a mapping with id, name, "
-                                           "from and steps"))
+        problems.append(
+            Problem(source, 1, "a sequence file must be a mapping with id, name, from and steps")
+        )
         return None
     lines = _line_map(node, source, problems)
     if len(problems) > found and any("refers to itself" in p.message for p in problems[found:]):
@@ -317,35 +324,50 @@ def load_sequence_file(
         if not isinstance(step_id, str):
             continue
         if step_id in first_use:
-            problem(("steps", i, "id"), f"duplicate step id '{step_id}' (step {first_use[step_id] + 1} "
-                                         "has it already)")
+            problem(
+                ("steps", i, "id"),
+                f"duplicate step id '{step_id}' (step {first_use[step_id] + 1} has it already)",
+            )
         else:
             first_use[step_id] = i
 
     steps: list[StepModel | None] = []
     for i, raw in enumerate(raw_steps):
         here: Loc = ("steps", i)
+        bad_timeout = False
         try:
             steps.append(StepModel.model_validate(raw))
         except ValidationError as exc:
             steps.append(None)
             for err in exc.errors():
                 loc = _clean_loc(tuple(err["loc"]))
+                if loc[:1] == ("on_timeout",):
+                    # Each branch of the union reports its own error: say it once.
+                    if bad_timeout:
+                        continue
+                    bad_timeout = True
                 problem((*here, *loc), f"{label(i)}: {_sentence(err, loc)}")
-        if isinstance(raw, dict):
+        if isinstance(raw, dict) and not bad_timeout:
             _check_goto(raw, here, label(i), list(first_use), problem)
         if env is not None and isinstance(raw, dict):
             _check_email(env, raw, here, label(i), problem)
             for r, reminder in enumerate(raw.get("reminders") or []):
                 if isinstance(reminder, dict):
-                    _check_email(env, reminder, (*here, "reminders", r),
-                                 f"{label(i)}, reminder {r + 1}", problem)
+                    _check_email(
+                        env,
+                        reminder,
+                        (*here, "reminders", r),
+                        f"{label(i)}, reminder {r + 1}",
+                        problem,
+                    )
 
     for i, step in enumerate(steps):
         if step is not None:
             _check_step(step, i, len(steps), list(first_use), problem)
     if header is not None and not _address_ok(header.sender):
-        problem(("from",), f"from {header.sender!r} is not an address like \"Ada <ada@acme.example>\"")
+        problem(
+            ("from",), f'from {header.sender!r} is not an address like "Ada <ada@acme.example>"'
+        )
 
     if len(problems) > found or header is None:
         return None
@@ -365,8 +387,15 @@ def load_sequence_file(
         for i, s in enumerate(steps)
         if s is not None
     )
-    return Sequence(id=header.id, name=header.name, sender=header.sender, steps=built,
-                    source=source, goals=tuple(header.goals), line=_line_for(lines, ("id",)))
+    return Sequence(
+        id=header.id,
+        name=header.name,
+        sender=header.sender,
+        steps=built,
+        source=source,
+        goals=tuple(header.goals),
+        line=_line_for(lines, ("id",)),
+    )
 
 
 def _address_ok(sender: str) -> bool:
@@ -385,9 +414,11 @@ def _check_goto(raw: dict[str, Any], here: Loc, label: str, ids: list[str], prob
     if not isinstance(target, str):
         return
     if target not in ids:
-        problem((*here, "on_timeout", "goto"),
-                f"{label}: on_timeout goes to step '{target}', which this sequence does not "
-                f"have (steps: {', '.join(ids)})")
+        problem(
+            (*here, "on_timeout", "goto"),
+            f"{label}: on_timeout goes to step '{target}', which this sequence does not "
+            f"have (steps: {', '.join(ids)})",
+        )
     elif target == raw.get("id"):
         problem((*here, "on_timeout"), f"{label}: on_timeout cannot go to the step itself")
 
@@ -396,8 +427,7 @@ def _check_step(step: StepModel, i: int, count: int, ids: list[str], problem: An
     here: Loc = ("steps", i)
     name = f"step '{step.id}'"
     if step.on_timeout == "next" and i == count - 1:
-        problem((*here, "on_timeout"),
-                f"{name} is the last step: there is no next step; use exit")
+        problem((*here, "on_timeout"), f"{name} is the last step: there is no next step; use exit")
     if step.wait <= timedelta(0):
         problem((*here, "wait"), f"{name}: wait must be longer than 0")
     if step.confirms and i != 0:
@@ -406,16 +436,23 @@ def _check_step(step: StepModel, i: int, count: int, ids: list[str], problem: An
     for r, reminder in enumerate(step.reminders):
         where = (*here, "reminders", r, "after")
         if reminder.after <= previous:
-            problem(where, f"{name}: reminder {r + 1} must come after "
-                    + ("the step's email" if r == 0 else f"reminder {r}"))
+            problem(
+                where,
+                f"{name}: reminder {r + 1} must come after "
+                + ("the step's email" if r == 0 else f"reminder {r}"),
+            )
         if reminder.after >= step.wait:
-            problem(where, f"{name}: reminder {r + 1} at {format_duration(reminder.after)} comes "
-                    f"after the wait of {format_duration(step.wait)} is over; it would never be sent")
+            problem(
+                where,
+                f"{name}: reminder {r + 1} at {format_duration(reminder.after)} comes "
+                f"after the wait of {format_duration(step.wait)} is over; it would never be sent",
+            )
         previous = reminder.after
 
 
-def _template_problem(env: jinja2.Environment, name: str, *, optional: bool = False,
-                      seen: set[str] | None = None) -> str | None:
+def _template_problem(
+    env: jinja2.Environment, name: str, *, optional: bool = False, seen: set[str] | None = None
+) -> str | None:
     """Compile a template and every template it extends or includes; None when all is well."""
     seen = seen if seen is not None else set()
     if name in seen:
@@ -440,15 +477,19 @@ def _template_problem(env: jinja2.Environment, name: str, *, optional: bool = Fa
     return None
 
 
-def _check_email(env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str,
-                 problem: Any) -> None:
+def _check_email(
+    env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str, problem: Any
+) -> None:
     """The template exists, is HTML and compiles; the subject compiles."""
     name = raw.get("template")
     if isinstance(name, str):
         where = (*here, "template")
         if not name.endswith((".html", ".htm")):
-            problem(where, f"{label}: template '{name}' must be an HTML file (.html); "
-                           "its text twin (.txt) is found next to it")
+            problem(
+                where,
+                f"{label}: template '{name}' must be an HTML file (.html); "
+                "its text twin (.txt) is found next to it",
+            )
         else:
             twin = name.rsplit(".", 1)[0] + ".txt"
             for template in (name, twin):
@@ -460,15 +501,18 @@ def _check_email(env: jinja2.Environment, raw: dict[str, Any], here: Loc, label:
         try:
             env.from_string(subject)
         except jinja2.TemplateSyntaxError as exc:
-            problem((*here, "subject"), f"{label}: the subject is not a valid template: "
-                                        f"{exc.message}")
+            problem(
+                (*here, "subject"), f"{label}: the subject is not a valid template: {exc.message}"
+            )
 
 
 def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:
     """Load every ``*.yaml``/``*.yml`` file; raise SequenceError listing all problems."""
     problems: list[Problem] = []
     if not sequences_dir.is_dir():
-        raise SequenceError([Problem(str(sequences_dir), None, "the sequences directory does not exist")])
+        raise SequenceError(
+            [Problem(str(sequences_dir), None, "the sequences directory does not exist")]
+        )
     files = sorted([*sequences_dir.glob("*.yaml"), *sequences_dir.glob("*.yml")])
     if not files:
         raise SequenceError([Problem(str(sequences_dir), None, "no sequence files (*.yaml) found")])
@@ -479,8 +523,11 @@ def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) 
             continue
         if seq.id in sequences:
             problems.append(
-                Problem(seq.source, seq.line,
-                        f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}")
+                Problem(
+                    seq.source,
+                    seq.line,
+                    f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}",
+                )
             )
             continue
         sequences[seq.id] = seq

@@ -41,7 +41,8 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         catalog=catalog,
         signer=signer,
         renderer=Renderer(env, signer, settings.public_url),
-        tracker=Tracker(store=store, catalog=catalog, signer=signer,
-                        reply_address=settings.reply_address),
+        tracker=Tracker(
+            store=store, catalog=catalog, signer=signer, reply_address=settings.reply_address
+        ),
         clock=clock or SystemClock(),
     )

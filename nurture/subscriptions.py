@@ -103,8 +103,12 @@ def subscribe(
                 fresh = engine.start(sequence, now=now, confirmed=False)
                 restarted = replace(fresh, visit=existing.state.visit + 1)
                 tx.apply(existing.id, engine.Decision(restarted), now=now)
-                log.info("%s resubscribed to %s", address, sequence.id,
-                         extra={"action": "resubscribed", "sequence": sequence.id})
+                log.info(
+                    "%s resubscribed to %s",
+                    address,
+                    sequence.id,
+                    extra={"action": "resubscribed", "sequence": sequence.id},
+                )
                 return SubscribeResult(sub.id, existing.id, True, sub.status)
         else:
             if extra:
@@ -117,13 +121,21 @@ def subscribe(
         if enrollment_id is None:
             existing = tx.enrollment_of(sub.id, sequence.id)
             return SubscribeResult(sub.id, existing.id if existing else None, False, sub.status)
-    log.info("subscribed %s to %s", address, sequence.id,
-             extra={"action": "subscribed", "sequence": sequence.id, "enrollment_id": enrollment_id})
+    log.info(
+        "subscribed %s to %s",
+        address,
+        sequence.id,
+        extra={"action": "subscribed", "sequence": sequence.id, "enrollment_id": enrollment_id},
+    )
     return SubscribeResult(sub.id, enrollment_id, True, sub.status)
 
 
 def unsubscribe(
-    store: Store, subscriber_id: int, *, now: datetime, message_id: int | None = None,
+    store: Store,
+    subscriber_id: int,
+    *,
+    now: datetime,
+    message_id: int | None = None,
     how: str = "link",
 ) -> bool:
     """Stop every enrollment of the subscriber, at once and for good. Idempotent: True only
@@ -132,24 +144,42 @@ def unsubscribe(
         sub = tx.subscriber(subscriber_id)
         if sub.status == "unsubscribed":
             return False
-        stopped = tx.stop_subscriber(subscriber_id, status="unsubscribed",
-                                     reason=ExitReason.unsubscribed, now=now)
-        tx.add_event(subscriber_id=subscriber_id, message_id=message_id, kind="unsubscribe",
-                     outcome=f"stopped:{stopped}", detail={"how": how}, now=now)
-    log.info("subscriber %s unsubscribed (%s); %d enrollments stopped", subscriber_id, how, stopped,
-             extra={"action": "unsubscribed", "subscriber_id": subscriber_id})
+        stopped = tx.stop_subscriber(
+            subscriber_id, status="unsubscribed", reason=ExitReason.unsubscribed, now=now
+        )
+        tx.add_event(
+            subscriber_id=subscriber_id,
+            message_id=message_id,
+            kind="unsubscribe",
+            outcome=f"stopped:{stopped}",
+            detail={"how": how},
+            now=now,
+        )
+    log.info(
+        "subscriber %s unsubscribed (%s); %d enrollments stopped",
+        subscriber_id,
+        how,
+        stopped,
+        extra={"action": "unsubscribed", "subscriber_id": subscriber_id},
+    )
     return True
 
 
 def goal(
-    store: Store, catalog: Catalog, *, email: object, event: object, now: datetime,
-    sequence_id: str | None = None, detail: dict[str, Any] | None = None,
+    store: Store,
+    catalog: Catalog,
+    *,
+    email: object,
+    event: object,
+    now: datetime,
+    sequence_id: str | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> list[str]:
     """A goal (e.g. a purchase reported by the shop): enrollments whose sequence counts it exit
     as converted. Returns the sequence ids that converted."""
     address = normalize_email(email)
     if not isinstance(event, str) or not event.strip():
-        raise SubscribeError("an event name is required, e.g. \"purchase\"")
+        raise SubscribeError('an event name is required, e.g. "purchase"')
     name = event.strip()
     converted = []
     with store.transaction() as tx:
@@ -164,10 +194,20 @@ def goal(
                 continue
             if tx.stop_enrollment(row.id, ExitReason.converted, now=now):
                 converted.append(row.sequence_id)
-                tx.add_event(subscriber_id=sub.id, enrollment_id=row.id, kind="goal",
-                             outcome="converted", detail={"event": name, **(detail or {})},
-                             now=now)
+                tx.add_event(
+                    subscriber_id=sub.id,
+                    enrollment_id=row.id,
+                    kind="goal",
+                    outcome="converted",
+                    detail={"event": name, **(detail or {})},
+                    now=now,
+                )
         if not converted:
-            tx.add_event(subscriber_id=sub.id, kind="goal", outcome="recorded",
-                         detail={"event": name, **(detail or {})}, now=now)
+            tx.add_event(
+                subscriber_id=sub.id,
+                kind="goal",
+                outcome="recorded",
+                detail={"event": name, **(detail or {})},
+                now=now,
+            )
     return converted

@@ -75,9 +75,18 @@ class Tracker:
         )
         if decision.state != enrollment.state or decision.actions:
             tx.apply(enrollment.id, decision, now=now)
-            log.info("enrollment %s: %s by %s on %s", enrollment.id, decision.outcome, kind,
-                     message.step_id, extra={"action": "micro_yes", "enrollment_id": enrollment.id,
-                                             "outcome": decision.outcome})
+            log.info(
+                "enrollment %s: %s by %s on %s",
+                enrollment.id,
+                decision.outcome,
+                kind,
+                message.step_id,
+                extra={
+                    "action": "micro_yes",
+                    "enrollment_id": enrollment.id,
+                    "outcome": decision.outcome,
+                },
+            )
         return decision.outcome
 
     # -- unsubscribe -----------------------------------------------------------------------
@@ -106,18 +115,27 @@ class Tracker:
         try:
             mail = parse_inbound(raw)
         except ValueError as exc:
-            log.warning("inbound message from %s set aside: %s", source, exc,
-                        extra={"action": "inbound_malformed"})
+            log.warning(
+                "inbound message from %s set aside: %s",
+                source,
+                exc,
+                extra={"action": "inbound_malformed"},
+            )
             return InboundResult("malformed", str(exc))
         with self.store.transaction() as tx:
-            inbound_id = tx.record_inbound(digest=mail.digest, header_message_id=mail.message_id,
-                                           sender=mail.sender, now=now)
+            inbound_id = tx.record_inbound(
+                digest=mail.digest, header_message_id=mail.message_id, sender=mail.sender, now=now
+            )
             if inbound_id is None:
                 return InboundResult("duplicate")
             message, how = self._match(tx, mail)
             if message is None:
-                tx.finish_inbound(inbound_id, status="unmatched", matched=None,
-                                  note="no token or known Message-ID")
+                tx.finish_inbound(
+                    inbound_id,
+                    status="unmatched",
+                    matched=None,
+                    note="no token or known Message-ID",
+                )
                 return InboundResult("unmatched")
             if mail.automatic:
                 outcome = f"ignored:automatic:{mail.automatic}"
@@ -125,12 +143,18 @@ class Tracker:
             else:
                 outcome = self._yes(tx, message, "reply", now=now)
                 status = "matched"
-            tx.add_event(subscriber_id=message.subscriber_id, enrollment_id=message.enrollment_id,
-                         message_id=message.id, kind="reply", outcome=outcome,
-                         detail={"matched_by": how, "source": source,
-                                 "subject": mail.subject[:200]}, now=now)
-            tx.finish_inbound(inbound_id, status=status, matched=message.id,
-                              note=f"matched by {how}: {outcome}")
+            tx.add_event(
+                subscriber_id=message.subscriber_id,
+                enrollment_id=message.enrollment_id,
+                message_id=message.id,
+                kind="reply",
+                outcome=outcome,
+                detail={"matched_by": how, "source": source, "subject": mail.subject[:200]},
+                now=now,
+            )
+            tx.finish_inbound(
+                inbound_id, status=status, matched=message.id, note=f"matched by {how}: {outcome}"
+            )
         return InboundResult(status, outcome, message.id)
 
     def _match(self, tx: Tx, mail: InboundMail) -> tuple[MessageRow | None, str]:

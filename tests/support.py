@@ -65,8 +65,14 @@ class RecordingHandler:
     caught: list[Caught] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         rule = self.refuse.get(address.lower())
         if rule is not None:
             return f"{rule[0]} {rule[1]}"
@@ -76,7 +82,9 @@ class RecordingHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
             for rcpt in envelope.rcpt_tos:
-                self.caught.append(Caught(str(envelope.mail_from), rcpt, envelope.original_content or b""))
+                self.caught.append(
+                    Caught(str(envelope.mail_from), rcpt, envelope.original_content or b"")
+                )
         return "250 OK"
 
     def to(self, recipient: str) -> list[Caught]:
@@ -109,8 +117,11 @@ class ServedApp:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
-                                                    lifespan="off", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=0, log_config=None, lifespan="off", access_log=False
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

@@ -46,7 +46,9 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16))  # pending confirmed unsubscribed bounced complained
+    status: Mapped[str] = mapped_column(
+        String(16)
+    )  # pending confirmed unsubscribed bounced complained
     created_at: Mapped[datetime] = mapped_column(When)
     confirmed_at: Mapped[datetime | None] = mapped_column(When)
     left_at: Mapped[datetime | None] = mapped_column(When)
@@ -57,8 +59,12 @@ class Enrollment(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "sequence_id"),
         # The tick's claim: active rows whose due_at has come, oldest first.
-        Index("ix_enrollments_due", "due_at", postgresql_where=text("status = 'active'"),
-              sqlite_where=text("status = 'active'")),
+        Index(
+            "ix_enrollments_due",
+            "due_at",
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
         Index("ix_enrollments_sequence_id_step_id", "sequence_id", "step_id"),
     )
 
@@ -83,9 +89,12 @@ class Message(Base):
         # Record before send: one row per (enrollment, visit of a step, kind), committed before
         # the SMTP transaction, so a crash or a second worker can never send it twice unnoticed.
         UniqueConstraint("enrollment_id", "visit", "kind"),
-        Index("ix_messages_outgoing", "next_attempt_at",
-              postgresql_where=text("status IN ('queued', 'sending')"),
-              sqlite_where=text("status IN ('queued', 'sending')")),
+        Index(
+            "ix_messages_outgoing",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+            sqlite_where=text("status IN ('queued', 'sending')"),
+        ),
         Index("ix_messages_subscriber_id", "subscriber_id"),
     )
 

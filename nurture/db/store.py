@@ -180,7 +180,11 @@ class Tx:
         return _subscriber_row(row)
 
     def update_subscriber(
-        self, subscriber_id: int, *, fields: dict[str, Any] | None = None, status: str | None = None,
+        self,
+        subscriber_id: int,
+        *,
+        fields: dict[str, Any] | None = None,
+        status: str | None = None,
         now: datetime,
     ) -> None:
         row = self.s.get_one(Subscriber, subscriber_id, with_for_update=True)
@@ -203,11 +207,14 @@ class Tx:
         ).first()
         return self._enrollment_row(row) if row else None
 
-    def _enrollment_row(self, row: Enrollment, subscriber_status: str | None = None) -> EnrollmentRow:
+    def _enrollment_row(
+        self, row: Enrollment, subscriber_status: str | None = None
+    ) -> EnrollmentRow:
         if subscriber_status is None:
             subscriber_status = self.s.get_one(Subscriber, row.subscriber_id).status
-        return EnrollmentRow(row.id, row.subscriber_id, row.sequence_id, _state(row),
-                             subscriber_status)
+        return EnrollmentRow(
+            row.id, row.subscriber_id, row.sequence_id, _state(row), subscriber_status
+        )
 
     def create_enrollment(
         self, subscriber_id: int, sequence_id: str, state: EnrollmentState, *, now: datetime
@@ -357,8 +364,16 @@ class Tx:
             m.next_attempt_at = until
             m.attempts += 1
             out.append(
-                OutgoingRow(m.id, m.sequence_id, m.step_id, m.kind, m.attempts, email,
-                            dict(fields or {}), resumed)
+                OutgoingRow(
+                    m.id,
+                    m.sequence_id,
+                    m.step_id,
+                    m.kind,
+                    m.attempts,
+                    email,
+                    dict(fields or {}),
+                    resumed,
+                )
             )
         return out
 
@@ -420,8 +435,13 @@ class Tx:
         self, *, digest: str, header_message_id: str | None, sender: str | None, now: datetime
     ) -> int | None:
         """Remember an inbound message; None if the same bytes were seen before."""
-        row = Inbound(digest=digest, header_message_id=header_message_id, sender=sender,
-                      status="received", received_at=now)
+        row = Inbound(
+            digest=digest,
+            header_message_id=header_message_id,
+            sender=sender,
+            status="received",
+            received_at=now,
+        )
         try:
             with self.s.begin_nested():
                 self.s.add(row)
@@ -430,7 +450,9 @@ class Tx:
             return None
         return row.id
 
-    def finish_inbound(self, inbound_id: int, *, status: str, matched: int | None, note: str) -> None:
+    def finish_inbound(
+        self, inbound_id: int, *, status: str, matched: int | None, note: str
+    ) -> None:
         self.s.execute(
             update(Inbound)
             .where(Inbound.id == inbound_id)
@@ -440,11 +462,14 @@ class Tx:
     # -- reports ---------------------------------------------------------------------------
 
     def status_counts(self) -> list[StatusRow]:
-        q = (
-            select(Enrollment.sequence_id, Enrollment.step_id, Enrollment.status,
-                   Enrollment.exit_reason, func.count())
-            .group_by(Enrollment.sequence_id, Enrollment.step_id, Enrollment.status,
-                      Enrollment.exit_reason)
+        q = select(
+            Enrollment.sequence_id,
+            Enrollment.step_id,
+            Enrollment.status,
+            Enrollment.exit_reason,
+            func.count(),
+        ).group_by(
+            Enrollment.sequence_id, Enrollment.step_id, Enrollment.status, Enrollment.exit_reason
         )
         return [StatusRow(*r) for r in self.s.execute(q).all()]
 
@@ -461,17 +486,23 @@ class Tx:
     def pending_work(self, now: datetime) -> bool:
         """Is anything due now (an enrollment or an outgoing message)?"""
         due = self.s.scalar(
-            select(Enrollment.id).where(Enrollment.status == "active", Enrollment.due_at <= now)
+            select(Enrollment.id)
+            .where(Enrollment.status == "active", Enrollment.due_at <= now)
             .limit(1)
         )
         if due is not None:
             return True
-        return self.s.scalar(
-            select(Message.id).where(
-                or_(Message.status == "queued", Message.status == "sending"),
-                and_(Message.next_attempt_at.is_not(None), Message.next_attempt_at <= now),
-            ).limit(1)
-        ) is not None
+        return (
+            self.s.scalar(
+                select(Message.id)
+                .where(
+                    or_(Message.status == "queued", Message.status == "sending"),
+                    and_(Message.next_attempt_at.is_not(None), Message.next_attempt_at <= now),
+                )
+                .limit(1)
+            )
+            is not None
+        )
 
 
 class Store:

@@ -40,8 +40,14 @@ class MaildirHandler:
 class SmtpServerThread:
     """An aiosmtpd server on its own event loop in a thread; port 0 picks a free port."""
 
-    def __init__(self, handler: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 smtp_factory: Callable[[Any], SMTP] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        smtp_factory: Callable[[Any], SMTP] | None = None,
+    ) -> None:
         self.handler = handler
         self.host = host
         self.port = port

@@ -26,7 +26,7 @@ def _header(value: str) -> str | Header:
 
 
 def _from_header(sender: str) -> str:
-    (name, addr), = getaddresses([sender])
+    ((name, addr),) = getaddresses([sender])
     if not name:
         return addr
     if name.isascii():

@@ -56,7 +56,7 @@ def _automatic(msg: EmailMessage) -> str | None:
 def parse_inbound(raw: bytes) -> InboundMail:
     """Parse raw bytes; raises ValueError when it is not a usable email message."""
     if not raw or len(raw) > MAX_INBOUND_BYTES:
-        raise ValueError("empty or larger than %d bytes" % MAX_INBOUND_BYTES)
+        raise ValueError(f"empty or larger than {MAX_INBOUND_BYTES} bytes")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     if not msg.keys():

@@ -46,7 +46,9 @@ class Rendered:
 
 _A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
 _HREF = re.compile(r"""(\shref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
-_YES_ATTR = re.compile(r"""\sdata-micro-yes(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>]+))?""", re.IGNORECASE)
+_YES_ATTR = re.compile(
+    r"""\sdata-micro-yes(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>]+))?""", re.IGNORECASE
+)
 _NO_TRACK = re.compile(r"\sdata-no-track\b", re.IGNORECASE)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'\)\]]+""")
 
@@ -146,7 +148,11 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
             return cleaned
         raw = href.group(2) if href.group(2) is not None else (href.group(3) or href.group(4) or "")
         url = html.unescape(raw).strip()
-        if _NO_TRACK.search(source) or url == skip or not url.lower().startswith(("http://", "https://")):
+        if (
+            _NO_TRACK.search(source)
+            or url == skip
+            or not url.lower().startswith(("http://", "https://"))
+        ):
             return cleaned
         marked_any = marked_any or marked
         tracked = links.track(url, marked)

@@ -72,7 +72,7 @@ class SmtpPool:
             username=t.username,
             password=t.password,
             use_tls=t.tls is SmtpTls.tls,
-            start_tls=True if t.tls is SmtpTls.starttls else False,
+            start_tls=t.tls is SmtpTls.starttls,
             timeout=t.timeout,
             tls_context=t.tls_context,
         )
@@ -110,13 +110,14 @@ class SmtpPool:
                 raise TemporarySendError(f"{code} {message}", code=code) from exc
             except aiosmtplib.SMTPSenderRefused as exc:
                 # Our own envelope sender refused: an operator's problem, never the recipient's.
-                raise TemporarySendError(f"sender refused: {exc.code} {exc.message}",
-                                         code=exc.code) from exc
+                raise TemporarySendError(
+                    f"sender refused: {exc.code} {exc.message}", code=exc.code
+                ) from exc
             except aiosmtplib.SMTPResponseException as exc:
                 if 500 <= exc.code < 600:
                     raise PermanentSendError(f"{exc.code} {exc.message}", code=exc.code) from exc
                 raise TemporarySendError(f"{exc.code} {exc.message}", code=exc.code) from exc
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await _close(client)
                 raise TemporarySendError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -132,5 +133,5 @@ async def _close(client: aiosmtplib.SMTP) -> None:
     if client.is_connected:
         try:
             await asyncio.wait_for(client.quit(), timeout=5)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()

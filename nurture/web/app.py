@@ -16,7 +16,13 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from nurture.errors import SubscribeError, TokenError
@@ -35,8 +41,11 @@ MAX_INBOUND_BYTES = 10 * 1024 * 1024
 
 def _not_found() -> HTMLResponse:
     return HTMLResponse(
-        page("message.html", title="Link not found",
-             text="This link is not valid. If you copied it, check that it is complete."),
+        page(
+            "message.html",
+            title="Link not found",
+            text="This link is not valid. If you copied it, check that it is complete.",
+        ),
         status_code=404,
     )
 
@@ -89,7 +98,9 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
 
     async def unsubscribe_page(request: Request) -> Response:
         try:
-            _, address = await run_in_threadpool(tracker.unsubscribe_target, request.path_params["token"])
+            _, address = await run_in_threadpool(
+                tracker.unsubscribe_target, request.path_params["token"]
+            )
         except TokenError:
             return _not_found()
         return HTMLResponse(page("unsubscribe.html", title="Unsubscribe", email=address))
@@ -99,19 +110,32 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         one_click = b"List-Unsubscribe=One-Click" in body
         try:
             address = await run_in_threadpool(
-                tracker.unsubscribe, request.path_params["token"], now=clock.now(),
+                tracker.unsubscribe,
+                request.path_params["token"],
+                now=clock.now(),
                 how="one-click" if one_click else "page",
             )
         except TokenError:
             return _not_found()
         if one_click:
             return PlainTextResponse("unsubscribed\n")
-        return HTMLResponse(page("message.html", title="You are unsubscribed",
-                                 text=f"{address} will get no more emails from us."))
+        return HTMLResponse(
+            page(
+                "message.html",
+                title="You are unsubscribed",
+                text=f"{address} will get no more emails from us.",
+            )
+        )
 
     async def subscribe_form(request: Request) -> Response:
-        return HTMLResponse(page("subscribe.html", title="Subscribe", sequences=list(catalog),
-                                 outbox=outbox is not None))
+        return HTMLResponse(
+            page(
+                "subscribe.html",
+                title="Subscribe",
+                sequences=list(catalog),
+                outbox=outbox is not None,
+            )
+        )
 
     async def subscribe_post(request: Request) -> Response:
         as_json = _wants_json(request)
@@ -120,37 +144,65 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
             data = await _payload(request)
             fields = {k: v for k, v in data.items() if k not in ("email", "sequence")}
             result = await run_in_threadpool(
-                lambda: subscribe(store, catalog, email=data.get("email"),
-                                  sequence_id=data.get("sequence"), fields=fields, now=clock.now())
+                lambda: subscribe(
+                    store,
+                    catalog,
+                    email=data.get("email"),
+                    sequence_id=data.get("sequence"),
+                    fields=fields,
+                    now=clock.now(),
+                )
             )
         except SubscribeError as exc:
             if as_json:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            return HTMLResponse(page("subscribe.html", title="Subscribe", error=str(exc),
-                                     sequences=list(catalog), outbox=outbox is not None,
-                                     email=data.get("email"), first_name=data.get("first_name")),
-                                status_code=exc.status)
+            return HTMLResponse(
+                page(
+                    "subscribe.html",
+                    title="Subscribe",
+                    error=str(exc),
+                    sequences=list(catalog),
+                    outbox=outbox is not None,
+                    email=data.get("email"),
+                    first_name=data.get("first_name"),
+                ),
+                status_code=exc.status,
+            )
         if as_json:
             return JSONResponse(
-                {"subscriber_id": result.subscriber_id, "enrollment_id": result.enrollment_id,
-                 "created": result.created, "status": result.status},
+                {
+                    "subscriber_id": result.subscriber_id,
+                    "enrollment_id": result.enrollment_id,
+                    "created": result.created,
+                    "status": result.status,
+                },
                 status_code=201 if result.created else 200,
             )
         text = "Check your inbox: we sent you an email." + (
-            " (It is in the outbox.)" if outbox is not None else "")
-        return HTMLResponse(page("message.html", title="Almost there", text=text),
-                            status_code=201 if result.created else 200)
+            " (It is in the outbox.)" if outbox is not None else ""
+        )
+        return HTMLResponse(
+            page("message.html", title="Almost there", text=text),
+            status_code=201 if result.created else 200,
+        )
 
     async def events(request: Request) -> Response:
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not api_token or not hmac.compare_digest(supplied.encode(), api_token.encode()):
-            return JSONResponse({"error": "a valid API token is required (NURTURE_API_TOKEN)"},
-                                status_code=401)
+            return JSONResponse(
+                {"error": "a valid API token is required (NURTURE_API_TOKEN)"}, status_code=401
+            )
         try:
             data = await _payload(request)
             converted = await run_in_threadpool(
-                lambda: goal(store, catalog, email=data.get("email"), event=data.get("event"),
-                             sequence_id=data.get("sequence"), now=clock.now())
+                lambda: goal(
+                    store,
+                    catalog,
+                    email=data.get("email"),
+                    event=data.get("event"),
+                    sequence_id=data.get("sequence"),
+                    now=clock.now(),
+                )
             )
         except SubscribeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -167,8 +219,13 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         return JSONResponse({"status": result.status, "outcome": result.outcome}, status_code=code)
 
     async def confirmed(request: Request) -> Response:
-        return HTMLResponse(page("message.html", title="Thank you",
-                                 text="You are confirmed. Your next email is on its way."))
+        return HTMLResponse(
+            page(
+                "message.html",
+                title="Thank you",
+                text="You are confirmed. Your next email is on its way.",
+            )
+        )
 
     async def index(request: Request) -> Response:
         if outbox is not None:
@@ -208,16 +265,24 @@ def _outbox_routes(services: Services, outbox: Outbox) -> list[Route]:
         mail = await run_in_threadpool(outbox.get, request.path_params["key"])
         if mail is None:
             return _not_found()
-        return HTMLResponse(page("outbox_message.html", title=mail.subject, mail=mail,
-                                 replied=request.query_params.get("replied")))
+        return HTMLResponse(
+            page(
+                "outbox_message.html",
+                title=mail.subject,
+                mail=mail,
+                replied=request.query_params.get("replied"),
+            )
+        )
 
     async def show_html(request: Request) -> Response:
         mail = await run_in_threadpool(outbox.get, request.path_params["key"])
         if mail is None:
             return _not_found()
         # Links open in a new tab, out of the sandboxed frame, like a mail client's.
-        return HTMLResponse('<base target="_blank">' + mail.part("html"),
-                            headers={"Content-Security-Policy": "script-src 'none'"})
+        return HTMLResponse(
+            '<base target="_blank">' + mail.part("html"),
+            headers={"Content-Security-Policy": "script-src 'none'"},
+        )
 
     async def reply(request: Request) -> Response:
         mail = await run_in_threadpool(outbox.get, request.path_params["key"])

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from support import DATA, Caught, RecordingHandler, recording_smtp
 
 from nurture.mail.catcher import SmtpServerThread
-from support import DATA, Caught, RecordingHandler, recording_smtp
 
 NURTURE = Path(sys.executable).parent / "nurture"
 TIMEOUT = 60.0
@@ -54,8 +54,9 @@ class Daemon:
 
     def start(self, command: list[str]) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
         def healthy() -> bool:
             assert self.proc is not None
@@ -91,17 +92,19 @@ def smtp() -> Iterator[SmtpServerThread]:
 def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     port = free_port()
-    env.update({
-        "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
-        "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
-        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
-        "NURTURE_HTTP_PORT": str(port),
-        "NURTURE_TICK_SECONDS": "0.2",
-        "NURTURE_RETRY_BASE_SECONDS": "1",
-        "NURTURE_SEND_LEASE_SECONDS": "5",
-        "NURTURE_SMTP_HOST": "127.0.0.1",
-        "NURTURE_SMTP_PORT": str(smtp.port),
-    })
+    env.update(
+        {
+            "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
+            "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
+            "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+            "NURTURE_HTTP_PORT": str(port),
+            "NURTURE_TICK_SECONDS": "0.2",
+            "NURTURE_RETRY_BASE_SECONDS": "1",
+            "NURTURE_SEND_LEASE_SECONDS": "5",
+            "NURTURE_SMTP_HOST": "127.0.0.1",
+            "NURTURE_SMTP_PORT": str(smtp.port),
+        }
+    )
     d = Daemon(tmp_path, env)
     yield d
     if d.proc is not None and d.proc.poll() is None:
@@ -128,21 +131,27 @@ def test_three_people_a_kill_9_and_nobody_lost_or_sent_twice(
 
 def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_path: Path) -> None:
     for name in ("ann", "bob", "cat"):
-        r = http.post("/subscribe", json={"email": f"{name}@example.com", "sequence": "e2e",
-                                         "first_name": name.title()})
+        r = http.post(
+            "/subscribe",
+            json={"email": f"{name}@example.com", "sequence": "e2e", "first_name": name.title()},
+        )
         assert r.status_code == 201, r.text
 
     def mails(who: str) -> list[Caught]:
         return server.to(f"{who}@example.com")
 
     def arrived(who: str, subject: str) -> Caught:
-        return wait_for(f"{who}: {subject!r}",
-                        lambda: next((m for m in mails(who) if m.subject == subject), None))
+        return wait_for(
+            f"{who}: {subject!r}",
+            lambda: next((m for m in mails(who) if m.subject == subject), None),
+        )
 
     def click_ask(mail: Caught) -> None:
         url = TRACKED.findall(mail.part("html"))[0]
-        r = http.get(url.replace(f"http://127.0.0.1:{daemon.env['NURTURE_HTTP_PORT']}", ""),
-                     follow_redirects=False)
+        r = http.get(
+            url.replace(f"http://127.0.0.1:{daemon.env['NURTURE_HTTP_PORT']}", ""),
+            follow_redirects=False,
+        )
         assert r.status_code == 302
 
     # ann and cat confirm; bob never does anything.
@@ -167,26 +176,46 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
 
     def statuses() -> dict[str, tuple[str, str | None]]:
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT s.email, e.status, e.exit_reason FROM enrollments e "
-                "JOIN subscribers s ON s.id = e.subscriber_id")).all()
+            rows = conn.execute(
+                text(
+                    "SELECT s.email, e.status, e.exit_reason FROM enrollments e "
+                    "JOIN subscribers s ON s.id = e.subscriber_id"
+                )
+            ).all()
         return {email.split("@")[0]: (status, reason) for email, status, reason in rows}
 
     wait_for("bob to time out", lambda: statuses()["bob"] == ("exited", "timeout"))
-    assert statuses() == {"ann": ("completed", None), "cat": ("completed", None),
-                          "bob": ("exited", "timeout")}
+    assert statuses() == {
+        "ann": ("completed", None),
+        "cat": ("completed", None),
+        "bob": ("exited", "timeout"),
+    }
     time.sleep(1)  # a few more ticks: nothing else may be sent
 
     assert [m.subject for m in mails("ann")] == [
-        "Confirm, Ann", "Read this, Ann", "Tell me by reply", "The offer"]
+        "Confirm, Ann",
+        "Read this, Ann",
+        "Tell me by reply",
+        "The offer",
+    ]
     assert [m.subject for m in mails("cat")] == [
-        "Confirm, Cat", "Read this, Cat", "Tell me by reply", "The offer"]
+        "Confirm, Cat",
+        "Read this, Cat",
+        "Tell me by reply",
+        "The offer",
+    ]
     assert [m.subject for m in mails("bob")] == ["Confirm, Bob", "Reminder: please confirm"]
     ids = Counter(m.message["Message-ID"] for m in server.caught)
     assert max(ids.values()) == 1
 
-    status = subprocess.run([str(NURTURE), "status"], cwd=tmp_path, env=daemon.env,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [str(NURTURE), "status"],
+        cwd=tmp_path,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     assert re.search(r"e2e: 3 enrollments", status.stdout)
     assert re.search(r"confirm\s+0\s+0\s+0\s+timeout 1", status.stdout)

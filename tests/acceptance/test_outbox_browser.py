@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from support import DATA, REPO
 from test_daemon import Daemon, free_port
 
@@ -24,8 +23,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI") == "true":
         raise RuntimeError("chromium is required under CI: scripts/setup test installs it")
-    pytest.skip("Debian's chromium is not installed (scripts/setup test installs it)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (scripts/setup test installs it)",
+        allow_module_level=True,
+    )
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
@@ -33,13 +34,15 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 @pytest.fixture
 def catcher_daemon(tmp_path: Path) -> Iterator[Daemon]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env.update({
-        "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
-        "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
-        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
-        "NURTURE_HTTP_PORT": str(free_port()),
-        "NURTURE_TICK_SECONDS": "0.2",
-    })
+    env.update(
+        {
+            "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
+            "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
+            "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+            "NURTURE_HTTP_PORT": str(free_port()),
+            "NURTURE_TICK_SECONDS": "0.2",
+        }
+    )
     d = Daemon(tmp_path, env)
     d.start([sys.executable, "-m", "nurture", "run"])
     yield d
@@ -51,9 +54,15 @@ def page() -> Iterator[Page]:
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             yield browser.new_page(viewport={"width": 1000, "height": 900})

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import FixedClock, RecordingHandler, make_settings
 
 from nurture.dispatcher import Dispatcher, DispatchPolicy
 from nurture.mail.catcher import SmtpServerThread
 from nurture.mail.send import SmtpPool, SmtpTarget
 from nurture.services import Services, build_services
 from nurture.subscriptions import SubscribeResult, subscribe
-from support import FixedClock, RecordingHandler, make_settings
 
 
 @dataclass
@@ -29,8 +29,15 @@ class World:
 
     def subscribe(self, email: str, sequence: str = "journey", **kw: Any) -> SubscribeResult:
         fields = kw.pop("fields", {"first_name": str(email).split("@")[0].title()})
-        return subscribe(self.services.store, self.services.catalog, email=email,
-                         sequence_id=sequence, fields=fields, now=self.clock.now(), **kw)
+        return subscribe(
+            self.services.store,
+            self.services.catalog,
+            email=email,
+            sequence_id=sequence,
+            fields=fields,
+            now=self.clock.now(),
+            **kw,
+        )
 
     def tick(self) -> tuple[int, int]:
         return asyncio.run(self._tick())
@@ -44,9 +51,13 @@ class World:
     def new_dispatcher(self) -> Dispatcher:
         s = self.services
         return Dispatcher(
-            store=s.store, catalog=s.catalog, renderer=s.renderer, signer=s.signer,
+            store=s.store,
+            catalog=s.catalog,
+            renderer=s.renderer,
+            signer=s.signer,
             transport=SmtpPool(SmtpTarget("127.0.0.1", self.server.port), size=2),
-            clock=self.clock, policy=DispatchPolicy.from_settings(s.settings),
+            clock=self.clock,
+            policy=DispatchPolicy.from_settings(s.settings),
         )
 
     def click(self, url: str, **detail: Any) -> str:
@@ -71,8 +82,9 @@ def make_world(database_url: str, tmp_path: Path) -> Iterator[Any]:
         handler = RecordingHandler()
         server = SmtpServerThread(handler).start()
         clock = FixedClock()
-        settings = make_settings(tmp_path, database_url, smtp_host="127.0.0.1",
-                                 smtp_port=server.port, **overrides)
+        settings = make_settings(
+            tmp_path, database_url, smtp_host="127.0.0.1", smtp_port=server.port, **overrides
+        )
         services = build_services(settings, clock=clock)
         w = World(services, clock, handler, server, None)  # type: ignore[arg-type]
         w.dispatcher = w.new_dispatcher()

@@ -9,23 +9,32 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import DATA, REPO
 
 from nurture.cli import main
-from support import DATA, REPO
 
 NURTURE = Path(sys.executable).parent / "nurture"
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     base.update(env or {})
-    return subprocess.run([str(NURTURE), *args], cwd=cwd, env=base, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [str(NURTURE), *args], cwd=cwd, env=base, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_validate_the_shipped_sequences(tmp_path: Path) -> None:
-    r = run("validate", "--sequences", str(REPO / "sequences"), "--templates",
-            str(REPO / "templates"), cwd=tmp_path)
+    r = run(
+        "validate",
+        "--sequences",
+        str(REPO / "sequences"),
+        "--templates",
+        str(REPO / "templates"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "ok  starter: 5 steps (confirm, welcome, guide, webinar, offer)" in r.stdout
 
@@ -71,59 +80,121 @@ def test_validate_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["preview", "starter", "confirm", "--field", "first_name=Grace",
-                 "--sequences", str(REPO / "sequences"), "--templates", str(REPO / "templates")])
+    code = main(
+        [
+            "preview",
+            "starter",
+            "confirm",
+            "--field",
+            "first_name=Grace",
+            "--sequences",
+            str(REPO / "sequences"),
+            "--templates",
+            str(REPO / "templates"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "Subject: One click to confirm, Grace" in out
     assert "----- text -----" in out and "----- html -----" in out
     assert "Hi Grace" in out
     assert "/confirmed   (micro-yes)" in out
-    code = main(["preview", "starter", "guide", "--reminder", "1", "--sequences",
-                 str(REPO / "sequences"), "--templates", str(REPO / "templates")])
+    code = main(
+        [
+            "preview",
+            "starter",
+            "guide",
+            "--reminder",
+            "1",
+            "--sequences",
+            str(REPO / "sequences"),
+            "--templates",
+            str(REPO / "templates"),
+        ]
+    )
     assert code == 0
-    code = main(["preview", "starter", "nope", "--sequences", str(REPO / "sequences"),
-                 "--templates", str(REPO / "templates")])
+    code = main(
+        [
+            "preview",
+            "starter",
+            "nope",
+            "--sequences",
+            str(REPO / "sequences"),
+            "--templates",
+            str(REPO / "templates"),
+        ]
+    )
     assert code == 1
     assert "has no step 'nope'" in capsys.readouterr().err
 
 
 def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> None:
-    env = {"NURTURE_DATABASE_URL": database_url, "NURTURE_SEQUENCES_DIR": str(DATA / "sequences"),
-           "NURTURE_TEMPLATES_DIR": str(DATA / "templates")}
-    r = run("subscribe", "amy@example.com", "--sequence", "journey", "--field", "first_name=Amy",
-            cwd=tmp_path, env=env)
+    env = {
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_SEQUENCES_DIR": str(DATA / "sequences"),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+    }
+    r = run(
+        "subscribe",
+        "amy@example.com",
+        "--sequence",
+        "journey",
+        "--field",
+        "first_name=Amy",
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "enrolled amy@example.com in journey" in r.stdout
     r = run("subscribe", "amy@example.com", "--sequence", "journey", cwd=tmp_path, env=env)
     assert "already in journey; nothing changed" in r.stdout
     r = run("subscribe", "not-an-address", "--sequence", "journey", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "not a valid email address" in r.stderr
-    r = run("subscribe", "ben@example.com", "--sequence", "journey", "--confirmed", cwd=tmp_path,
-            env=env)
+    r = run(
+        "subscribe",
+        "ben@example.com",
+        "--sequence",
+        "journey",
+        "--confirmed",
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0
     r = run("status", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "journey: 2 enrollments" in r.stdout
-    assert [line.split() for line in r.stdout.splitlines() if line.strip().startswith(
-        ("confirm ", "read "))] == [["confirm", "1", "0", "0", "-"], ["read", "1", "0", "0", "-"]]
+    assert [
+        line.split()
+        for line in r.stdout.splitlines()
+        if line.strip().startswith(("confirm ", "read "))
+    ] == [["confirm", "1", "0", "0", "-"], ["read", "1", "0", "0", "-"]]
     r = run("unsubscribe", "amy@example.com", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "amy@example.com unsubscribed" in r.stdout
     r = run("status", cwd=tmp_path, env=env)
     assert "unsubscribed 1" in r.stdout
     r = run("subscribe", "amy@example.com", "--sequence", "journey", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "unsubscribed" in r.stderr
-    r = run("subscribe", "amy@example.com", "--sequence", "journey", "--resubscribe",
-            cwd=tmp_path, env=env)
+    r = run(
+        "subscribe",
+        "amy@example.com",
+        "--sequence",
+        "journey",
+        "--resubscribe",
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("NURTURE_SMTP_PORT", "abc"),
-    ("NURTURE_SMTP_TLS", "ssl3"),
-    ("NURTURE_BASE_URL", "ftp://x"),
-    ("NURTURE_TICK_SECONDS", "-1"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NURTURE_SMTP_PORT", "abc"),
+        ("NURTURE_SMTP_TLS", "ssl3"),
+        ("NURTURE_BASE_URL", "ftp://x"),
+        ("NURTURE_TICK_SECONDS", "-1"),
+    ],
+)
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(
     tmp_path: Path, name: str, value: str
 ) -> None:
@@ -134,9 +205,22 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(
 
 
 def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "nurture", "validate", "--sequences",
-                        str(REPO / "sequences"), "--templates", str(REPO / "templates")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nurture",
+            "validate",
+            "--sequences",
+            str(REPO / "sequences"),
+            "--templates",
+            str(REPO / "templates"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "ok  starter" in r.stdout
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from support import Caught
 
 from nurture.db.models import Event, Message
 from nurture.engine import ExitReason, Phase, Status
 from nurture.errors import SubscribeError
 from nurture.subscriptions import goal
 from nurture.tokens import TokenKind
-from support import Caught
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
 
@@ -28,7 +27,9 @@ def messages(world, **where):  # type: ignore[no-untyped-def]
         q = select(Message)
         for k, v in where.items():
             q = q.where(getattr(Message, k) == v)
-        return [(m.step_id, m.kind, m.status, m.attempts) for m in tx.s.scalars(q.order_by(Message.id))]
+        return [
+            (m.step_id, m.kind, m.status, m.attempts) for m in tx.s.scalars(q.order_by(Message.id))
+        ]
 
 
 def test_first_email_is_the_confirmation_with_every_header(world) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +88,11 @@ def test_click_journey_to_completion(world) -> None:  # type: ignore[no-untyped-
     world.clock.advance(days=30)
     world.tick()
     assert [m.subject for m in world.smtp.to("bo@example.com")] == [
-        "Confirm, Bo", "Read this, Bo", "Tell me by reply", "The offer"]
+        "Confirm, Bo",
+        "Read this, Bo",
+        "Tell me by reply",
+        "The offer",
+    ]
 
 
 def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world) -> None:  # type: ignore[no-untyped-def]
@@ -100,7 +105,9 @@ def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world) -> None:
     world.clock.advance(days=10)
     world.tick()
     assert [m.subject for m in world.smtp.to("cy@example.com")] == [
-        "Confirm, Cy", "Reminder: please confirm"]
+        "Confirm, Cy",
+        "Reminder: please confirm",
+    ]
     state = world.state("cy@example.com")
     assert state.status is Status.exited and state.exit_reason is ExitReason.timeout
 
@@ -161,10 +168,13 @@ def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untype
     world.subscribe("gus@example.com", confirmed=True)
     world.tick()
     store, catalog = world.services.store, world.services.catalog
-    assert goal(store, catalog, email="gus@example.com", event="newsletter",
-                now=world.clock.now()) == []  # not a goal of this sequence
-    assert goal(store, catalog, email="GUS@example.com", event="purchase",
-                now=world.clock.now()) == ["journey"]
+    assert (
+        goal(store, catalog, email="gus@example.com", event="newsletter", now=world.clock.now())
+        == []
+    )  # not a goal of this sequence
+    assert goal(
+        store, catalog, email="GUS@example.com", event="purchase", now=world.clock.now()
+    ) == ["journey"]
     state = world.state("gus@example.com")
     assert state.status is Status.exited and state.exit_reason is ExitReason.converted
     world.clock.advance(days=5)
@@ -247,7 +257,8 @@ def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(wo
     world.tick()
     [mail] = world.smtp.to("ned@example.com")
     assert mail.message["Message-ID"] == world.services.signer.message_id(
-        claimed[0].id, "acme.example")
+        claimed[0].id, "acme.example"
+    )
     world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
     world.tick()
     assert len(world.smtp.to("ned@example.com")) == 1

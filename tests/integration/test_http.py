@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
+from urllib.parse import quote
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from support import ServedApp
 
 from nurture.db.models import Event
 from nurture.engine import ExitReason, Status
 from nurture.tokens import TokenKind
 from nurture.web.app import create_app
-from support import ServedApp
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
 
 
 @pytest.fixture
 def http(world) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
-    with ServedApp(create_app(world.services)) as base, httpx.Client(
-        base_url=base, follow_redirects=False, timeout=10
-    ) as client:
+    with (
+        ServedApp(create_app(world.services)) as base,
+        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
+    ):
         yield client
 
 
@@ -41,13 +42,21 @@ def test_healthz(http) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_subscribe_json_form_and_errors(world, http) -> None:  # type: ignore[no-untyped-def]
-    r = http.post("/subscribe", json={"email": "Ann@Example.com", "sequence": "journey",
-                                      "first_name": "Ann", "timezone": "Europe/Paris"})
+    r = http.post(
+        "/subscribe",
+        json={
+            "email": "Ann@Example.com",
+            "sequence": "journey",
+            "first_name": "Ann",
+            "timezone": "Europe/Paris",
+        },
+    )
     assert r.status_code == 201 and r.json()["created"] is True
     r = http.post("/subscribe", json={"email": "ann@example.com", "sequence": "journey"})
     assert r.status_code == 200 and r.json()["created"] is False
-    r = http.post("/subscribe", data={"email": "bob@example.com", "sequence": "journey",
-                                      "first_name": "Bob"})
+    r = http.post(
+        "/subscribe", data={"email": "bob@example.com", "sequence": "journey", "first_name": "Bob"}
+    )
     assert r.status_code == 201 and "Check your inbox" in r.text
     r = http.post("/subscribe", json={"email": "not an address", "sequence": "journey"})
     assert r.status_code == 400 and "not a valid email address" in r.json()["error"]
@@ -80,10 +89,18 @@ def test_click_redirects_to_the_stored_url_and_advances(world, http) -> None:  #
     assert world.state("dan@example.com").step_id == "read"
 
 
-@pytest.mark.parametrize("token", [
-    "x", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "../../etc/passwd", "%00", "a" * 500,
-    "Y19fX19fX19fX19fX19fX19fX19fX18", "<script>",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "x",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "../../etc/passwd",
+        "%00",
+        "a" * 500,
+        "Y19fX19fX19fX19fX19fX19fX19fX18",
+        "<script>",
+    ],
+)
 def test_junk_tokens_get_404(http, token: str) -> None:  # type: ignore[no-untyped-def]
     for url in (f"/c/{token}", f"/u/{token}"):
         r = http.get(url)
@@ -113,7 +130,9 @@ def test_forged_and_truncated_tokens_get_404_never_a_redirect(world, http) -> No
     assert http.get(f"/c/{missing}").status_code == 404
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80))
 def test_any_token_text_is_404_never_500(http, text: str) -> None:  # type: ignore[no-untyped-def]
     r = http.get("/c/" + quote(text, safe=""))
@@ -136,8 +155,11 @@ def test_unsubscribe_page_then_post_and_one_click(world, http) -> None:  # type:
     [other] = world.smtp.to("gil@example.com")
     one_click = path(other.message["List-Unsubscribe"].strip("<>"))
     for _ in range(2):
-        r = http.post(one_click, content=b"List-Unsubscribe=One-Click",
-                      headers={"content-type": "application/x-www-form-urlencoded"})
+        r = http.post(
+            one_click,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
         assert r.status_code == 200
     assert world.state("gil@example.com").exit_reason is ExitReason.unsubscribed
     with world.services.store.transaction() as tx:
@@ -149,13 +171,18 @@ def test_events_need_the_api_token(world, http) -> None:  # type: ignore[no-unty
     world.subscribe("hoa@example.com", confirmed=True)
     body = {"email": "hoa@example.com", "event": "purchase"}
     assert http.post("/events", json=body).status_code == 401
-    assert http.post("/events", json=body,
-                     headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        http.post("/events", json=body, headers={"authorization": "Bearer wrong"}).status_code
+        == 401
+    )
     r = http.post("/events", json=body, headers={"authorization": "Bearer test-api-token"})
     assert r.status_code == 200 and r.json() == {"converted": ["journey"]}
     assert world.state("hoa@example.com").exit_reason is ExitReason.converted
-    r = http.post("/events", json={"email": "nobody@example.com", "event": "purchase"},
-                  headers={"authorization": "Bearer test-api-token"})
+    r = http.post(
+        "/events",
+        json={"email": "nobody@example.com", "event": "purchase"},
+        headers={"authorization": "Bearer test-api-token"},
+    )
     assert r.status_code == 404
 
 
@@ -228,7 +255,9 @@ def test_reply_address_matches_even_when_headers_were_rewritten(make_world) -> N
         assert world.state("joy@example.com").step_id == "offer"
         forged = EmailMessage()
         forged["From"] = "x@example.com"
-        forged["To"] = reply_address.replace(reply_address[9], "a" if reply_address[9] != "a" else "b", 1)
+        forged["To"] = reply_address.replace(
+            reply_address[9], "a" if reply_address[9] != "a" else "b", 1
+        )
         forged["Subject"] = "hi"
         forged.set_content("hi")
         assert http.post("/inbound", content=forged.as_bytes()).json()["status"] == "unmatched"

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import T0
 
 from nurture import engine
 from nurture.engine import (
@@ -20,7 +21,6 @@ from nurture.engine import (
     Yes,
 )
 from nurture.sequences import AdvanceOn, Reminder, Sequence, Step, Timeout
-from support import T0
 
 D = timedelta(days=1)
 H = timedelta(hours=1)
@@ -28,7 +28,10 @@ H = timedelta(hours=1)
 
 def step(id: str, **kw: object) -> Step:
     values: dict[str, object] = {
-        "subject": id, "template": f"{id}.html", "advance_on": AdvanceOn.click, "wait": 3 * D,
+        "subject": id,
+        "template": f"{id}.html",
+        "advance_on": AdvanceOn.click,
+        "wait": 3 * D,
     }
     values.update(kw)
     return Step(id=id, **values)  # type: ignore[arg-type]
@@ -36,16 +39,32 @@ def step(id: str, **kw: object) -> Step:
 
 def journey() -> Sequence:
     return Sequence(
-        id="j", name="J", sender="a@b.c",
+        id="j",
+        name="J",
+        sender="a@b.c",
         steps=(
             step("confirm", confirms=True, reminders=(Reminder(D, "r", "r.html"),)),
-            step("welcome", delay=10 * timedelta(minutes=1), advance_on=AdvanceOn.click_or_reply,
-                 wait=7 * D, on_timeout=Timeout("next")),
-            step("guide", delay=D, wait=5 * D,
-                 reminders=(Reminder(2 * D, "r", "r.html"), Reminder(4 * D, "r2", "r.html")),
-                 on_timeout=Timeout("next")),
-            step("webinar", delay=D, advance_on=AdvanceOn.reply, wait=7 * D,
-                 on_timeout=Timeout("goto", "guide")),
+            step(
+                "welcome",
+                delay=10 * timedelta(minutes=1),
+                advance_on=AdvanceOn.click_or_reply,
+                wait=7 * D,
+                on_timeout=Timeout("next"),
+            ),
+            step(
+                "guide",
+                delay=D,
+                wait=5 * D,
+                reminders=(Reminder(2 * D, "r", "r.html"), Reminder(4 * D, "r2", "r.html")),
+                on_timeout=Timeout("next"),
+            ),
+            step(
+                "webinar",
+                delay=D,
+                advance_on=AdvanceOn.reply,
+                wait=7 * D,
+                on_timeout=Timeout("goto", "guide"),
+            ),
             step("offer", delay=D, wait=7 * D, on_timeout=Timeout("exit")),
         ),
     )
@@ -149,9 +168,12 @@ def test_clicks_after_the_enrollment_left_are_recorded_only() -> None:
 
 def test_reminders_then_timeout_exit() -> None:
     seq = journey()
-    state = engine.on_due(engine.start(seq, now=T0, confirmed=False), seq, now=T0,
-                          confirmed=False).state
-    assert engine.on_due(state, seq, now=T0 + D - timedelta(seconds=1), confirmed=False).actions == ()
+    state = engine.on_due(
+        engine.start(seq, now=T0, confirmed=False), seq, now=T0, confirmed=False
+    ).state
+    assert (
+        engine.on_due(state, seq, now=T0 + D - timedelta(seconds=1), confirmed=False).actions == ()
+    )
     r = engine.on_due(state, seq, now=T0 + D, confirmed=False)
     assert r.actions == (SendEmail("confirm", 1, "reminder1", reminder=0),)
     assert r.state.due_at == T0 + 3 * D
@@ -241,8 +263,16 @@ def run_month(seq: Sequence, behaviour: dict[str, str]) -> tuple[EnrollmentState
 
 def test_a_whole_month_of_a_sequence_runs_without_waiting() -> None:
     seq = journey()
-    eager, sent = run_month(seq, {"confirm": "click", "welcome": "reply", "guide": "click",
-                                  "webinar": "reply", "offer": "click"})
+    eager, sent = run_month(
+        seq,
+        {
+            "confirm": "click",
+            "welcome": "reply",
+            "guide": "click",
+            "webinar": "reply",
+            "offer": "click",
+        },
+    )
     assert eager.status is Status.completed
     assert sent == ["confirm:step", "welcome:step", "guide:step", "webinar:step", "offer:step"]
 
@@ -252,16 +282,28 @@ def test_a_whole_month_of_a_sequence_runs_without_waiting() -> None:
 
     lurker, sent = run_month(seq, {"confirm": "click"})
     # welcome times out -> guide (2 reminders) times out -> webinar -> goto guide -> ...
-    assert sent[:6] == ["confirm:step", "welcome:step", "guide:step", "guide:reminder1",
-                        "guide:reminder2", "webinar:step"]
+    assert sent[:6] == [
+        "confirm:step",
+        "welcome:step",
+        "guide:step",
+        "guide:reminder1",
+        "guide:reminder2",
+        "webinar:step",
+    ]
     assert "offer:step" not in sent
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["due", "click", "reply"]),
-                          st.integers(min_value=0, max_value=3 * 24 * 3600),
-                          st.integers(min_value=0, max_value=6)),
-                max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["due", "click", "reply"]),
+            st.integers(min_value=0, max_value=3 * 24 * 3600),
+            st.integers(min_value=0, max_value=6),
+        ),
+        max_size=40,
+    )
+)
 def test_property_each_visit_of_a_step_advances_at_most_once(
     script: list[tuple[str, int, int]],
 ) -> None:

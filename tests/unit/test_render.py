@@ -16,9 +16,11 @@ import pytest
 from jinja2.exceptions import SecurityError
 from support import DATA, REPO
 
+from nurture.errors import SubscribeError
 from nurture.mail.compose import compose
 from nurture.mail.render import Rendered, Renderer, html_to_text, make_environment
 from nurture.sequences import AdvanceOn, Sequence, Step, load_catalog
+from nurture.subscriptions import normalize_email
 from nurture.tokens import Signer, Token, TokenKind
 
 BASE = "http://nurture.test"
@@ -82,8 +84,14 @@ def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: 
     folder, rend = adhoc
     for name, body in files.items():
         (folder / name).write_text(body, encoding="utf-8")
-    return rend.render(one_step("t.html"), "only", "step", message_id=MESSAGE_ID,
-                       email="bob@example.com", fields=fields)
+    return rend.render(
+        one_step("t.html"),
+        "only",
+        "step",
+        message_id=MESSAGE_ID,
+        email="bob@example.com",
+        fields=fields,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +101,11 @@ def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: 
 @pytest.mark.parametrize(
     ("step", "kind", "targets"),
     [
-        ("confirm", "step", ["http://nurture.test/confirmed", "https://acme.example/about?a=1&b=2"]),
+        (
+            "confirm",
+            "step",
+            ["http://nurture.test/confirmed", "https://acme.example/about?a=1&b=2"],
+        ),
         ("confirm", "reminder1", ["http://nurture.test/confirmed"]),
         ("read", "step", ["https://acme.example/post"]),
         ("ask", "step", ["https://acme.example/faq"]),
@@ -121,8 +133,10 @@ def test_html_entities_in_links_are_unescaped(renderer: Renderer, journey: Seque
     assert not any("&amp;" in url for url, _ in out.links)
 
 
-@pytest.mark.parametrize(("step", "kind"), [("confirm", "step"), ("confirm", "reminder1"),
-                                            ("read", "step"), ("offer", "step")])
+@pytest.mark.parametrize(
+    ("step", "kind"),
+    [("confirm", "step"), ("confirm", "reminder1"), ("read", "step"), ("offer", "step")],
+)
 def test_data_micro_yes_never_reaches_the_reader(
     renderer: Renderer, journey: Sequence, step: str, kind: str
 ) -> None:
@@ -190,31 +204,28 @@ def test_template_without_twin_gets_a_generated_text_part(
     assert "<" not in out.text.replace(f"({tracked})", "").replace(f"({unsub})", "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render.py:197-199 (_TextMaker.handle_data) collapses each text chunk with "
-    "' '.join(data.split()), which drops the spaces at the chunk's edges, so words around an "
-    "inline tag are glued: read.html gives 'Here isthe post', '<p>Hello <b>World</b></p>' gives "
-    "'HelloWorld'. Fix: collapse whitespace runs to one space but keep the edges "
-    "(re.sub(r'\\s+', ' ', data)); html_to_text already strips each line.",
-)
 def test_generated_text_keeps_spaces_around_links(renderer: Renderer, journey: Sequence) -> None:
     out = render(renderer, journey, "read", first_name="Ada")
     assert "Here is the post (" in out.text
 
 
 def test_link_variants(adhoc: tuple[Path, Renderer]) -> None:
-    out = render_adhoc(adhoc, {"t.html": (
-        "<p><a href='https://x.example/single'>single</a>\n"
-        "<A HREF=https://x.example/bare>bare</A>\n"
-        '<a class="b" data-micro-yes="yes" href="https://x.example/yes">yes</a>\n'
-        '<a href="https://x.example/single" data-micro-yes>again, marked</a>\n'
-        '<a href="mailto:ada@acme.example">mail</a>\n'
-        '<a href="#top">anchor</a>\n'
-        '<a href="/relative">relative</a>\n'
-        '<a data-no-track href="https://x.example/private">private</a>\n'
-        '<a name="no-href">no href</a></p>\n'
-    )})
+    out = render_adhoc(
+        adhoc,
+        {
+            "t.html": (
+                "<p><a href='https://x.example/single'>single</a>\n"
+                "<A HREF=https://x.example/bare>bare</A>\n"
+                '<a class="b" data-micro-yes="yes" href="https://x.example/yes">yes</a>\n'
+                '<a href="https://x.example/single" data-micro-yes>again, marked</a>\n'
+                '<a href="mailto:ada@acme.example">mail</a>\n'
+                '<a href="#top">anchor</a>\n'
+                '<a href="/relative">relative</a>\n'
+                '<a data-no-track href="https://x.example/private">private</a>\n'
+                '<a name="no-href">no href</a></p>\n'
+            )
+        },
+    )
     assert out.links == [
         ("https://x.example/single", True),  # marked on its second occurrence
         ("https://x.example/bare", False),
@@ -223,7 +234,10 @@ def test_link_variants(adhoc: tuple[Path, Renderer]) -> None:
     found = hrefs(out.html)
     assert [click_of(u).link for u in found[:4]] == [0, 1, 2, 0]  # same URL, same token
     assert found[4:] == [
-        "mailto:ada@acme.example", "#top", "/relative", "https://x.example/private",
+        "mailto:ada@acme.example",
+        "#top",
+        "/relative",
+        "https://x.example/private",
     ]
     assert '<a class="b" href=' in out.html
     assert "data-micro-yes" not in out.html
@@ -235,16 +249,42 @@ def test_generated_text_has_no_link_the_html_does_not_have(adhoc: tuple[Path, Re
     assert hrefs(out.html)[0] in out.text
 
 
-def test_text_only_links_are_tracked_and_do_not_count_when_html_marks_one(
-    adhoc: tuple[Path, Renderer],
+def test_text_only_urls_stay_as_they_are(adhoc: tuple[Path, Renderer]) -> None:
+    # Only URLs the HTML part links to are tracked in the text twin; a URL only in the text
+    # stays untracked and adds no link.
+    out = render_adhoc(
+        adhoc,
+        {
+            "t.html": '<p><a href="https://x.example/yes" data-micro-yes>yes</a></p>\n',
+            "t.txt": "Yes: https://x.example/yes.\nMore (https://x.example/more), bye\n",
+        },
+    )
+    assert out.links == [("https://x.example/yes", True)]
+    yes = f"{BASE}/c/{SIGNER.make(TokenKind.click, MESSAGE_ID, 0)}"
+    assert out.text == f"Yes: {yes}.\nMore (https://x.example/more), bye\n"
+
+
+@pytest.mark.parametrize("twin", [True, False], ids=["text twin", "generated text"])
+def test_a_url_in_a_subscriber_field_is_never_tracked(
+    adhoc: tuple[Path, Renderer], twin: bool
 ) -> None:
-    out = render_adhoc(adhoc, {
-        "t.html": '<p><a href="https://x.example/yes" data-micro-yes>yes</a></p>\n',
-        "t.txt": "Yes: https://x.example/yes.\nMore (https://x.example/more), bye\n",
-    })
-    assert out.links == [("https://x.example/yes", True), ("https://x.example/more", False)]
-    yes, more = (f"{BASE}/c/{SIGNER.make(TokenKind.click, MESSAGE_ID, i)}" for i in (0, 1))
-    assert out.text == f"Yes: {yes}.\nMore ({more}), bye\n"
+    # A subscriber's field must never become a link nurture redirects to.
+    evil = "http://evil.example"
+    files = {
+        "t.html": (
+            '<p>Hi {{ subscriber.first_name }}, <a href="https://x.example/yes">yes</a></p>\n'
+        ),
+    }
+    if twin:
+        files["t.txt"] = "Hi {{ subscriber.first_name }}, yes: https://x.example/yes\n"
+    out = render_adhoc(adhoc, files, first_name=evil)
+    assert out.links == [("https://x.example/yes", True)]
+    [tracked] = hrefs(out.html)
+    assert click_of(tracked) == Token(TokenKind.click, MESSAGE_ID, 0)
+    assert f"<p>Hi {evil}, " in out.html
+    assert f"Hi {evil}, yes" in out.text
+    assert tracked in out.text
+    assert out.text.count(f"{BASE}/c/") == 1  # only the template's link is tracked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +301,14 @@ def test_subject_is_one_line_and_not_html_escaped(adhoc: tuple[Path, Renderer]) 
     folder, rend = adhoc
     (folder / "t.html").write_text("<p>x</p>\n", encoding="utf-8")
     seq = one_step("t.html", subject="Tom & {{ subscriber.first_name }}\n  again")
-    out = rend.render(seq, "only", "step", message_id=1, email="b@example.com",
-                      fields={"first_name": "Jerry\r\nBcc: x@evil.example"})
+    out = rend.render(
+        seq,
+        "only",
+        "step",
+        message_id=1,
+        email="b@example.com",
+        fields={"first_name": "Jerry\r\nBcc: x@evil.example"},
+    )
     assert out.subject == "Tom & Jerry Bcc: x@evil.example again"
 
 
@@ -304,13 +350,17 @@ def test_context_holds_no_settings_or_secrets(adhoc: tuple[Path, Renderer], name
 
 
 def test_context_holds_subscriber_and_urls(adhoc: tuple[Path, Renderer]) -> None:
-    out = render_adhoc(adhoc, {"t.html": (
-        "{{ subscriber.email }}|{{ subscriber.first_name }}|{{ sequence.id }}|"
-        "{{ sequence.name }}|{{ step.id }}|{{ base_url }}|{{ unsubscribe_url }}\n"
-    )}, first_name="Ada")
-    assert out.html == (
-        f"bob@example.com|Ada|adhoc|Ad hoc|only|{BASE}|{unsubscribe_url()}\n"
+    out = render_adhoc(
+        adhoc,
+        {
+            "t.html": (
+                "{{ subscriber.email }}|{{ subscriber.first_name }}|{{ sequence.id }}|"
+                "{{ sequence.name }}|{{ step.id }}|{{ base_url }}|{{ unsubscribe_url }}\n"
+            )
+        },
+        first_name="Ada",
     )
+    assert out.html == (f"bob@example.com|Ada|adhoc|Ad hoc|only|{BASE}|{unsubscribe_url()}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,12 +380,6 @@ def test_html_to_text() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="render.py:197-199: html_to_text glues words across inline tags "
-    "('<p>Hello <b>World</b> and <i>more</i>.</p>' -> 'HelloWorldandmore.'); see "
-    "test_generated_text_keeps_spaces_around_links.",
-)
 def test_html_to_text_keeps_spaces_around_inline_tags() -> None:
     assert html_to_text("<p>Hello <b>World</b> and <i>more</i>.</p>") == "Hello World and more.\n"
 
@@ -350,8 +394,9 @@ def test_shipped_templates_render_every_step_and_reminder() -> None:
             kinds = ["step"] + [f"reminder{i + 1}" for i in range(len(step.reminders))]
             for kind in kinds:
                 for fields in ({}, {"first_name": "Ada"}):
-                    out = rend.render(seq, step.id, kind, message_id=7,
-                                      email="bob@example.com", fields=fields)
+                    out = rend.render(
+                        seq, step.id, kind, message_id=7, email="bob@example.com", fields=fields
+                    )
                     assert out.subject and "{{" not in out.subject
                     assert unsubscribe_url(7) in out.html and unsubscribe_url(7) in out.text
                     assert any(counts for _, counts in out.links)
@@ -405,7 +450,7 @@ def test_compose_headers() -> None:
 
 
 @pytest.mark.parametrize(
-    "subject", ["Plain ASCII", "Grüße 👋", "Ünïcödé " * 20, "Quote \" and = and ?= and _"]
+    "subject", ["Plain ASCII", "Grüße 👋", "Ünïcödé " * 20, 'Quote " and = and ?= and _']
 )
 def test_compose_subject_round_trips(subject: str) -> None:
     assert str(build(subject=subject)["Subject"]) == subject
@@ -440,16 +485,15 @@ def test_compose_refuses_a_header_injection_in_the_subject() -> None:
         build(subject="Hi\r\nBcc: evil@x.example")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compose.py:53 (msg['To'] = to): a non-ASCII recipient, which normalize_email in "
-    "subscriptions.py accepts (email-validator allows SMTPUTF8 by default), is written as one "
-    "RFC 2047 encoded-word ('=?utf-8?b?...?='), which is not an address: parsers read it as a "
-    "display name with no address. Fix: build the message with email.message.EmailMessage and "
-    "policy=email.policy.SMTPUTF8 when an address is not ASCII (and send with SMTPUTF8), or "
-    "refuse such addresses at subscribe time.",
-)
-@pytest.mark.parametrize("to", ["bob@bücher.example", "zoë@acme.example"])
-def test_compose_non_ascii_recipient(to: str) -> None:
+def test_non_ascii_local_part_is_refused_at_subscribe_time() -> None:
+    # compose writes a non-ASCII To: as an RFC 2047 encoded-word, which is not an address; such
+    # addresses never get that far: normalize_email refuses them.
+    with pytest.raises(SubscribeError, match="zoë@acme.example.* is not a valid email address"):
+        normalize_email("zoë@acme.example")
+
+
+def test_non_ascii_domain_is_kept_in_ascii_and_composes() -> None:
+    to = normalize_email("Bob@Bücher.example")
+    assert to == "bob@xn--bcher-kva.example"
     [found] = build(to=to)["To"].addresses
     assert found.addr_spec == to
