@@ -180,13 +180,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         label = r.status if r.status != "exited" else f"left:{r.exit_reason}"
         by_seq[r.sequence_id][r.step_id][label] = r.count
-    sequences = list(services.catalog)
-    known = {s.id for s in sequences}
+    # Loaded sequences in file order, then any the database still has but no file defines.
+    layout = [(seq.id, [step.id for step in seq.steps]) for seq in services.catalog]
+    layout += [
+        (seq_id, sorted(by_seq[seq_id]))
+        for seq_id in by_seq
+        if services.catalog.get(seq_id) is None
+    ]
     if not rows:
         print("no enrollments yet")
-    for seq in sequences + [s for s in by_seq if s not in known]:  # type: ignore[operator]
-        seq_id = seq.id if hasattr(seq, "id") else seq
-        steps = [s.id for s in seq.steps] if hasattr(seq, "steps") else sorted(by_seq[seq_id])
+    for seq_id, steps in layout:
         counts = by_seq.get(seq_id, {})
         total = sum(sum(v.values()) for v in counts.values())
         print(f"\n{seq_id}: {total} enrollments")

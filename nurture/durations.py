@@ -29,12 +29,12 @@ def parse_duration(text: object) -> timedelta:
         raise ValueError(
             f"{text!r} has no unit: write e.g. {n}s, {n}m, {n}h or {n}d (units: s, m, h, d, w)"
         )
-    if not _WHOLE.match(text):
+    if isinstance(text, int) or not _WHOLE.match(text):
         raise ValueError(
             f"{text!r} is not a duration: write a number and a unit, e.g. 3d, 12h, 30m, 1s "
             "(units: s, m, h, d, w)"
         )
-    seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(text))
+    seconds: int = sum(int(n) * _UNITS[u] for n, u in _PART.findall(text))
     return timedelta(seconds=seconds)
 
 

@@ -6,7 +6,7 @@ line and a plain sentence. This module never touches the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import getaddresses
@@ -115,7 +115,7 @@ class Catalog:
     def get(self, sequence_id: str) -> Sequence | None:
         return self.sequences.get(sequence_id)
 
-    def __iter__(self) -> Iterable[Sequence]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Sequence]:
         return iter(self.sequences.values())
 
 
@@ -312,7 +312,7 @@ def load_sequence_file(
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
             problem(loc, _sentence(err, loc))
-    raw_steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
     raw_ids = [s.get("id") if isinstance(s, dict) else None for s in raw_steps]
 
     def label(i: int) -> str:
@@ -363,7 +363,7 @@ def load_sequence_file(
 
     for i, step in enumerate(steps):
         if step is not None:
-            _check_step(step, i, len(steps), list(first_use), problem)
+            _check_step(step, i, len(steps), problem)
     if header is not None and not _address_ok(header.sender):
         problem(
             ("from",), f'from {header.sender!r} is not an address like "Ada <ada@acme.example>"'
@@ -423,7 +423,7 @@ def _check_goto(raw: dict[str, Any], here: Loc, label: str, ids: list[str], prob
         problem((*here, "on_timeout"), f"{label}: on_timeout cannot go to the step itself")
 
 
-def _check_step(step: StepModel, i: int, count: int, ids: list[str], problem: Any) -> None:
+def _check_step(step: StepModel, i: int, count: int, problem: Any) -> None:
     here: Loc = ("steps", i)
     name = f"step '{step.id}'"
     if step.on_timeout == "next" and i == count - 1:

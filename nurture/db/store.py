@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -476,33 +476,6 @@ class Tx:
     def message_counts(self) -> dict[str, int]:
         q = select(Message.status, func.count()).group_by(Message.status)
         return {status: n for status, n in self.s.execute(q).all()}
-
-    def next_due(self) -> datetime | None:
-        value = self.s.scalar(
-            select(func.min(Enrollment.due_at)).where(Enrollment.status == "active")
-        )
-        return utc(value) if value else None
-
-    def pending_work(self, now: datetime) -> bool:
-        """Is anything due now (an enrollment or an outgoing message)?"""
-        due = self.s.scalar(
-            select(Enrollment.id)
-            .where(Enrollment.status == "active", Enrollment.due_at <= now)
-            .limit(1)
-        )
-        if due is not None:
-            return True
-        return (
-            self.s.scalar(
-                select(Message.id)
-                .where(
-                    or_(Message.status == "queued", Message.status == "sending"),
-                    and_(Message.next_attempt_at.is_not(None), Message.next_attempt_at <= now),
-                )
-                .limit(1)
-            )
-            is not None
-        )
 
 
 class Store:

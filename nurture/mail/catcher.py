@@ -110,7 +110,7 @@ class CaughtMail:
 
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))
-        return body.get_content() if body is not None else ""  # type: ignore[union-attr]
+        return str(body.get_content()) if body is not None else ""
 
 
 _KEY_TIME = re.compile(r"^(\d+)\.M(\d+)")

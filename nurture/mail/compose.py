@@ -50,7 +50,7 @@ def compose(
     msg = MIMEMultipart("alternative")
     msg["From"] = _from_header(sender)
     msg["To"] = to
-    msg["Subject"] = _header(subject)
+    msg["Subject"] = _header(subject)  # type: ignore[assignment]  # a Header is accepted
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id
     if reply_to:
@@ -58,6 +58,6 @@ def compose(
     # RFC 8058: an https URL and the one-click POST marker, on every message.
     msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.attach(MIMEText(text, "plain", _UTF8_QP))
-    msg.attach(MIMEText(html, "html", _UTF8_QP))
+    msg.attach(MIMEText(text, "plain", _UTF8_QP))  # type: ignore[arg-type]  # stubs say str
+    msg.attach(MIMEText(html, "html", _UTF8_QP))  # type: ignore[arg-type]
     return msg.as_bytes()

@@ -32,7 +32,7 @@ class InboundMail:
 
 
 def _addresses(msg: EmailMessage, *names: str) -> list[str]:
-    values = []
+    values: list[str] = []
     for name in names:
         values.extend(str(v) for v in msg.get_all(name, []))
     return [addr.lower() for _, addr in getaddresses(values) if "@" in addr]
