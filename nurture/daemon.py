@@ -6,6 +6,7 @@ unit of work; the database says what is due.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from datetime import UTC, datetime
 
@@ -22,7 +23,7 @@ from nurture.mail.send import SmtpPool, SmtpTarget
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
 
-__all__ = ["run", "prepare_database"]
+__all__ = ["run", "prepare_database", "settle_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,17 @@ def prepare_database(settings: Settings) -> None:
         raise ConfigError(
             f"the database is at revision {current or 'none'}, not {head}: run `nurture db upgrade`"
         )
+
+
+def settle_heap() -> None:
+    """Move everything built at start-up (modules, SQLAlchemy and Jinja2 internals, the
+    sequences) out of the garbage collector's sight. Full collections otherwise walk those
+    objects again and again: bench/send.py measured them at 40% of planning time."""
+    gc.collect()
+    gc.freeze()
+    # Each batch allocates many short-lived objects; collecting the youngest generation every
+    # 700 allocations (the default) cost ~18% of the drain in bench/send.py.
+    gc.set_threshold(20_000, 20, 20)
 
 
 class Daemon:
@@ -113,6 +125,7 @@ async def run(settings: Settings) -> None:
         policy=DispatchPolicy.from_settings(settings),
     )
     daemon = Daemon(services, dispatcher)
+    settle_heap()
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         daemon.tick,

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import jinja2
 
@@ -23,7 +24,7 @@ from nurture.clock import Clock
 from nurture.config import Settings
 from nurture.db.store import OutgoingRow, Store, Tx
 from nurture.engine import ExitReason
-from nurture.errors import PermanentSendError, SendError, TemporarySendError
+from nurture.errors import PermanentSendError, SendError
 from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
 from nurture.mail.send import Bounce
@@ -38,7 +39,9 @@ ORPHAN_RETRY = timedelta(hours=1)
 
 
 class Transport(Protocol):
-    async def send(self, sender: str, recipient: str, data: bytes) -> None: ...
+    async def send_many(
+        self, messages: Sequence[tuple[str, str, bytes]]
+    ) -> list[SendError | None]: ...
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,17 @@ class Dispatcher:
 
     # -- planning ------------------------------------------------------------------------
 
-    def plan(self, now: datetime) -> int:
-        """Decide for up to one batch of due enrollments; returns how many were claimed."""
+    def plan(self, now: datetime) -> tuple[int, list[OutgoingRow]]:
+        """Decide for up to one batch of due enrollments. The messages decided on are
+        recorded and claimed in the same transaction; returns how many enrollments were
+        claimed and those messages, ready to render and send."""
         with self.store.transaction() as tx:
-            rows = tx.claim_due(now, self.policy.batch_size)
-            for row in rows:
+            due = tx.claim_due(now, self.policy.batch_size)
+            decisions = []
+            contacts = {}
+            for item in due:
+                row = item.enrollment
+                contacts[row.id] = (item.email, item.fields)
                 sequence = self.catalog.get(row.sequence_id)
                 if sequence is None or not sequence.has_step(row.state.step_id):
                     log.error(
@@ -122,106 +131,109 @@ class Dispatcher:
                         row.state.step_id,
                         extra={"action": "enrollment_orphaned", "enrollment_id": row.id},
                     )
-                    later = engine.Decision(replace(row.state, due_at=now + ORPHAN_RETRY))
-                    tx.apply(row.id, later, now=now)
+                    later = replace(row.state, due_at=now + ORPHAN_RETRY)
+                    decisions.append((row, engine.Decision(later, outcome="orphaned")))
                     continue
-                decision = engine.on_due(
-                    row.state, sequence, now=now, confirmed=row.subscriber_status == "confirmed"
+                confirmed = row.subscriber_status == "confirmed"
+                decisions.append(
+                    (row, engine.on_due(row.state, sequence, now=now, confirmed=confirmed))
                 )
-                tx.apply(row.id, decision, now=now)
-                if decision.outcome != "unchanged":
-                    log.debug(
-                        "enrollment %s: %s",
-                        row.id,
-                        decision.outcome,
-                        extra={
-                            "action": "enrollment_" + decision.outcome.split(":")[0],
-                            "enrollment_id": row.id,
-                        },
-                    )
-        return len(rows)
+            made = tx.apply_many(decisions, now=now, claim_until=now + self.policy.lease)
+        outgoing = []
+        for message_id, row, action in made:
+            email, fields = contacts[row.id]
+            outgoing.append(
+                OutgoingRow(
+                    message_id,
+                    row.sequence_id,
+                    action.step_id,
+                    action.kind,
+                    1,
+                    email,
+                    dict(fields),
+                    False,
+                )
+            )
+        return len(due), outgoing
 
     # -- delivery ------------------------------------------------------------------------
 
-    def _prepare(
-        self, tx: Tx, row: OutgoingRow, now: datetime
-    ) -> tuple[Outgoing, str, list[list[object]]] | None:
+    def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Outgoing, str, list[Any]]:
+        """Render and compose one claimed message; raises what a template or data can raise."""
         sequence = self.catalog.get(row.sequence_id)
-        try:
-            if sequence is None:
-                raise KeyError(f"sequence {row.sequence_id!r} is not loaded")
-            rendered = self.renderer.render(
-                sequence,
-                row.step_id,
-                row.kind,
-                message_id=row.id,
-                email=row.email,
-                fields=row.fields,
+        if sequence is None:
+            raise KeyError(f"sequence {row.sequence_id!r} is not loaded")
+        rendered = self.renderer.render(
+            sequence,
+            row.step_id,
+            row.kind,
+            message_id=row.id,
+            email=row.email,
+            fields=row.fields,
+        )
+        envelope_from = address_of(sequence.sender)
+        domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2]
+        reply_to = None
+        if self.policy.reply_address:
+            reply_to = self.policy.reply_address.format(
+                token=self.signer.make(TokenKind.reply, row.id)
             )
-            envelope_from = address_of(sequence.sender)
-            domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2]
-            reply_to = None
-            if self.policy.reply_address:
-                reply_to = self.policy.reply_address.format(
-                    token=self.signer.make(TokenKind.reply, row.id)
-                )
-            data = compose(
-                sender=sequence.sender,
-                to=row.email,
-                subject=rendered.subject,
-                text=rendered.text,
-                html=rendered.html,
-                message_id=self.signer.message_id(row.id, domain or "nurture.local"),
-                date=now,
-                unsubscribe_url=self.renderer.unsubscribe_url(row.id),
-                reply_to=reply_to,
-            )
-        except (jinja2.TemplateError, KeyError, IndexError, ValueError, TypeError) as exc:
-            # A template or a subscriber's data that cannot make an email: this email fails
-            # (and says why), the rest of the batch goes on.
-            error = f"cannot render: {type(exc).__name__}: {exc}"
-            log.error(
-                "message %s: %s",
-                row.id,
-                error,
-                extra={"action": "render_failed", "message_id": row.id},
-            )
-            self._fail(tx, row.id, error, now=now, bounce=False)
-            return None
+        data = compose(
+            sender=sequence.sender,
+            to=row.email,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=self.signer.message_id(row.id, domain or "nurture.local"),
+            date=now,
+            unsubscribe_url=rendered.unsubscribe_url,
+            reply_to=reply_to,
+        )
         out = Outgoing(row.id, row.step_id, envelope_from, row.email, data, row.attempts)
         return out, rendered.subject, [list(link) for link in rendered.links]
 
-    def _claim(self) -> list[Outgoing]:
-        now = self.clock.now()
+    def _claim(self) -> list[OutgoingRow]:
+        """Messages due again (retries) or left by a worker that died mid-send."""
         with self.store.transaction() as tx:
-            rows = tx.claim_outgoing(now, self.policy.batch_size, self.policy.lease)
-            ready: list[Outgoing] = []
-            rendered = []
-            for row in rows:
-                if row.resumed:
-                    log.warning(
-                        "message %s was being sent when its worker stopped; sending it again "
-                        "with the same Message-ID",
-                        row.id,
-                        extra={"action": "send_resumed", "message_id": row.id},
-                    )
-                prepared = self._prepare(tx, row, now)
-                if prepared is not None:
-                    out, subject, links = prepared
-                    ready.append(out)
-                    rendered.append((out.id, subject, links))
-            tx.set_rendered(rendered)
-        return ready
+            return tx.claim_outgoing(self.clock.now(), self.policy.batch_size, self.policy.lease)
 
-    async def _send(self, out: Outgoing) -> SendError | None:
-        try:
-            await self.transport.send(out.sender, out.recipient, out.data)
-        except SendError as exc:
-            return exc
-        except Exception as exc:  # a transport bug must not lose the batch's other outcomes
-            log.exception("unexpected error sending message %s", out.id)
-            return TemporarySendError(f"{type(exc).__name__}: {exc}")
-        return None
+    def _render(self, rows: Sequence[OutgoingRow]) -> list[Outgoing]:
+        """Render claimed messages outside any transaction, then store their subjects and
+        links (the only URLs /c/ will redirect to) in one, before anything is sent."""
+        now = self.clock.now()
+        ready: list[Outgoing] = []
+        rendered = []
+        failed = []
+        for row in rows:
+            if row.resumed:
+                log.warning(
+                    "message %s was being sent when its worker stopped; sending it again "
+                    "with the same Message-ID",
+                    row.id,
+                    extra={"action": "send_resumed", "message_id": row.id},
+                )
+            try:
+                out, subject, links = self._prepare(row, now)
+            except (jinja2.TemplateError, KeyError, IndexError, ValueError, TypeError) as exc:
+                # A template or a subscriber's data that cannot make an email: this email
+                # fails (and says why); the rest of the batch goes on.
+                error = f"cannot render: {type(exc).__name__}: {exc}"
+                log.error(
+                    "message %s: %s",
+                    row.id,
+                    error,
+                    extra={"action": "render_failed", "message_id": row.id},
+                )
+                failed.append((row.id, error))
+                continue
+            ready.append(out)
+            rendered.append((out.id, subject, links))
+        if rendered or failed:
+            with self.store.transaction() as tx:
+                tx.set_rendered(rendered)
+                for message_id, error in failed:
+                    self._fail(tx, message_id, error, now=now, bounce=False)
+        return ready
 
     def _record(self, results: list[tuple[Outgoing, SendError | None]]) -> None:
         now = self.clock.now()
@@ -285,21 +297,28 @@ class Dispatcher:
             now=now,
         )
 
-    async def deliver(self) -> int:
-        """Claim, render, send and record up to one batch; returns how many were attempted."""
-        ready = await asyncio.to_thread(self._claim)
-        if not ready:
-            return 0
-        errors = await asyncio.gather(*(self._send(o) for o in ready))
-        await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
+    async def _send(self, rows: Sequence[OutgoingRow]) -> int:
+        """Render, send and record claimed messages; returns how many were attempted."""
+        ready = await asyncio.to_thread(self._render, rows)
+        if ready:
+            errors = await self.transport.send_many(
+                [(o.sender, o.recipient, o.data) for o in ready]
+            )
+            await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
         return len(ready)
 
+    async def deliver(self) -> int:
+        """Claim (retries, resumed sends), render, send and record up to one batch."""
+        rows = await asyncio.to_thread(self._claim)
+        return await self._send(rows) if rows else 0
+
     async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
-        """Plan and deliver until nothing is due (or ``max_batches`` each); one tick's work."""
+        """Plan and deliver until nothing is due (or ``max_batches``); one tick's work."""
         planned = sent = 0
         for _ in range(max_batches):
-            n = await asyncio.to_thread(self.plan, self.clock.now())
-            m = await self.deliver()
+            n, fresh = await asyncio.to_thread(self.plan, self.clock.now())
+            m = await self._send(fresh) if fresh else 0
+            m += await self.deliver()
             planned += n
             sent += m
             # A decision can make an enrollment due at once (a timeout moving on to a step

@@ -102,7 +102,7 @@ def subscribe(
             if existing is not None:
                 fresh = engine.start(sequence, now=now, confirmed=False)
                 restarted = replace(fresh, visit=existing.state.visit + 1)
-                tx.apply(existing.id, engine.Decision(restarted), now=now)
+                tx.apply(existing, engine.Decision(restarted), now=now)
                 log.info(
                     "%s resubscribed to %s",
                     address,

@@ -45,9 +45,12 @@ class Signer:
         if not secret_key:
             raise ValueError("a secret key is required")
         self._key = hashlib.sha256(b"nurture-tokens:" + secret_key.encode()).digest()
+        self._mac = hmac.new(self._key, digestmod=hashlib.sha256)  # keyed once, copied per use
 
     def _sig(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIG_BYTES]
+        mac = self._mac.copy()
+        mac.update(payload)
+        return mac.digest()[:_SIG_BYTES]
 
     def make(self, kind: TokenKind, message_id: int, link: int = 0) -> str:
         payload = _LAYOUT.pack(kind.value.encode(), message_id, link)

@@ -74,7 +74,7 @@ class Tracker:
             enrollment.state, sequence, engine.Yes(kind, message.step_id, message.visit), now=now
         )
         if decision.state != enrollment.state or decision.actions:
-            tx.apply(enrollment.id, decision, now=now)
+            tx.apply(enrollment, decision, now=now)
             log.info(
                 "enrollment %s: %s by %s on %s",
                 enrollment.id,

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,7 @@ __all__ = [
     "Tx",
     "SubscriberRow",
     "EnrollmentRow",
+    "DueRow",
     "MessageRow",
     "OutgoingRow",
     "StatusRow",
@@ -64,6 +65,15 @@ class EnrollmentRow:
     sequence_id: str
     state: EnrollmentState
     subscriber_status: str
+
+
+@dataclass(frozen=True)
+class DueRow:
+    """An enrollment claimed because something fell due, with what sending to it needs."""
+
+    enrollment: EnrollmentRow
+    email: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,8 @@ class StatusRow:
     count: int
 
 
-def _state(row: Enrollment) -> EnrollmentState:
+def _state(row: Any) -> EnrollmentState:
+    """An EnrollmentState from an ORM Enrollment or a Core row of the enrollments table."""
     return EnrollmentState(
         status=Status(row.status),
         step_id=row.step_id,
@@ -114,6 +125,48 @@ def _state(row: Enrollment) -> EnrollmentState:
         reminders_sent=row.reminders_sent,
         exit_reason=ExitReason(row.exit_reason) if row.exit_reason else None,
     )
+
+
+ENROLLMENTS = cast(Table, Enrollment.__table__)
+MESSAGES = cast(Table, Message.__table__)
+SUBSCRIBERS = cast(Table, Subscriber.__table__)
+
+_STATE_COLUMNS = (
+    "status",
+    "step_id",
+    "phase",
+    "visit",
+    "due_at",
+    "step_sent_at",
+    "reminders_sent",
+    "exit_reason",
+    "updated_at",
+)
+_UPDATE_STATE = (
+    update(ENROLLMENTS)
+    .where(ENROLLMENTS.c.id == bindparam("_id"))
+    .values({c: bindparam(c) for c in _STATE_COLUMNS})
+)
+_INSERT_MESSAGE = insert(MESSAGES)
+_SET_RENDERED = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("_id"))
+    .values(subject=bindparam("subject"), links=bindparam("links"))
+)
+
+
+def _state_values(state: EnrollmentState, now: datetime) -> dict[str, Any]:
+    return {
+        "status": state.status.value,
+        "step_id": state.step_id,
+        "phase": state.phase.value,
+        "visit": state.visit,
+        "due_at": state.due_at,
+        "step_sent_at": state.step_sent_at,
+        "reminders_sent": state.reminders_sent,
+        "exit_reason": state.exit_reason.value if state.exit_reason else None,
+        "updated_at": now,
+    }
 
 
 def _write_state(row: Enrollment, state: EnrollmentState, now: datetime) -> None:
@@ -240,45 +293,101 @@ class Tx:
         ).all()
         return [self._enrollment_row(r) for r in rows]
 
-    def claim_due(self, now: datetime, limit: int) -> list[EnrollmentRow]:
-        """Active enrollments whose due_at has come; locked, so no other worker takes them."""
+    def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
+        """Active enrollments whose due_at has come, with their subscriber's address and
+        fields; locked, so no other worker takes them."""
+        e = ENROLLMENTS.c
         q = (
-            select(Enrollment, Subscriber.status)
-            .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-            .where(Enrollment.status == "active", Enrollment.due_at <= now)
-            .order_by(Enrollment.due_at)
+            select(
+                *ENROLLMENTS.c,
+                SUBSCRIBERS.c.status.label("subscriber_status"),
+                SUBSCRIBERS.c.email,
+                SUBSCRIBERS.c.fields,
+            )
+            .join(SUBSCRIBERS, SUBSCRIBERS.c.id == e.subscriber_id)
+            .where(e.status == "active", e.due_at <= now)
+            .order_by(e.due_at)
             .limit(limit)
-            .with_for_update(skip_locked=True, of=Enrollment)
+            .with_for_update(skip_locked=True, of=ENROLLMENTS)
         )
-        return [self._enrollment_row(e, status) for e, status in self.s.execute(q).all()]
+        return [
+            DueRow(
+                EnrollmentRow(r.id, r.subscriber_id, r.sequence_id, _state(r), r.subscriber_status),
+                r.email,
+                r.fields or {},
+            )
+            for r in self.s.execute(q).all()
+        ]
 
-    def apply(self, enrollment_id: int, decision: Decision, *, now: datetime) -> list[int]:
-        """Store a decision: the new state, a message row per email to send (record before
-        send), and a confirmation. Returns the ids of the messages it queued."""
-        row = self.s.get_one(Enrollment, enrollment_id)
-        _write_state(row, decision.state, now)
-        queued = []
-        for action in decision.actions:
-            if isinstance(action, SendEmail):
-                message = Message(
-                    enrollment_id=row.id,
-                    subscriber_id=row.subscriber_id,
-                    sequence_id=row.sequence_id,
-                    step_id=action.step_id,
-                    visit=action.visit,
-                    kind=action.kind,
-                    status="queued",
-                    attempts=0,
-                    next_attempt_at=now,
-                    links=[],
-                    created_at=now,
+    def apply(self, row: EnrollmentRow, decision: Decision, *, now: datetime) -> None:
+        """Store one decision; its messages are queued for the next tick. See ``apply_many``."""
+        self.apply_many([(row, decision)], now=now)
+
+    def apply_many(
+        self,
+        decisions: Sequence[tuple[EnrollmentRow, Decision]],
+        *,
+        now: datetime,
+        claim_until: datetime | None = None,
+    ) -> list[tuple[int, EnrollmentRow, SendEmail]]:
+        """Store decisions: each enrollment's new state, a message row per email to send
+        (record before send: the caller commits before anything is sent), confirmations.
+        Two statements for a whole batch, whatever its size.
+
+        With ``claim_until`` the new messages are claimed for sending at once (as
+        ``claim_outgoing`` would, lease included), so the caller can send them without
+        looking for them again. Returns (message id, enrollment, action) per new message."""
+        if not decisions:
+            return []
+        self.s.flush()  # ORM changes made earlier in this transaction go first
+        states = []
+        messages: list[dict[str, Any]] = []
+        made: list[tuple[EnrollmentRow, SendEmail]] = []
+        confirms = []
+        for row, decision in decisions:
+            states.append({"_id": row.id, **_state_values(decision.state, now)})
+            for action in decision.actions:
+                if isinstance(action, SendEmail):
+                    messages.append(
+                        {
+                            "enrollment_id": row.id,
+                            "subscriber_id": row.subscriber_id,
+                            "sequence_id": row.sequence_id,
+                            "step_id": action.step_id,
+                            "visit": action.visit,
+                            "kind": action.kind,
+                        }
+                    )
+                    made.append((row, action))
+                elif isinstance(action, ConfirmSubscriber):
+                    confirms.append(row.subscriber_id)
+        self.s.execute(_UPDATE_STATE, states)
+        ids: list[int] = []
+        if messages:
+            claimed = claim_until is not None
+            common: dict[str, Any] = {
+                "status": "sending" if claimed else "queued",
+                "attempts": 1 if claimed else 0,
+                "next_attempt_at": claim_until if claimed else now,
+                "links": [],
+                "created_at": now,
+            }
+            self.s.execute(_INSERT_MESSAGE, [{**m, **common} for m in messages])
+            # The new rows' ids, by their unique key (a plain executemany, then one SELECT:
+            # INSERT ... RETURNING in parameter order costs one statement per row on SQLite).
+            m = MESSAGES.c
+            found = {
+                (r.enrollment_id, r.visit, r.kind): r.id
+                for r in self.s.execute(
+                    select(m.id, m.enrollment_id, m.visit, m.kind).where(
+                        m.enrollment_id.in_({row.id for row, _ in made}), m.created_at == now
+                    )
                 )
-                self.s.add(message)
-                queued.append(message)
-            elif isinstance(action, ConfirmSubscriber):
-                self.confirm_subscriber(row.subscriber_id, now=now)
-        self.s.flush()
-        return [m.id for m in queued]
+            }
+            ids = [found[(row.id, action.visit, action.kind)] for row, action in made]
+        for subscriber_id in confirms:
+            self.confirm_subscriber(subscriber_id, now=now)
+        return [(i, row, action) for i, (row, action) in zip(ids, made, strict=True)]
 
     def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> None:
         """Double opt-in done: mark confirmed and let held enrollments send."""
@@ -310,9 +419,13 @@ class Tx:
             if new != state:
                 _write_state(e, new, now)
                 stopped += 1
+        # Queued mail, and mail claimed by a worker that has not sent it yet (or died).
         self.s.execute(
             update(Message)
-            .where(Message.subscriber_id == subscriber_id, Message.status == "queued")
+            .where(
+                Message.subscriber_id == subscriber_id,
+                Message.status.in_(("queued", "sending")),
+            )
             .values(status="cancelled", last_error=f"subscriber {status}")
         )
         return stopped
@@ -341,47 +454,63 @@ class Tx:
         """Queued messages that are due, and messages whose sender vanished mid-send (lease
         expired). Claimed rows become 'sending' until ``now + lease``; rows whose subscriber
         can no longer be mailed are cancelled here, at the last moment before sending."""
+        m = MESSAGES.c
         q = (
-            select(Message, Subscriber.email, Subscriber.fields, Subscriber.status)
-            .join(Subscriber, Subscriber.id == Message.subscriber_id)
-            .where(
-                Message.status.in_(("queued", "sending")),
-                Message.next_attempt_at <= now,
+            select(
+                m.id,
+                m.sequence_id,
+                m.step_id,
+                m.kind,
+                m.status,
+                m.attempts,
+                SUBSCRIBERS.c.email,
+                SUBSCRIBERS.c.fields,
+                SUBSCRIBERS.c.status.label("subscriber_status"),
             )
-            .order_by(Message.next_attempt_at)
+            .join(SUBSCRIBERS, SUBSCRIBERS.c.id == m.subscriber_id)
+            .where(m.status.in_(("queued", "sending")), m.next_attempt_at <= now)
+            .order_by(m.next_attempt_at)
             .limit(limit)
-            .with_for_update(skip_locked=True, of=Message)
+            .with_for_update(skip_locked=True, of=MESSAGES)
         )
         out = []
-        until = now + lease
-        for m, email, fields, sub_status in self.s.execute(q).all():
-            if sub_status not in SENDABLE:
-                m.status = "cancelled"
-                m.last_error = f"subscriber {sub_status}"
+        cancelled: dict[str, list[int]] = {}
+        for r in self.s.execute(q).all():
+            if r.subscriber_status not in SENDABLE:
+                cancelled.setdefault(r.subscriber_status, []).append(r.id)
                 continue
-            resumed = m.status == "sending"
-            m.status = "sending"
-            m.next_attempt_at = until
-            m.attempts += 1
             out.append(
                 OutgoingRow(
-                    m.id,
-                    m.sequence_id,
-                    m.step_id,
-                    m.kind,
-                    m.attempts,
-                    email,
-                    dict(fields or {}),
-                    resumed,
+                    r.id,
+                    r.sequence_id,
+                    r.step_id,
+                    r.kind,
+                    r.attempts + 1,
+                    r.email,
+                    dict(r.fields or {}),
+                    r.status == "sending",
                 )
+            )
+        for status, ids in cancelled.items():
+            self.s.execute(
+                update(MESSAGES)
+                .where(m.id.in_(ids))
+                .values(status="cancelled", last_error=f"subscriber {status}")
+            )
+        if out:
+            self.s.execute(
+                update(MESSAGES)
+                .where(m.id.in_([o.id for o in out]))
+                .values(status="sending", next_attempt_at=now + lease, attempts=m.attempts + 1)
             )
         return out
 
     def set_rendered(self, rendered: Sequence[tuple[int, str, list[Any]]]) -> None:
         """Keep each message's subject and links (the only URLs /c/ will ever redirect to)."""
-        for message_id, subject, links in rendered:
+        if rendered:
             self.s.execute(
-                update(Message).where(Message.id == message_id).values(subject=subject, links=links)
+                _SET_RENDERED,
+                [{"_id": i, "subject": subject, "links": links} for i, subject, links in rendered],
             )
 
     def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:

@@ -42,6 +42,7 @@ class Rendered:
     text: str
     html: str
     links: list[tuple[str, bool]]  # index = link number in the click token; (url, counts_as_yes)
+    unsubscribe_url: str
 
 
 _A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
@@ -81,13 +82,20 @@ class Renderer:
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self._subjects = lru_cache(maxsize=1024)(env.from_string)
+        self._cache: dict[str, tuple[jinja2.Template, jinja2.Template | None]] = {}
 
-    def _text_twin(self, name: str) -> jinja2.Template | None:
-        twin = name.rsplit(".", 1)[0] + ".txt"
-        try:
-            return self.env.get_template(twin)
-        except jinja2.TemplateNotFound:
-            return None
+    def _templates(self, name: str) -> tuple[jinja2.Template, jinja2.Template | None]:
+        """A template and its .txt twin (None when there is none), looked up once."""
+        found = self._cache.get(name)
+        if found is None:
+            try:
+                twin: jinja2.Template | None = self.env.get_template(
+                    name.rsplit(".", 1)[0] + ".txt"
+                )
+            except jinja2.TemplateNotFound:
+                twin = None
+            found = self._cache[name] = (self.env.get_template(name), twin)
+        return found
 
     def render(
         self,
@@ -113,9 +121,11 @@ class Renderer:
             "sequence": {"id": sequence.id, "name": sequence.name},
             "step": {"id": step.id},
         }
-        subject = " ".join(self._subjects(subject_src).render(context).split())
-        html_body = self.env.get_template(template_name).render(context)
-        twin = self._text_twin(template_name)
+        if "{" in subject_src:
+            subject_src = self._subjects(subject_src).render(context)
+        subject = " ".join(subject_src.split())
+        html_template, twin = self._templates(template_name)
+        html_body = html_template.render(context)
         text_body = twin.render(context) if twin is not None else None
 
         base = f"{self.base_url}/c/"
@@ -129,7 +139,9 @@ class Renderer:
             text_body = html_to_text(html_body)
         else:
             text_body = _rewrite_text(text_body, links)
-        return Rendered(subject, text_body, html_body, [(u, bool(c)) for u, c in links.items])
+        return Rendered(
+            subject, text_body, html_body, [(u, bool(c)) for u, c in links.items], unsubscribe_url
+        )
 
     def unsubscribe_url(self, message_id: int) -> str:
         return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"

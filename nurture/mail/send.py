@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
 
 from nurture.config import Settings, SmtpTls
-from nurture.errors import PermanentSendError, TemporarySendError
+from nurture.errors import PermanentSendError, SendError, TemporarySendError
 
 __all__ = ["SmtpTarget", "SmtpPool", "Bounce"]
 
@@ -85,6 +86,31 @@ class SmtpPool:
             await self._send_on(client, sender, recipient, data)
         finally:
             idle.put_nowait(client)
+
+    async def send_many(self, messages: Sequence[tuple[str, str, bytes]]) -> list[SendError | None]:
+        """Send (sender, recipient, data) messages over the pool's connections, each one
+        draining the shared list in turn; returns each message's error, or None when sent.
+        One failing recipient never stops or repeats the others."""
+        results: list[SendError | None] = [None] * len(messages)
+        pending = iter(range(len(messages)))
+        idle = self._queue()
+
+        async def worker() -> None:
+            client = await idle.get()
+            try:
+                for i in pending:
+                    try:
+                        await self._send_on(client, *messages[i])
+                    except SendError as exc:
+                        results[i] = exc
+                    except Exception as exc:  # a bug must not lose the others' outcomes
+                        log.exception("unexpected error sending to %s", messages[i][1])
+                        results[i] = TemporarySendError(f"{type(exc).__name__}: {exc}")
+            finally:
+                idle.put_nowait(client)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.size, len(messages)))))
+        return results
 
     async def _send_on(
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes

@@ -154,14 +154,16 @@ def test_unsubscribe_stops_everything_for_good(world) -> None:  # type: ignore[n
 
 def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world) -> None:  # type: ignore[no-untyped-def]
     result = world.subscribe("fay@example.com")
+    # Decided and recorded (claimed for sending), then the worker stops before sending.
     asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
-    assert messages(world) == [("confirm", "step", "queued", 0)]
+    assert messages(world) == [("confirm", "step", "sending", 1)]
     from nurture.subscriptions import unsubscribe
 
     unsubscribe(world.services.store, result.subscriber_id, now=world.clock.now())
+    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
     world.tick()
     assert world.smtp.to("fay@example.com") == []
-    assert messages(world) == [("confirm", "step", "cancelled", 0)]
+    assert messages(world) == [("confirm", "step", "cancelled", 1)]
 
 
 def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untyped-def]
@@ -248,8 +250,8 @@ def test_a_dead_smtp_server_means_retries_not_lost_emails(world) -> None:  # typ
 
 def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world) -> None:  # type: ignore[no-untyped-def]
     world.subscribe("ned@example.com")
-    asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
-    claimed = world.dispatcher._claim()  # claimed and rendered, then the worker "dies"
+    # Decided, recorded and claimed for sending; then the worker "dies".
+    _, claimed = asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
     assert len(claimed) == 1
     world.tick()
     assert world.smtp.to("ned@example.com") == []  # the lease still holds

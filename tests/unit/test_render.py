@@ -422,7 +422,7 @@ def build(**overrides: object) -> EmailMessage:
     values.update(overrides)
     data = compose(**values)  # type: ignore[arg-type]
     assert isinstance(data, bytes)
-    msg = email.message_from_bytes(data, policy=email.policy.default)
+    msg = email.message_from_bytes(data, policy=email.policy.strict)
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -480,9 +480,16 @@ def test_compose_with_reply_to() -> None:
     assert str(msg["Reply-To"]) == "reply+abc234@acme.example"
 
 
-def test_compose_refuses_a_header_injection_in_the_subject() -> None:
-    with pytest.raises(email.errors.HeaderParseError):
-        build(subject="Hi\r\nBcc: evil@x.example")
+def test_a_line_break_in_the_subject_cannot_inject_a_header() -> None:
+    msg = build(subject="Hi\r\nBcc: evil@x.example")
+    assert msg["Bcc"] is None
+    assert str(msg["Subject"]) == "Hi  Bcc: evil@x.example"
+
+
+@pytest.mark.parametrize("field", ["to", "message_id", "unsubscribe_url", "reply_to"])
+def test_compose_refuses_a_line_break_in_other_headers(field: str) -> None:
+    with pytest.raises(ValueError, match="one line of ASCII"):
+        build(**{field: "x@example.com\r\nBcc: evil@x.example"})
 
 
 def test_non_ascii_local_part_is_refused_at_subscribe_time() -> None:
