@@ -91,6 +91,17 @@ class Settings(BaseSettings):
             object.__setattr__(self, "base_url", f"http://{self.http_host}:{self.http_port}")
         return self
 
+    @model_validator(mode="after")
+    def _lease_covers_a_send(self) -> Settings:
+        # A claimed message is started at most SEND_LEASE - 5 x SMTP_TIMEOUT after its claim,
+        # so that the slowest SMTP transaction still ends before another worker may take it.
+        if self.send_lease_seconds < 6 * self.smtp_timeout:
+            raise ValueError(
+                f"NURTURE_SEND_LEASE_SECONDS must be at least 6 x NURTURE_SMTP_TIMEOUT "
+                f"({6 * self.smtp_timeout:g})"
+            )
+        return self
+
     @property
     def public_url(self) -> str:
         assert self.base_url is not None
@@ -134,10 +145,14 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a rule across several settings names them itself
+                lines.append(message)
+                continue
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
             value = err.get("input")
             shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
-            lines.append(f"{name}: {err['msg']}{shown}")
+            lines.append(f"{name}: {message}{shown}")
         raise ConfigError("; ".join(lines)) from None
 
 

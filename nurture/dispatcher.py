@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import jinja2
-
 from nurture import engine
 from nurture.clock import Clock
 from nurture.config import Settings
@@ -38,9 +36,13 @@ log = logging.getLogger(__name__)
 ORPHAN_RETRY = timedelta(hours=1)
 
 
+class _NotLoaded(Exception):
+    """The message's sequence, step or reminder is not among the loaded sequences."""
+
+
 class Transport(Protocol):
     async def send_many(
-        self, messages: Sequence[tuple[str, str, bytes]]
+        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
     ) -> list[SendError | None]: ...
 
 
@@ -48,6 +50,9 @@ class Transport(Protocol):
 class DispatchPolicy:
     batch_size: int = 200
     lease: timedelta = timedelta(minutes=5)
+    # How long after its claim a message may still be started: the rest of the lease is
+    # left for the slowest SMTP transaction, so no claim runs out while its mail is sent.
+    send_window: timedelta = timedelta(minutes=2, seconds=30)
     retry_base: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(hours=1)
     max_attempts: int = 12
@@ -59,6 +64,7 @@ class DispatchPolicy:
         return cls(
             batch_size=settings.batch_size,
             lease=timedelta(seconds=settings.send_lease_seconds),
+            send_window=timedelta(seconds=settings.send_lease_seconds - 5 * settings.smtp_timeout),
             retry_base=timedelta(seconds=settings.retry_base_seconds),
             retry_max=timedelta(seconds=settings.retry_max_seconds),
             max_attempts=settings.retry_max_attempts,
@@ -161,8 +167,12 @@ class Dispatcher:
     def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Outgoing, str, list[Any]]:
         """Render and compose one claimed message; raises what a template or data can raise."""
         sequence = self.catalog.get(row.sequence_id)
-        if sequence is None:
-            raise KeyError(f"sequence {row.sequence_id!r} is not loaded")
+        if sequence is None or not sequence.has_step(row.step_id):
+            raise _NotLoaded(f"{row.sequence_id}/{row.step_id} is not in the loaded sequences")
+        if row.kind != "step" and int(row.kind.removeprefix("reminder")) > len(
+            sequence.step(row.step_id).reminders
+        ):
+            raise _NotLoaded(f"{row.sequence_id}/{row.step_id} has no {row.kind} any more")
         rendered = self.renderer.render(
             sequence,
             row.step_id,
@@ -204,6 +214,7 @@ class Dispatcher:
         ready: list[Outgoing] = []
         rendered = []
         failed = []
+        postponed = []
         for row in rows:
             if row.resumed:
                 log.warning(
@@ -214,9 +225,20 @@ class Dispatcher:
                 )
             try:
                 out, subject, links = self._prepare(row, now)
-            except (jinja2.TemplateError, KeyError, IndexError, ValueError, TypeError) as exc:
-                # A template or a subscriber's data that cannot make an email: this email
-                # fails (and says why); the rest of the batch goes on.
+            except _NotLoaded as exc:
+                # The files changed under a running deployment: as with enrollments, wait
+                # for the sequence to come back rather than fail the person.
+                log.error(
+                    "message %s: %s; retrying in an hour",
+                    row.id,
+                    exc,
+                    extra={"action": "message_orphaned", "message_id": row.id},
+                )
+                postponed.append((row.id, str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad email must not block its batch
+                # A template or a subscriber's data that cannot make an email (undefined
+                # name, sandbox limit, bad header...): this email fails and says why.
                 error = f"cannot render: {type(exc).__name__}: {exc}"
                 log.error(
                     "message %s: %s",
@@ -228,11 +250,15 @@ class Dispatcher:
                 continue
             ready.append(out)
             rendered.append((out.id, subject, links))
-        if rendered or failed:
+        if rendered or failed or postponed:
             with self.store.transaction() as tx:
-                tx.set_rendered(rendered)
+                still = tx.set_rendered(rendered)
                 for message_id, error in failed:
                     self._fail(tx, message_id, error, now=now, bounce=False)
+                for message_id, error in postponed:
+                    tx.mark_retry(message_id, at=now + ORPHAN_RETRY, error=error)
+            # Mail cancelled since it was claimed (an unsubscribe, a goal) is not sent.
+            ready = [o for o in ready if o.id in still]
         return ready
 
     def _record(self, results: list[tuple[Outgoing, SendError | None]]) -> None:
@@ -298,11 +324,15 @@ class Dispatcher:
         )
 
     async def _send(self, rows: Sequence[OutgoingRow]) -> int:
-        """Render, send and record claimed messages; returns how many were attempted."""
+        """Render, send and record claimed messages (claimed just before this is called);
+        returns how many were attempted."""
+        loop = asyncio.get_running_loop()
+        claimed = loop.time()
         ready = await asyncio.to_thread(self._render, rows)
         if ready:
+            window = self.policy.send_window.total_seconds() - (loop.time() - claimed)
             errors = await self.transport.send_many(
-                [(o.sender, o.recipient, o.data) for o in ready]
+                [(o.sender, o.recipient, o.data) for o in ready], within=window
             )
             await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
         return len(ready)

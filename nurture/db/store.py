@@ -439,7 +439,10 @@ class Tx:
         _write_state(row, new, now)
         self.s.execute(
             update(Message)
-            .where(Message.enrollment_id == enrollment_id, Message.status == "queued")
+            .where(
+                Message.enrollment_id == enrollment_id,
+                Message.status.in_(("queued", "sending")),
+            )
             .values(status="cancelled", last_error=f"enrollment {reason.value}")
         )
         return True
@@ -463,11 +466,15 @@ class Tx:
                 m.kind,
                 m.status,
                 m.attempts,
+                m.visit,
                 SUBSCRIBERS.c.email,
                 SUBSCRIBERS.c.fields,
                 SUBSCRIBERS.c.status.label("subscriber_status"),
+                ENROLLMENTS.c.status.label("enrollment_status"),
+                ENROLLMENTS.c.visit.label("enrollment_visit"),
             )
             .join(SUBSCRIBERS, SUBSCRIBERS.c.id == m.subscriber_id)
+            .join(ENROLLMENTS, ENROLLMENTS.c.id == m.enrollment_id)
             .where(m.status.in_(("queued", "sending")), m.next_attempt_at <= now)
             .order_by(m.next_attempt_at)
             .limit(limit)
@@ -477,7 +484,15 @@ class Tx:
         cancelled: dict[str, list[int]] = {}
         for r in self.s.execute(q).all():
             if r.subscriber_status not in SENDABLE:
-                cancelled.setdefault(r.subscriber_status, []).append(r.id)
+                cancelled.setdefault(f"subscriber {r.subscriber_status}", []).append(r.id)
+                continue
+            if r.enrollment_status in ("exited", "completed"):
+                cancelled.setdefault(f"enrollment {r.enrollment_status}", []).append(r.id)
+                continue
+            if r.visit < r.enrollment_visit:
+                # Retried so long that the step timed out and the person moved on: an
+                # email for a step they are no longer at would only confuse them.
+                cancelled.setdefault("enrollment moved on", []).append(r.id)
                 continue
             out.append(
                 OutgoingRow(
@@ -491,11 +506,9 @@ class Tx:
                     r.status == "sending",
                 )
             )
-        for status, ids in cancelled.items():
+        for why, ids in cancelled.items():
             self.s.execute(
-                update(MESSAGES)
-                .where(m.id.in_(ids))
-                .values(status="cancelled", last_error=f"subscriber {status}")
+                update(MESSAGES).where(m.id.in_(ids)).values(status="cancelled", last_error=why)
             )
         if out:
             self.s.execute(
@@ -505,13 +518,21 @@ class Tx:
             )
         return out
 
-    def set_rendered(self, rendered: Sequence[tuple[int, str, list[Any]]]) -> None:
-        """Keep each message's subject and links (the only URLs /c/ will ever redirect to)."""
-        if rendered:
-            self.s.execute(
-                _SET_RENDERED,
-                [{"_id": i, "subject": subject, "links": links} for i, subject, links in rendered],
+    def set_rendered(self, rendered: Sequence[tuple[int, str, list[Any]]]) -> set[int]:
+        """Keep each message's subject and links (the only URLs /c/ will ever redirect to).
+        Returns the ids still claimed for sending: the others were cancelled meanwhile."""
+        if not rendered:
+            return set()
+        self.s.execute(
+            _SET_RENDERED,
+            [{"_id": i, "subject": subject, "links": links} for i, subject, links in rendered],
+        )
+        m = MESSAGES.c
+        return set(
+            self.s.scalars(
+                select(m.id).where(m.id.in_([i for i, _, _ in rendered]), m.status == "sending")
             )
+        )
 
     def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
         if message_ids:
@@ -522,9 +543,10 @@ class Tx:
             )
 
     def mark_retry(self, message_id: int, *, at: datetime, error: str) -> None:
+        # Only a message still claimed: one cancelled meanwhile stays cancelled.
         self.s.execute(
             update(Message)
-            .where(Message.id == message_id)
+            .where(Message.id == message_id, Message.status == "sending")
             .values(status="queued", next_attempt_at=at, last_error=error[:2000])
         )
 

@@ -87,18 +87,27 @@ class SmtpPool:
         finally:
             idle.put_nowait(client)
 
-    async def send_many(self, messages: Sequence[tuple[str, str, bytes]]) -> list[SendError | None]:
+    async def send_many(
+        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
+    ) -> list[SendError | None]:
         """Send (sender, recipient, data) messages over the pool's connections, each one
         draining the shared list in turn; returns each message's error, or None when sent.
-        One failing recipient never stops or repeats the others."""
-        results: list[SendError | None] = [None] * len(messages)
+        One failing recipient never stops or repeats the others. No message is started
+        after ``within`` seconds: those come back as temporary errors, to be sent later."""
+        late = TemporarySendError("not started in time (the claim on it was running out)")
+        results: list[SendError | None] = [late] * len(messages)
         pending = iter(range(len(messages)))
         idle = self._queue()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within if within is not None else None
 
         async def worker() -> None:
             client = await idle.get()
             try:
                 for i in pending:
+                    if deadline is not None and loop.time() > deadline:
+                        break
+                    results[i] = None
                     try:
                         await self._send_on(client, *messages[i])
                     except SendError as exc:
@@ -116,9 +125,9 @@ class SmtpPool:
         self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
     ) -> None:
         for attempt in (1, 2):
+            if not client.is_connected:
+                await self._connect(client)
             try:
-                if not client.is_connected:
-                    await client.connect()
                 await client.sendmail(sender, [recipient], data)
                 return
             except aiosmtplib.SMTPServerDisconnected as exc:
@@ -135,17 +144,41 @@ class SmtpPool:
                     raise Bounce(f"{code} {message}", code=code) from exc
                 raise TemporarySendError(f"{code} {message}", code=code) from exc
             except aiosmtplib.SMTPSenderRefused as exc:
-                # Our own envelope sender refused: an operator's problem, never the recipient's.
-                raise TemporarySendError(
-                    f"sender refused: {exc.code} {exc.message}", code=exc.code
-                ) from exc
+                # Our own envelope sender refused: an operator's problem, never the
+                # recipient's, so no code: it is retried until someone fixes it.
+                log.error(
+                    "the SMTP server refuses our sender %s: %s %s",
+                    sender,
+                    exc.code,
+                    exc.message,
+                    extra={"action": "smtp_sender_refused"},
+                )
+                raise TemporarySendError(f"sender refused: {exc.code} {exc.message}") from exc
             except aiosmtplib.SMTPResponseException as exc:
+                # What is left is the reply to DATA: about this message for this recipient.
                 if 500 <= exc.code < 600:
                     raise PermanentSendError(f"{exc.code} {exc.message}", code=exc.code) from exc
                 raise TemporarySendError(f"{exc.code} {exc.message}", code=exc.code) from exc
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await _close(client)
                 raise TemporarySendError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _connect(self, client: aiosmtplib.SMTP) -> None:
+        """Connect, EHLO, STARTTLS and log in. Whatever goes wrong here (refused, 421, a bad
+        password, a TLS failure) is the server's or the operator's problem, never one
+        recipient's: a temporary error without a code, retried until it is fixed."""
+        try:
+            await client.connect()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await _close(client)
+            log.warning(
+                "cannot reach the SMTP server %s:%s: %s",
+                self.target.host,
+                self.target.port,
+                exc,
+                extra={"action": "smtp_unreachable"},
+            )
+            raise TemporarySendError(f"SMTP server: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._idle is None:

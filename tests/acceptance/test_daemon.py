@@ -100,7 +100,8 @@ def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
             "NURTURE_HTTP_PORT": str(port),
             "NURTURE_TICK_SECONDS": "0.2",
             "NURTURE_RETRY_BASE_SECONDS": "1",
-            "NURTURE_SEND_LEASE_SECONDS": "5",
+            "NURTURE_SEND_LEASE_SECONDS": "6",
+            "NURTURE_SMTP_TIMEOUT": "1",
             "NURTURE_SMTP_HOST": "127.0.0.1",
             "NURTURE_SMTP_PORT": str(smtp.port),
         }

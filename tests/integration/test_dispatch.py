@@ -186,13 +186,14 @@ def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untype
 
 def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world) -> None:  # type: ignore[no-untyped-def]
     world.smtp.refuse["hal@example.com"] = (451, "4.7.1 try again later")
-    world.subscribe("hal@example.com")
-    world.subscribe("ivy@example.com")
+    # Confirmed already: their first email is the "read" step, which waits a day.
+    world.subscribe("hal@example.com", confirmed=True)
+    world.subscribe("ivy@example.com", confirmed=True)
     world.tick()
     assert world.smtp.to("hal@example.com") == []
     assert len(world.smtp.to("ivy@example.com")) == 1
-    [(_, _, status, attempts)] = messages(world, subscriber_id=_sub(world, "hal@example.com"))
-    assert (status, attempts) == ("queued", 1)
+    [(step, _, status, attempts)] = messages(world, subscriber_id=_sub(world, "hal@example.com"))
+    assert (step, status, attempts) == ("read", "queued", 1)
     world.tick()  # not yet due again: backoff is at least half the 60 s base
     assert world.smtp.to("hal@example.com") == []
     del world.smtp.refuse["hal@example.com"]
@@ -201,6 +202,18 @@ def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world) -> None:  # ty
     assert len(world.smtp.to("hal@example.com")) == 1
     assert len(world.smtp.to("ivy@example.com")) == 1
     assert world.state("hal@example.com").phase is Phase.wait
+
+
+def test_a_retry_whose_enrollment_left_meanwhile_is_not_sent(world) -> None:  # type: ignore[no-untyped-def]
+    world.smtp.refuse["kim@example.com"] = (451, "4.7.1 try again later")
+    world.subscribe("kim@example.com")  # the confirmation waits 6 s, then exits
+    world.tick()
+    del world.smtp.refuse["kim@example.com"]
+    world.clock.advance(seconds=61)
+    world.tick()
+    assert world.smtp.to("kim@example.com") == []
+    assert world.state("kim@example.com").exit_reason is ExitReason.timeout
+    assert messages(world) == [("confirm", "step", "cancelled", 1)]
 
 
 def _sub(world, email: str) -> int:  # type: ignore[no-untyped-def]
@@ -228,28 +241,28 @@ def test_a_5xx_for_the_recipient_bounces_and_the_batch_goes_on(world) -> None:  
 
 
 def test_a_dead_smtp_server_means_retries_not_lost_emails(world) -> None:  # type: ignore[no-untyped-def]
-    world.subscribe("max@example.com")
+    world.subscribe("max@example.com", confirmed=True)  # "read" waits a day
     world.server.stop()
     world.tick()
     [(_, _, status, attempts)] = messages(world)
     assert (status, attempts) == ("queued", 1)
     # Far more attempts than the recipient limit: an unreachable server is never given up on.
     for _ in range(world.services.settings.retry_max_attempts + 3):
-        world.clock.advance(hours=2)
+        world.clock.advance(hours=1)
         world.tick()
     [(_, _, status, attempts)] = messages(world)
     assert status == "queued" and attempts > world.services.settings.retry_max_attempts
     from nurture.mail.catcher import SmtpServerThread
 
     world.server = SmtpServerThread(world.smtp, port=world.server.port).start()
-    world.clock.advance(hours=2)
+    world.clock.advance(hours=1)
     world.tick()
     assert len(world.smtp.to("max@example.com")) == 1
     assert messages(world)[0][2] == "sent"
 
 
 def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world) -> None:  # type: ignore[no-untyped-def]
-    world.subscribe("ned@example.com")
+    world.subscribe("ned@example.com", confirmed=True)  # "read" waits a day
     # Decided, recorded and claimed for sending; then the worker "dies".
     _, claimed = asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
     assert len(claimed) == 1
