@@ -78,10 +78,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     catalog = load_catalog(settings.sequences_dir, env=make_environment(settings.templates_dir))
     for seq in catalog:
-        print(
-            f"ok  {seq.id}: {len(seq.steps)} steps ({', '.join(s.id for s in seq.steps)}) "
-            f"from {seq.source}"
-        )
+        count = f"{len(seq.steps)} step{'s' if len(seq.steps) != 1 else ''}"
+        print(f"ok  {seq.id}: {count} ({', '.join(s.id for s in seq.steps)}) from {seq.source}")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from nurture import engine
 from nurture.clock import Clock
 from nurture.config import Settings
-from nurture.db.store import OutgoingRow, Store, Tx
+from nurture.db.store import EnrollmentRow, OutgoingRow, Store, Tx
 from nurture.engine import ExitReason
 from nurture.errors import PermanentSendError, SendError
 from nurture.mail.compose import address_of, compose
@@ -144,6 +144,7 @@ class Dispatcher:
                 decisions.append(
                     (row, engine.on_due(row.state, sequence, now=now, confirmed=confirmed))
                 )
+            decisions = self._recheck_held(tx, decisions, now)
             made = tx.apply_many(decisions, now=now, claim_until=now + self.policy.lease)
         outgoing = []
         for message_id, row, action in made:
@@ -161,6 +162,27 @@ class Dispatcher:
                 )
             )
         return len(due), outgoing
+
+    def _recheck_held(
+        self, tx: Tx, decisions: list[tuple[EnrollmentRow, engine.Decision]], now: datetime
+    ) -> list[tuple[EnrollmentRow, engine.Decision]]:
+        """A person who confirmed (a click, in another transaction) after their status was
+        read above would stay held for good: nothing releases an enrollment held after the
+        confirmation. Read their status again, waiting for such a transaction to finish."""
+        held = [r.subscriber_id for r, d in decisions if d.state.status is engine.Status.held]
+        if not held:
+            return decisions
+        confirmed = tx.confirmed_now(held)
+        if not confirmed:
+            return decisions
+        out = []
+        for row, decision in decisions:
+            if decision.state.status is engine.Status.held and row.subscriber_id in confirmed:
+                sequence = self.catalog.get(row.sequence_id)
+                assert sequence is not None
+                decision = engine.on_due(row.state, sequence, now=now, confirmed=True)
+            out.append((row, decision))
+        return out
 
     # -- delivery ------------------------------------------------------------------------
 

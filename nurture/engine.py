@@ -149,6 +149,10 @@ def on_due(
         return Decision(sent, (SendEmail(step.id, state.visit, "step"),), outcome="sent")
 
     assert state.step_sent_at is not None
+    if step.confirms and confirmed:
+        # Confirmed elsewhere (another sequence's confirmation) while waiting here: the ask
+        # is answered; no "please confirm" reminder, no timeout.
+        return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="skipped")
     elapsed = now - state.step_sent_at
     if elapsed >= step.wait:
         return _timeout(state, sequence, step, now=now, confirmed=confirmed)

@@ -430,6 +430,12 @@ def _check_step(step: StepModel, i: int, count: int, problem: Any) -> None:
         problem((*here, "on_timeout"), f"{name} is the last step: there is no next step; use exit")
     if step.wait <= timedelta(0):
         problem((*here, "wait"), f"{name}: wait must be longer than 0")
+    if step.confirms and step.on_timeout != "exit":
+        problem(
+            (*here, "on_timeout"),
+            f"{name}: a confirmation step can only exit when nobody confirms: nothing else "
+            "may be sent to someone who has not confirmed",
+        )
     if step.confirms and i != 0:
         problem((*here, "confirms"), f"{name}: only the first step can confirm the subscription")
     previous = timedelta(0)
@@ -450,6 +456,24 @@ def _check_step(step: StepModel, i: int, count: int, problem: Any) -> None:
         previous = reminder.after
 
 
+# What a template sees (nurture.mail.render builds exactly this context).
+TEMPLATE_NAMES = frozenset({"subscriber", "unsubscribe_url", "base_url", "sequence", "step"})
+
+
+def _unknown_names(env: jinja2.Environment, tree: Any) -> str | None:
+    """A sentence about the names a template uses that its context will never have."""
+    unknown = sorted(
+        jinja2.meta.find_undeclared_variables(tree) - TEMPLATE_NAMES - set(env.globals)
+    )
+    if not unknown:
+        return None
+    names = ", ".join(f"'{n}'" for n in unknown)
+    return (
+        f"uses {names}, which templates do not have "
+        f"(they have: {', '.join(sorted(TEMPLATE_NAMES))})"
+    )
+
+
 def _template_problem(
     env: jinja2.Environment, name: str, *, optional: bool = False, seen: set[str] | None = None
 ) -> str | None:
@@ -468,6 +492,9 @@ def _template_problem(
         return f"unknown template '{name}' (not found in the templates directory)"
     except jinja2.TemplateSyntaxError as exc:
         return f"template '{name}' has a syntax error at line {exc.lineno}: {exc.message}"
+    unknown = _unknown_names(env, tree)
+    if unknown:
+        return f"template '{name}' {unknown}"
     for ref in jinja2.meta.find_referenced_templates(tree):
         if ref is None:
             continue  # a name computed at render time: nothing to check here
@@ -499,11 +526,14 @@ def _check_email(
     subject = raw.get("subject")
     if isinstance(subject, str):
         try:
-            env.from_string(subject)
+            unknown = _unknown_names(env, env.parse(subject))
         except jinja2.TemplateSyntaxError as exc:
             problem(
                 (*here, "subject"), f"{label}: the subject is not a valid template: {exc.message}"
             )
+        else:
+            if unknown:
+                problem((*here, "subject"), f"{label}: the subject {unknown}")
 
 
 def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:

@@ -42,9 +42,18 @@ class Tracker:
 
     # -- clicks ----------------------------------------------------------------------------
 
-    def click(self, token: str, *, now: datetime, detail: dict[str, Any] | None = None) -> str:
+    def click(
+        self,
+        token: str,
+        *,
+        now: datetime,
+        detail: dict[str, Any] | None = None,
+        may_advance: bool = True,
+    ) -> str:
         """Record a click and return the URL stored for that link. TokenError if the token is
-        forged or names no stored link (the caller answers 404, never a redirect)."""
+        forged or names no stored link (the caller answers 404, never a redirect).
+        ``may_advance=False`` records it without letting it be a micro-yes (a HEAD request:
+        link checkers and mail scanners, never a person)."""
         parsed = self.signer.read(token, TokenKind.click)
         with self.store.transaction() as tx:
             message = tx.message(parsed.message_id)
@@ -52,7 +61,9 @@ class Tracker:
                 raise TokenError("no such link")
             url, counts = message.links[parsed.link]
             outcome = "recorded"
-            if counts:
+            if counts and not may_advance:
+                outcome = "ignored:not_a_person"
+            elif counts:
                 outcome = self._yes(tx, message, "click", now=now)
             tx.add_event(
                 subscriber_id=message.subscriber_id,

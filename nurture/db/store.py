@@ -211,7 +211,7 @@ class Tx:
     def subscriber_by_email(self, email: str, *, lock: bool = False) -> SubscriberRow | None:
         q = select(Subscriber).where(Subscriber.email == email)
         if lock:
-            q = q.with_for_update()
+            q = q.with_for_update(key_share=True)
         row = self.s.scalars(q).first()
         return _subscriber_row(row) if row else None
 
@@ -221,6 +221,8 @@ class Tx:
     def create_subscriber(
         self, email: str, fields: dict[str, Any], *, status: str, now: datetime
     ) -> SubscriberRow:
+        """A new subscriber; if a concurrent request created the same address first (a form
+        submitted twice), that one, locked."""
         row = Subscriber(
             email=email,
             fields=fields,
@@ -228,8 +230,15 @@ class Tx:
             created_at=now,
             confirmed_at=now if status == "confirmed" else None,
         )
-        self.s.add(row)
-        self.s.flush()
+        try:
+            with self.s.begin_nested():
+                self.s.add(row)
+                self.s.flush()
+        except IntegrityError:
+            existing = self.subscriber_by_email(email, lock=True)
+            if existing is None:
+                raise
+            return existing
         return _subscriber_row(row)
 
     def update_subscriber(
@@ -240,7 +249,9 @@ class Tx:
         status: str | None = None,
         now: datetime,
     ) -> None:
-        row = self.s.get_one(Subscriber, subscriber_id, with_for_update=True)
+        # FOR NO KEY UPDATE: it does not block the foreign-key checks of a worker inserting
+        # this subscriber's messages, which would otherwise deadlock with an unsubscribe.
+        row = self.s.get_one(Subscriber, subscriber_id, with_for_update={"key_share": True})
         if fields:
             row.fields = {**(row.fields or {}), **fields}
         if status is not None and status != row.status:
@@ -251,6 +262,18 @@ class Tx:
                 row.left_at = now
 
     # -- enrollments -----------------------------------------------------------------------
+
+    def confirmed_now(self, subscriber_ids: Sequence[int]) -> set[int]:
+        """Which of these subscribers are confirmed, waiting for any transaction that is
+        confirming one of them right now (FOR SHARE) so its outcome is seen."""
+        s = SUBSCRIBERS.c
+        return set(
+            self.s.scalars(
+                select(s.id)
+                .where(s.id.in_(subscriber_ids), s.status == "confirmed")
+                .with_for_update(read=True)
+            )
+        )
 
     def enrollment_of(self, subscriber_id: int, sequence_id: str) -> EnrollmentRow | None:
         row = self.s.scalars(
@@ -396,13 +419,20 @@ class Tx:
             return
         sub.status = "confirmed"
         sub.confirmed_at = now
-        held = self.s.scalars(
+        others = self.s.scalars(
             select(Enrollment).where(
-                Enrollment.subscriber_id == subscriber_id, Enrollment.status == "held"
+                Enrollment.subscriber_id == subscriber_id,
+                Enrollment.status.in_(("held", "active")),
             )
         ).all()
-        for e in held:
-            _write_state(e, release(_state(e), now=now), now)
+        for e in others:
+            if e.status == "held":
+                _write_state(e, release(_state(e), now=now), now)
+            elif e.phase == "wait":
+                # Due now: one waiting at another confirmation step moves on at the next
+                # tick (any other just finds nothing to do and waits as before).
+                e.due_at = now
+                e.updated_at = now
 
     def stop_subscriber(
         self, subscriber_id: int, *, status: str, reason: ExitReason, now: datetime
@@ -588,8 +618,8 @@ class Tx:
         """Remember an inbound message; None if the same bytes were seen before."""
         row = Inbound(
             digest=digest,
-            header_message_id=header_message_id,
-            sender=sender,
+            header_message_id=header_message_id[:998] if header_message_id else None,
+            sender=sender[:320] if sender else None,
             status="received",
             received_at=now,
         )

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from nurture.sequences import Sequence
+from nurture.sequences import TEMPLATE_NAMES, Sequence
 from nurture.tokens import Signer, TokenKind
 
 __all__ = ["make_environment", "Rendered", "Renderer", "html_to_text"]
@@ -45,12 +45,11 @@ class Rendered:
     unsubscribe_url: str
 
 
-_A_TAG = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
-_HREF = re.compile(r"""(\shref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
-_YES_ATTR = re.compile(
-    r"""\sdata-micro-yes(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>]+))?""", re.IGNORECASE
-)
-_NO_TRACK = re.compile(r"\sdata-no-track\b", re.IGNORECASE)
+# An <a> tag, quoted attribute values included (a '>' inside quotes does not end it).
+_A_TAG = re.compile(r"""<a(?=[\s>/])(?:[^>"']|"[^"]*"|'[^']*')*>""", re.IGNORECASE)
+# One attribute, read in order: a name inside another attribute's quoted value (say a
+# subscriber's first name "x href=https://evil.example") is never taken for an attribute.
+_ATTR = re.compile(r"""\s*([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?|\s*/""")
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'\)\]]+""")
 
 
@@ -121,6 +120,7 @@ class Renderer:
             "sequence": {"id": sequence.id, "name": sequence.name},
             "step": {"id": step.id},
         }
+        assert context.keys() == TEMPLATE_NAMES
         if "{" in subject_src:
             subject_src = self._subjects(subject_src).render(context)
         subject = " ".join(subject_src.split())
@@ -147,30 +147,49 @@ class Renderer:
         return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"
 
 
+def _attributes(inner: str) -> list[tuple[str, str | None, str]] | None:
+    """The attributes of a tag as (lower-case name, unescaped value, source text); None when
+    the tag cannot be read attribute by attribute (then it is left as it is)."""
+    out: list[tuple[str, str | None, str]] = []
+    pos = 0
+    while pos < len(inner):
+        if inner[pos:].isspace():
+            break
+        m = _ATTR.match(inner, pos)
+        if m is None or m.end() == pos:
+            return None
+        if m.group(1) is not None:
+            raw = m.group(2)
+            value = html.unescape(raw[1:-1] if raw and raw[0] in "\"'" else raw) if raw else None
+            out.append((m.group(1).lower(), value, m.group(0)))
+        pos = m.end()
+    return out
+
+
 def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
     marked_any = False
 
     def tag(match: re.Match[str]) -> str:
         nonlocal marked_any
         source = match.group(0)
-        href = _HREF.search(source)
-        marked = bool(_YES_ATTR.search(source))
-        cleaned = _YES_ATTR.sub("", source)
-        if href is None:
-            return cleaned
-        raw = href.group(2) if href.group(2) is not None else (href.group(3) or href.group(4) or "")
-        url = html.unescape(raw).strip()
+        attrs = _attributes(source[2:-1])
+        if attrs is None:
+            return source
+        names = {name for name, _, _ in attrs}
+        marked = "data-micro-yes" in names
+        kept = [(n, v, text) for n, v, text in attrs if n != "data-micro-yes"]
+        href = next((v for n, v, _ in kept if n == "href"), None)
+        url = (href or "").strip()
         if (
-            _NO_TRACK.search(source)
+            "data-no-track" in names
             or url == skip
             or not url.lower().startswith(("http://", "https://"))
         ):
-            return cleaned
+            return "<a" + "".join(text for _, _, text in kept) + ">"
         marked_any = marked_any or marked
         tracked = links.track(url, marked)
-        href = _HREF.search(cleaned)
-        assert href is not None
-        return cleaned[: href.start()] + f'{href.group(1)}"{tracked}"' + cleaned[href.end() :]
+        parts = [f' href="{tracked}"' if n == "href" else text for n, _, text in kept]
+        return "<a" + "".join(parts) + ">"
 
     return _A_TAG.sub(tag, body), marked_any
 

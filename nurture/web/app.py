@@ -91,7 +91,11 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         token = request.path_params["token"]
         detail = {"ua": request.headers.get("user-agent", "")[:300], "method": request.method}
         try:
-            url = await run_in_threadpool(tracker.click, token, now=clock.now(), detail=detail)
+            url = await run_in_threadpool(
+                lambda: tracker.click(
+                    token, now=clock.now(), detail=detail, may_advance=request.method == "GET"
+                )
+            )
         except TokenError:
             return _not_found()
         return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})

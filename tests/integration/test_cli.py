@@ -163,11 +163,13 @@ def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> 
     r = run("status", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "journey: 2 enrollments" in r.stdout
+    journey = r.stdout.split("journey: 2 enrollments", 1)[1].split("\n\n", 1)[0]
     assert [
         line.split()
-        for line in r.stdout.splitlines()
+        for line in journey.splitlines()
         if line.strip().startswith(("confirm ", "read "))
     ] == [["confirm", "1", "0", "0", "-"], ["read", "1", "0", "0", "-"]]
+    assert "second: 0 enrollments" in r.stdout
     r = run("unsubscribe", "amy@example.com", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "amy@example.com unsubscribed" in r.stdout
     r = run("status", cwd=tmp_path, env=env)

@@ -321,3 +321,22 @@ def test_reply_token_and_message_id(world) -> None:  # type: ignore[no-untyped-d
     row = _rows(world)[0]
     reply_token = world.services.signer.make(TokenKind.reply, row.id)
     assert reply_token == reply_token.lower()
+
+
+def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(world) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("una@example.com")
+    world.subscribe("una@example.com", sequence="second")
+    world.tick()
+    first = next(m for m in world.smtp.to("una@example.com") if m.subject == "Confirm, Una")
+    world.click(links(first)[0])
+    world.tick()
+    world.clock.advance(seconds=5)  # past the second sequence's reminder time
+    world.tick()
+    subjects = sorted(m.subject for m in world.smtp.to("una@example.com"))
+    assert subjects == [
+        "Confirm for the second list",
+        "Confirm, Una",
+        "Read this, Una",
+        "Second list news",
+    ]
+    assert world.state("una@example.com", "second").step_id == "news"

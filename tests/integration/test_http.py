@@ -81,6 +81,9 @@ def test_click_redirects_to_the_stored_url_and_advances(world, http) -> None:  #
     confirm_url, about_url = TRACKED.findall(mail.part("html"))
     r = http.get(path(about_url))
     assert r.status_code == 302 and r.headers["location"] == "https://acme.example/about?a=1&b=2"
+    r = http.head(path(confirm_url))  # a link checker: redirected, but no micro-yes
+    assert r.status_code == 302 and r.headers["location"] == "http://nurture.test/confirmed"
+    assert world.state("dan@example.com").step_id == "confirm"
     r = http.get(path(confirm_url))
     assert r.status_code == 302 and r.headers["location"] == "http://nurture.test/confirmed"
     assert world.state("dan@example.com").step_id == "read"

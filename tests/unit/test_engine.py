@@ -343,3 +343,20 @@ def test_click_or_reply_accepts_both(kind: str) -> None:
     seq = journey()
     d = engine.on_yes(sent_state(seq, "welcome", visit=2), seq, Yes(kind, "welcome", 2), now=T0)
     assert d.outcome == "advanced" and d.state.step_id == "guide"
+
+
+def test_confirmed_elsewhere_while_waiting_at_a_confirmation_step_moves_on() -> None:
+    seq = journey()
+    # confirm_subscriber makes it due at once
+    state = replace(sent_state(seq, "confirm"), due_at=T0 + H)
+    d = engine.on_due(state, seq, now=T0 + H, confirmed=True)
+    assert d.actions == () and d.outcome == "skipped"
+    assert (d.state.step_id, d.state.phase) == ("welcome", Phase.send)
+    assert d.state.due_at == T0 + H + 10 * timedelta(minutes=1)
+
+
+def test_a_waiting_enrollment_made_due_early_changes_nothing() -> None:
+    seq = journey()
+    state = sent_state(seq, "guide")
+    d = engine.on_due(replace(state, due_at=T0 + H), seq, now=T0 + H, confirmed=True)
+    assert d.actions == () and d.state == state

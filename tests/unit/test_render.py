@@ -504,3 +504,19 @@ def test_non_ascii_domain_is_kept_in_ascii_and_composes() -> None:
     assert to == "bob@xn--bcher-kva.example"
     [found] = build(to=to)["To"].addresses
     assert found.addr_spec == to
+
+
+def test_a_field_value_inside_another_attribute_is_never_taken_for_the_link() -> None:
+    from nurture.mail.render import _Links, _rewrite_html
+
+    links = _Links(lambda i: f"https://nurture.test/c/{i}")
+    html, marked = _rewrite_html(
+        '<a title="x href=https://evil.example/ data-micro-yes" href="https://acme.example/a">'
+        'Go</a> <a href="https://acme.example/b" title="a>b" data-micro-yes>B</a>',
+        links,
+        skip="",
+    )
+    assert links.items == [["https://acme.example/a", False], ["https://acme.example/b", True]]
+    assert marked
+    assert "evil.example" in html and 'href="https://nurture.test/c/0"' in html
+    assert 'title="a>b"' in html and "data-micro-yes>" not in html

@@ -373,7 +373,7 @@ def test_several_semantic_mistakes_are_all_reported(seq_dir: Path, env: jinja2.E
     assert seq is None
     assert {p.file for p in problems} == {str(path)}
     found = sorted((p.line, p.message) for p in problems)
-    assert [line for line, _ in found] == [7, 10, 13, 14, 15, 18, 19]
+    assert [line for line, _ in found] == [7, 10, 13, 14, 15, 18, 19, 19]
     messages = " | ".join(m for _, m in found)
     for words in (
         "unknown template 'nope.html'",
@@ -383,6 +383,7 @@ def test_several_semantic_mistakes_are_all_reported(seq_dir: Path, env: jinja2.E
         "the subject is not a valid template",
         "only the first step can confirm",
         "is the last step",
+        "a confirmation step can only exit when nobody confirms",
     ):
         assert words in messages
 
@@ -708,3 +709,40 @@ def test_advance_on_accepts(advance_on: AdvanceOn, accepts: set[str]) -> None:
 @pytest.mark.parametrize("kind", ["open", "bounce", ""])
 def test_click_or_reply_accepts_only_clicks_and_replies(kind: str) -> None:
     assert not AdvanceOn.click_or_reply.accepts(kind)
+
+
+def test_names_a_template_will_never_have_are_reported(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "a.html").write_text('<a href="{{ unsubscribe_ur }}">x</a> {{ subscriber.email }}')
+    seq_dir = tmp_path / "sequences"
+    seq_dir.mkdir()
+    path = write(
+        seq_dir,
+        "demo.yaml",
+        """
+    id: demo
+    name: Demo
+    from: "Ada <ada@acme.example>"
+    steps:
+      - id: one
+        subject: "Hi {{ first_name }}"
+        template: a.html
+        wait: 1d
+    """,
+    )
+    seq, problems = load(path, make_environment(templates))
+    assert seq is None
+    found = sorted((p.line, p.message) for p in problems)
+    assert found == [
+        (
+            6,
+            "step 'one': the subject uses 'first_name', which templates do not have (they have: "
+            "base_url, sequence, step, subscriber, unsubscribe_url)",
+        ),
+        (
+            7,
+            "step 'one': template 'a.html' uses 'unsubscribe_ur', which templates do not have "
+            "(they have: base_url, sequence, step, subscriber, unsubscribe_url)",
+        ),
+    ]
