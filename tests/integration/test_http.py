@@ -264,3 +264,13 @@ def test_reply_address_matches_even_when_headers_were_rewritten(make_world) -> N
         forged["Subject"] = "hi"
         forged.set_content("hi")
         assert http.post("/inbound", content=forged.as_bytes()).json()["status"] == "unmatched"
+
+
+def test_over_long_inbound_headers_are_set_aside_not_a_500(http) -> None:  # type: ignore[no-untyped-def]
+    msg = EmailMessage()
+    msg["From"] = "x" * 400 + "@example.com"
+    msg["Subject"] = "hello"
+    msg["Message-ID"] = "<" + "m" * 2000 + "@example.com>"
+    msg.set_content("hi")
+    r = http.post("/inbound", content=msg.as_bytes())
+    assert r.status_code == 200 and r.json()["status"] == "unmatched"
