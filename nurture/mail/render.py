@@ -147,23 +147,24 @@ class Renderer:
         return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"
 
 
-def _attributes(inner: str) -> list[tuple[str, str | None, str]] | None:
-    """The attributes of a tag as (lower-case name, unescaped value, source text); None when
-    the tag cannot be read attribute by attribute (then it is left as it is)."""
-    out: list[tuple[str, str | None, str]] = []
+def _attributes(inner: str) -> list[tuple[str, str, str]] | None:
+    """The attributes of a tag as (lower-case name, raw value, source text); None when the tag
+    cannot be read attribute by attribute (then it is left as it is)."""
+    out: list[tuple[str, str, str]] = []
     pos = 0
-    while pos < len(inner):
-        if inner[pos:].isspace():
-            break
+    end = len(inner.rstrip())
+    while pos < end:
         m = _ATTR.match(inner, pos)
         if m is None or m.end() == pos:
             return None
         if m.group(1) is not None:
-            raw = m.group(2)
-            value = html.unescape(raw[1:-1] if raw and raw[0] in "\"'" else raw) if raw else None
-            out.append((m.group(1).lower(), value, m.group(0)))
+            out.append((m.group(1).lower(), m.group(2) or "", m.group(0)))
         pos = m.end()
     return out
+
+
+def _value(raw: str) -> str:
+    return html.unescape(raw[1:-1] if raw[:1] in ("'", '"') else raw)
 
 
 def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
@@ -178,8 +179,8 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
         names = {name for name, _, _ in attrs}
         marked = "data-micro-yes" in names
         kept = [(n, v, text) for n, v, text in attrs if n != "data-micro-yes"]
-        href = next((v for n, v, _ in kept if n == "href"), None)
-        url = (href or "").strip()
+        href = next((v for n, v, _ in kept if n == "href"), "")
+        url = _value(href).strip()
         if (
             "data-no-track" in names
             or url == skip
