@@ -25,7 +25,7 @@ from nurture.engine import ExitReason
 from nurture.errors import PermanentSendError, SendError
 from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
-from nurture.mail.send import Bounce
+from nurture.mail.send import Bounce, NotStarted
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, TokenKind
 
@@ -316,6 +316,8 @@ class Dispatcher:
                         now=now,
                         bounce=False,
                     )
+                elif isinstance(err, NotStarted):
+                    tx.mark_retry(out.id, at=now, error=str(err))
                 else:
                     delay = backoff(out.attempts, self.policy, self.rng)
                     log.info(

@@ -18,9 +18,13 @@ import aiosmtplib
 from nurture.config import Settings, SmtpTls
 from nurture.errors import PermanentSendError, SendError, TemporarySendError
 
-__all__ = ["SmtpTarget", "SmtpPool", "Bounce"]
+__all__ = ["SmtpTarget", "SmtpPool", "Bounce", "NotStarted"]
 
 log = logging.getLogger(__name__)
+
+
+class NotStarted(TemporarySendError):
+    """Never attempted: its batch ran out of time. Sent again at once, not after a backoff."""
 
 
 class Bounce(PermanentSendError):
@@ -94,7 +98,7 @@ class SmtpPool:
         draining the shared list in turn; returns each message's error, or None when sent.
         One failing recipient never stops or repeats the others. No message is started
         after ``within`` seconds: those come back as temporary errors, to be sent later."""
-        late = TemporarySendError("not started in time (the claim on it was running out)")
+        late = NotStarted("not started in time (the claim on it was running out)")
         results: list[SendError | None] = [late] * len(messages)
         pending = iter(range(len(messages)))
         idle = self._queue()

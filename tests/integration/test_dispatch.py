@@ -340,3 +340,20 @@ def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(wo
         "Second list news",
     ]
     assert world.state("una@example.com", "second").step_id == "news"
+
+
+def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(world) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace as copy
+
+    policy = world.dispatcher.policy
+    world.dispatcher.policy = copy(policy, send_window=timedelta(0))
+    world.subscribe("vic@example.com", confirmed=True)
+    world.tick()
+    assert world.smtp.to("vic@example.com") == []
+    [(_, _, status, _)] = messages(world)
+    assert status == "queued"
+    world.dispatcher.policy = policy
+    world.tick()  # no backoff: due at once
+    assert len(world.smtp.to("vic@example.com")) == 1
+    world.tick()
+    assert len(world.smtp.to("vic@example.com")) == 1
