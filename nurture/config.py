@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         default=None, description="per-message reply address, e.g. replies+{token}@acme.example"
     )
     message_id_domain: str | None = None
+    inbound_secret: str | None = Field(
+        default=None,
+        description="shared secret POST /inbound requires; also lets it match by address",
+    )
 
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -27,6 +27,7 @@ __all__ = [
     "on_due",
     "on_yes",
     "release",
+    "on_out_of_office",
     "stop",
 ]
 
@@ -221,6 +222,22 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
     moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced")
     return Decision(moved.state, actions, moved.outcome)
+
+
+def on_out_of_office(
+    state: EnrollmentState, sequence: Sequence, *, back: datetime, now: datetime
+) -> Decision:
+    """An out-of-office answer to the current step says the person is back at ``back``: the
+    wait (reminders included) counts from then, so nobody is reminded or timed out while away.
+    Nothing changes for an older step's email or a date already past."""
+    if state.status is not Status.active or state.phase is not Phase.wait or back <= now:
+        return Decision(state, outcome="ignored:out_of_office")
+    assert state.step_sent_at is not None
+    if back <= state.step_sent_at:
+        return Decision(state, outcome="ignored:out_of_office")
+    step = sequence.step(state.step_id)
+    moved = replace(state, step_sent_at=back, due_at=_wait_due(step, back, state.reminders_sent))
+    return Decision(moved, outcome="extended:out_of_office")
 
 
 def release(state: EnrollmentState, *, now: datetime) -> EnrollmentState:

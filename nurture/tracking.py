@@ -5,16 +5,19 @@ reply form call these functions with plain values.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from nurture import engine
 from nurture.db.store import MessageRow, Store, Tx
+from nurture.engine import ExitReason
 from nurture.errors import TokenError
-from nurture.mail.inbound import InboundMail, parse_inbound
+from nurture.mail.classify import Kind
+from nurture.mail.inbound import MAX_INBOUND_BYTES, InboundMail, parse_inbound
 from nurture.sequences import Catalog
 from nurture.subscriptions import unsubscribe
 from nurture.tokens import Signer, TokenKind
@@ -118,57 +121,189 @@ class Tracker:
         unsubscribe(self.store, subscriber_id, now=now, message_id=message_id, how=how)
         return address
 
-    # -- replies ---------------------------------------------------------------------------
+    # -- inbound mail ----------------------------------------------------------------------
 
-    def receive(self, raw: bytes, *, now: datetime, source: str) -> InboundResult:
-        """One inbound message (webhook, outbox reply form, later IMAP): dedupe, match, and
-        count it as a micro-yes when it is a human reply to the current step's email."""
+    def receive(
+        self, raw: bytes, *, now: datetime, source: str, trusted: bool = False
+    ) -> InboundResult:
+        """One inbound message from any path (webhook, IMAP, the outbox's reply form).
+
+        Deduplicated on its identity; classified; a person's reply to the current step is a
+        micro-yes; an out-of-office moves the wait to the return date; a permanent bounce or
+        an abuse report stops the person's mail. ``trusted`` (IMAP, or a webhook whose shared
+        secret was checked) also allows matching by address; otherwise only a token or a
+        Message-ID nurture signed can tie a message to anyone."""
         try:
-            mail = parse_inbound(raw)
+            mail = parse_inbound(raw, today=now.date())
         except ValueError as exc:
-            log.warning(
-                "inbound message from %s set aside: %s",
-                source,
-                exc,
-                extra={"action": "inbound_malformed"},
-            )
-            return InboundResult("malformed", str(exc))
+            return self._set_aside(raw, str(exc), now=now, source=source)
+        kind = mail.classification.kind
         with self.store.transaction() as tx:
             inbound_id = tx.record_inbound(
-                digest=mail.digest, header_message_id=mail.message_id, sender=mail.sender, now=now
+                digest=mail.identity,
+                header_message_id=mail.message_id,
+                sender=mail.sender,
+                now=now,
+                source=source,
+                kind=kind.value,
             )
             if inbound_id is None:
                 return InboundResult("duplicate")
-            message, how = self._match(tx, mail)
-            if message is None:
-                tx.finish_inbound(
-                    inbound_id,
-                    status="unmatched",
-                    matched=None,
-                    note="no token or known Message-ID",
-                )
-                return InboundResult("unmatched")
-            if mail.automatic:
-                outcome = f"ignored:automatic:{mail.automatic}"
-                status = "automatic"
+            if kind in (Kind.bounce, Kind.delay, Kind.complaint, Kind.report):
+                result = self._report(tx, mail, now=now, trusted=trusted)
             else:
-                outcome = self._yes(tx, message, "reply", now=now)
-                status = "matched"
-            tx.add_event(
-                subscriber_id=message.subscriber_id,
-                enrollment_id=message.enrollment_id,
-                message_id=message.id,
-                kind="reply",
-                outcome=outcome,
-                detail={"matched_by": how, "source": source, "subject": mail.subject[:200]},
-                now=now,
-            )
+                result = self._reply(tx, mail, now=now, source=source, trusted=trusted)
             tx.finish_inbound(
-                inbound_id, status=status, matched=message.id, note=f"matched by {how}: {outcome}"
+                inbound_id, status=result.status, matched=result.message_id, note=result.outcome
             )
+        log.info(
+            "inbound %s from %s: %s %s",
+            kind.value,
+            source,
+            result.status,
+            result.outcome,
+            extra={"action": "inbound", "kind": kind.value, "status": result.status},
+        )
+        return result
+
+    def _set_aside(self, raw: bytes, why: str, *, now: datetime, source: str) -> InboundResult:
+        """Keep what cannot be read (capped), visible in `nurture inbound`; never raise."""
+        log.warning(
+            "inbound message from %s set aside: %s",
+            source,
+            why,
+            extra={"action": "inbound_malformed"},
+        )
+        with self.store.transaction() as tx:
+            tx.record_inbound(
+                digest=hashlib.sha256(raw).hexdigest(),
+                header_message_id=None,
+                sender=None,
+                now=now,
+                source=source,
+                status="malformed",
+                raw=raw[:MAX_INBOUND_BYTES],
+                note=why,
+            )
+        return InboundResult("malformed", why)
+
+    def _reply(
+        self, tx: Tx, mail: InboundMail, *, now: datetime, source: str, trusted: bool
+    ) -> InboundResult:
+        message, how = self._match(tx, mail, trusted=trusted)
+        if message is None:
+            return InboundResult("unmatched", "no token, known Message-ID or waiting sender")
+        c = mail.classification
+        if c.kind is Kind.auto_reply:
+            status = "automatic"
+            outcome = f"ignored:automatic ({c.reason})"
+            if c.return_date is not None:
+                outcome = self._out_of_office(tx, message, c.return_date, now=now)
+        else:
+            status = "matched"
+            outcome = self._yes(tx, message, "reply", now=now)
+        tx.add_event(
+            subscriber_id=message.subscriber_id,
+            enrollment_id=message.enrollment_id,
+            message_id=message.id,
+            kind="reply" if c.kind is Kind.human else "auto_reply",
+            outcome=outcome,
+            detail={
+                "matched_by": how,
+                "source": source,
+                "subject": mail.subject[:200],
+                "why": c.reason,
+                "back": c.return_date.isoformat() if c.return_date else None,
+            },
+            now=now,
+        )
         return InboundResult(status, outcome, message.id)
 
-    def _match(self, tx: Tx, mail: InboundMail) -> tuple[MessageRow | None, str]:
+    def _out_of_office(self, tx: Tx, message: MessageRow, back: date, *, now: datetime) -> str:
+        enrollment = tx.enrollment_for_update(message.enrollment_id)
+        sequence = self.catalog.get(enrollment.sequence_id)
+        state = enrollment.state
+        if (
+            sequence is None
+            or not sequence.has_step(state.step_id)
+            or (message.step_id, message.visit) != (state.step_id, state.visit)
+        ):
+            return "ignored:automatic (not the current step)"
+        returns = datetime.combine(back, time(0, 0), tzinfo=UTC)
+        decision = engine.on_out_of_office(state, sequence, back=returns, now=now)
+        if decision.state != state:
+            tx.apply(enrollment, decision, now=now)
+        return f"{decision.outcome} until {back.isoformat()}"
+
+    def _report(self, tx: Tx, mail: InboundMail, *, now: datetime, trusted: bool) -> InboundResult:
+        """A delivery report or an abuse report: find whom it is about, then act."""
+        c = mail.classification
+        original = None
+        for header_id in c.original_ids + mail.in_reply_to:
+            number = self.signer.read_message_id(header_id)
+            if number is not None and (found := tx.message(number)) is not None:
+                original = found
+                break
+        named = set(c.permanent if c.kind is Kind.bounce else ())
+        if c.kind is Kind.complaint and c.complainant:
+            named.add(c.complainant)
+        targets: dict[int, str] = {}
+        if trusted:
+            for address in named:
+                sub = tx.subscriber_by_email(address)
+                if sub is not None:
+                    targets[sub.id] = address
+        if original is not None and not targets:
+            sub = tx.subscriber(original.subscriber_id)
+            if c.kind is Kind.complaint or sub.email in named or not named:
+                targets[sub.id] = sub.email
+        if c.kind in (Kind.bounce, Kind.complaint) and not targets:
+            return InboundResult("unmatched", f"{c.kind.value} about no known subscriber")
+        message_id = original.id if original is not None else None
+        if c.kind is Kind.bounce:
+            for subscriber_id in targets:
+                tx.stop_subscriber(
+                    subscriber_id, status="bounced", reason=ExitReason.bounced, now=now
+                )
+                tx.add_event(
+                    subscriber_id=subscriber_id,
+                    message_id=message_id,
+                    kind="bounce",
+                    outcome="bounced",
+                    detail={"why": c.reason},
+                    now=now,
+                )
+            return InboundResult(
+                "bounce", f"bounced: {', '.join(sorted(targets.values()))}", message_id
+            )
+        if c.kind is Kind.complaint:
+            for subscriber_id in targets:
+                tx.stop_subscriber(
+                    subscriber_id, status="complained", reason=ExitReason.complained, now=now
+                )
+                tx.add_event(
+                    subscriber_id=subscriber_id,
+                    message_id=message_id,
+                    kind="complaint",
+                    outcome="unsubscribed",
+                    detail={"why": c.reason},
+                    now=now,
+                )
+            return InboundResult(
+                "complaint", f"complained: {', '.join(sorted(targets.values()))}", message_id
+            )
+        if original is not None:
+            tx.add_event(
+                subscriber_id=original.subscriber_id,
+                message_id=original.id,
+                kind=c.kind.value,
+                outcome="recorded",
+                detail={"why": c.reason},
+                now=now,
+            )
+        return InboundResult(c.kind.value, f"recorded: {c.reason}", message_id)
+
+    def _match(self, tx: Tx, mail: InboundMail, *, trusted: bool) -> tuple[MessageRow | None, str]:
         if self._reply_pattern is not None:
             for address in mail.recipients:
                 found = self._reply_pattern.fullmatch(address)
@@ -187,7 +322,34 @@ class Tracker:
                 message = tx.message(number)
                 if message is not None:
                     return message, "in_reply_to"
+        if trusted and mail.sender:
+            return self._match_sender(tx, mail.sender), "sender_address"
         return None, ""
+
+    def _match_sender(self, tx: Tx, sender: str) -> MessageRow | None:
+        """Last resort: the sender's address, when exactly one of their enrollments waits for
+        a reply (headers rewritten or stripped and no reply address configured)."""
+        sub = tx.subscriber_by_email(sender)
+        if sub is None:
+            return None
+        candidates = []
+        for enrollment, message in tx.waiting_messages(sub.id):
+            sequence = self.catalog.get(enrollment.sequence_id)
+            step_id = enrollment.state.step_id
+            if (
+                sequence is not None
+                and sequence.has_step(step_id)
+                and sequence.step(step_id).advance_on.accepts("reply")
+            ):
+                candidates.append(message)
+        if len(candidates) != 1:
+            return None
+        log.warning(
+            "reply from %s matched by its sender address alone (last resort)",
+            sender,
+            extra={"action": "reply_matched_by_sender", "message_id": candidates[0].id},
+        )
+        return candidates[0]
 
 
 def _reply_regex(pattern: str) -> re.Pattern[str]:

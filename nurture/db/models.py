@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -140,10 +141,15 @@ class Inbound(Base):
     __tablename__ = "inbound"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the raw bytes
+    # sha256 of Message-ID + body (of the raw bytes when there is no Message-ID)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
     header_message_id: Mapped[str | None] = mapped_column(String(998))
     sender: Mapped[str | None] = mapped_column(String(320))
-    status: Mapped[str] = mapped_column(String(16))  # matched unmatched malformed
+    source: Mapped[str | None] = mapped_column(String(16))  # webhook imap outbox
+    kind: Mapped[str | None] = mapped_column(String(16))  # human auto_reply bounce ...
+    # matched unmatched automatic bounce delay complaint report malformed
+    status: Mapped[str] = mapped_column(String(16))
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)  # kept when it was set aside
     matched_message_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL")
     )

@@ -613,14 +613,28 @@ class Tx:
         )
 
     def record_inbound(
-        self, *, digest: str, header_message_id: str | None, sender: str | None, now: datetime
+        self,
+        *,
+        digest: str,
+        header_message_id: str | None,
+        sender: str | None,
+        now: datetime,
+        source: str,
+        kind: str | None = None,
+        status: str = "received",
+        raw: bytes | None = None,
+        note: str | None = None,
     ) -> int | None:
-        """Remember an inbound message; None if the same bytes were seen before."""
+        """Remember an inbound message; None if the same message was seen before."""
         row = Inbound(
             digest=digest,
             header_message_id=header_message_id[:998] if header_message_id else None,
             sender=sender[:320] if sender else None,
-            status="received",
+            source=source,
+            kind=kind,
+            status=status,
+            raw=raw,
+            note=note[:2000] if note else None,
             received_at=now,
         )
         try:
@@ -639,6 +653,51 @@ class Tx:
             .where(Inbound.id == inbound_id)
             .values(status=status, matched_message_id=matched, note=note[:2000])
         )
+
+    def inbound_list(self, limit: int) -> list[dict[str, Any]]:
+        q = select(Inbound).order_by(Inbound.id.desc()).limit(limit)
+        return [
+            {
+                "id": r.id,
+                "received_at": utc(r.received_at),
+                "source": r.source,
+                "kind": r.kind,
+                "status": r.status,
+                "sender": r.sender,
+                "note": r.note,
+                "kept": r.raw is not None,
+            }
+            for r in self.s.scalars(q)
+        ]
+
+    def inbound_counts(self) -> dict[str, int]:
+        q = select(Inbound.status, func.count()).group_by(Inbound.status)
+        return {status: n for status, n in self.s.execute(q).all()}
+
+    def inbound_raw(self, inbound_id: int) -> bytes | None:
+        row = self.s.get(Inbound, inbound_id)
+        return row.raw if row is not None else None
+
+    def waiting_messages(self, subscriber_id: int) -> list[tuple[EnrollmentRow, MessageRow]]:
+        """Each active enrollment of the subscriber waiting for a micro-yes, with the email of
+        its current step (for matching a reply by its sender's address)."""
+        out = []
+        for row in self.enrollments_of_subscriber(subscriber_id):
+            state = row.state
+            if state.status is not Status.active or state.phase is not Phase.wait:
+                continue
+            message = self.s.scalars(
+                select(Message)
+                .where(
+                    Message.enrollment_id == row.id,
+                    Message.visit == state.visit,
+                    Message.kind == "step",
+                )
+                .limit(1)
+            ).first()
+            if message is not None:
+                out.append((row, _message_row(message)))
+        return out
 
     # -- reports ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""Reading inbound mail: the parts of a raw RFC 5322 message that reply matching needs.
+"""Reading inbound mail: the parts of a raw RFC 5322 message that matching needs, and what
+kind of message it is (nurture.mail.classify).
 
-Both inbound paths (the ``POST /inbound`` webhook and, later, IMAP polling) hand raw bytes to
+Both inbound paths (the ``POST /inbound`` webhook and IMAP polling) hand raw bytes to
 ``parse_inbound``; nothing here decides sequence logic.
 """
 
@@ -11,8 +12,11 @@ import email.policy
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import date
 from email.message import EmailMessage
 from email.utils import getaddresses
+
+from nurture.mail.classify import Classification, classify
 
 __all__ = ["InboundMail", "parse_inbound", "MAX_INBOUND_BYTES"]
 
@@ -22,13 +26,13 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 
 @dataclass(frozen=True)
 class InboundMail:
-    digest: str
+    identity: str  # what makes two copies the same message: Message-ID + body, hashed
     message_id: str | None
     sender: str | None
     recipients: tuple[str, ...]  # every address it was sent to (To, Cc, Delivered-To, ...)
     in_reply_to: tuple[str, ...]  # In-Reply-To first, then References newest first
     subject: str
-    automatic: str | None  # why it is not a human reply (RFC 3834 and friends), else None
+    classification: Classification
 
 
 def _addresses(msg: EmailMessage, *names: str) -> list[str]:
@@ -38,44 +42,46 @@ def _addresses(msg: EmailMessage, *names: str) -> list[str]:
     return [addr.lower() for _, addr in getaddresses(values) if "@" in addr]
 
 
-def _automatic(msg: EmailMessage) -> str | None:
-    auto = str(msg.get("Auto-Submitted", "")).strip().lower()
-    if auto and auto != "no":
-        return f"Auto-Submitted: {auto}"
-    for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
-        if msg.get(name) is not None:
-            return name
-    precedence = str(msg.get("Precedence", "")).strip().lower()
-    if precedence in ("bulk", "junk", "list", "auto_reply"):
-        return f"Precedence: {precedence}"
-    if str(msg.get_content_type()) == "multipart/report":
-        return "delivery or feedback report"
-    return None
+def _identity(raw: bytes, message_id: str | None) -> str:
+    """The same message seen twice (an IMAP re-poll, a webhook the provider retries) has the
+    same Message-ID and body even when relays added headers in front of it."""
+    if not message_id:
+        return hashlib.sha256(raw).hexdigest()
+    head_end = raw.find(b"\r\n\r\n")
+    head_end = raw.find(b"\n\n") if head_end < 0 else head_end
+    body = raw[head_end:] if head_end >= 0 else b""
+    return hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + body).hexdigest()
 
 
-def parse_inbound(raw: bytes) -> InboundMail:
-    """Parse raw bytes; raises ValueError when it is not a usable email message."""
+def parse_inbound(raw: bytes, *, today: date) -> InboundMail:
+    """Parse and classify raw bytes; raises ValueError when it is not a usable message."""
     if not raw or len(raw) > MAX_INBOUND_BYTES:
         raise ValueError(f"empty or larger than {MAX_INBOUND_BYTES} bytes")
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    if not msg.keys():
-        raise ValueError("no headers")
     try:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        if not any(name.lower() in _ENVELOPE for name in msg.keys()):  # noqa: SIM118
+            raise ValueError("no From, To or Message-ID header: not an email message")
         in_reply_to = _MSGID.findall(str(msg.get("In-Reply-To", "")))
         references = _MSGID.findall(str(msg.get("References", "")))
-        senders = _addresses(msg, "From")
+        senders = _addresses(msg, "From", "Reply-To")[:1] or _addresses(msg, "Sender")
         recipients = _addresses(msg, "To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To")
         subject = str(msg.get("Subject", ""))
         message_id = str(msg.get("Message-ID", "")).strip() or None
-    except (ValueError, TypeError, IndexError) as exc:  # broken headers
-        raise ValueError(f"unreadable headers: {exc}") from exc
+        classification = classify(msg, today=today)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - broken headers or encodings of every kind
+        raise ValueError(f"unreadable message: {type(exc).__name__}: {exc}") from exc
     return InboundMail(
-        digest=hashlib.sha256(raw).hexdigest(),
+        identity=_identity(raw, message_id),
         message_id=message_id,
         sender=senders[0] if senders else None,
         recipients=tuple(recipients),
         in_reply_to=tuple(in_reply_to + list(reversed(references))),
         subject=subject,
-        automatic=_automatic(msg),
+        classification=classification,
     )
+
+
+_ENVELOPE = {"from", "to", "message-id", "subject", "return-path"}

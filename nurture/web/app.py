@@ -79,6 +79,7 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     catalog = services.catalog
     clock = services.clock
     api_token = services.settings.api_token
+    inbound_secret = services.settings.inbound_secret
 
     async def healthz(request: Request) -> Response:
         def check() -> dict[str, Any]:
@@ -213,11 +214,21 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         return JSONResponse({"converted": converted})
 
     async def inbound(request: Request) -> Response:
+        trusted = False
+        if inbound_secret:
+            supplied = (
+                request.headers.get("x-nurture-secret")
+                or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                or request.query_params.get("secret", "")
+            )
+            if not hmac.compare_digest(supplied.encode(), inbound_secret.encode()):
+                return JSONResponse({"error": "a valid secret is required"}, status_code=401)
+            trusted = True
         raw = await request.body()
         if len(raw) > MAX_INBOUND_BYTES:
             return JSONResponse({"error": "message too large"}, status_code=413)
         result = await run_in_threadpool(
-            lambda: tracker.receive(raw, now=clock.now(), source="webhook")
+            lambda: tracker.receive(raw, now=clock.now(), source="webhook", trusted=trusted)
         )
         code = 400 if result.status == "malformed" else 200
         return JSONResponse({"status": result.status, "outcome": result.outcome}, status_code=code)

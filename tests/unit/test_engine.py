@@ -360,3 +360,20 @@ def test_a_waiting_enrollment_made_due_early_changes_nothing() -> None:
     state = sent_state(seq, "guide")
     d = engine.on_due(replace(state, due_at=T0 + H), seq, now=T0 + H, confirmed=True)
     assert d.actions == () and d.state == state
+
+
+def test_out_of_office_moves_the_wait_to_the_return_date() -> None:
+    seq = journey()
+    state = sent_state(seq, "guide")  # reminders at 2d and 4d, timeout at 5d
+    back = T0 + 10 * D
+    d = engine.on_out_of_office(state, seq, back=back, now=T0 + H)
+    assert d.outcome == "extended:out_of_office"
+    assert d.state.step_sent_at == back and d.state.due_at == back + 2 * D
+    # nothing is sent while they are away; the timeout comes 5 days after their return
+    assert engine.on_due(d.state, seq, now=T0 + 9 * D, confirmed=True).actions == ()
+    later = engine.on_due(d.state, seq, now=back + 2 * D, confirmed=True)
+    assert later.actions == (SendEmail("guide", 1, "reminder1", reminder=0),)
+    past = engine.on_out_of_office(state, seq, back=T0, now=T0 + H)
+    assert past.state == state
+    done = replace(state, status=Status.completed)
+    assert engine.on_out_of_office(done, seq, back=back, now=T0).state == done
