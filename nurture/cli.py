@@ -174,6 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with services.store.transaction() as tx:
         rows = tx.status_counts()
         messages = tx.message_counts()
+        inbound = tx.inbound_counts()
     by_seq: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         label = r.status if r.status != "exited" else f"left:{r.exit_reason}"
@@ -202,6 +203,36 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{c.get('completed', 0):>11}  {left or '-'}"
             )
     print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
+    if inbound:
+        print(
+            "inbound: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(inbound.items()))
+            + "  (nurture inbound lists them)"
+        )
+    return 0
+
+
+def cmd_inbound(args: argparse.Namespace) -> int:
+    services = _services(args)
+    if args.raw is not None:
+        with services.store.transaction() as tx:
+            raw = tx.inbound_raw(args.raw)
+        if raw is None:
+            raise SubscribeError(f"no inbound message {args.raw} was kept")
+        sys.stdout.buffer.write(raw)
+        return 0
+    with services.store.transaction() as tx:
+        rows = tx.inbound_list(args.limit)
+    if not rows:
+        print("no inbound mail yet")
+    for r in rows:
+        kept = f"  (kept: nurture inbound --raw {r['id']})" if r["kept"] else ""
+        print(
+            f"{r['id']:>6}  {r['received_at']:%Y-%m-%d %H:%M:%S}  {r['source'] or '-':<8}"
+            f"{r['kind'] or '-':<11}{r['status']:<11}{r['sender'] or '-'}"
+        )
+        if r["note"]:
+            print(f"        {r['note']}{kept}")
     return 0
 
 
@@ -256,6 +287,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("unsubscribe", "stop every email to an address", cmd_unsubscribe)
     sp.add_argument("email")
     add("status", "per sequence and step: waiting, completed, left and why", cmd_status)
+    sp = add("inbound", "inbound mail, newest first: what it was and what was done", cmd_inbound)
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--raw", type=int, metavar="ID", help="print a set-aside message's bytes")
     sp = add("db", "database schema", cmd_db)
     sp.add_argument("action", choices=["upgrade"])
     sp.add_argument("revision", nargs="?", default="head")

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
         description="shared secret POST /inbound requires; also lets it match by address",
     )
 
+    imap_host: str | None = None
+    imap_port: int | None = Field(default=None, ge=1, le=65535)  # 993 with tls, else 143
+    imap_username: str | None = None
+    imap_password: str | None = None
+    imap_tls: SmtpTls = SmtpTls.tls
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str | None = None  # move handled mail there (else: flag it)
+    imap_delete_processed: bool = False  # delete handled mail: only when this says so
+    imap_poll_seconds: float = Field(default=30.0, gt=0)
+
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     retry_base_seconds: float = Field(default=30.0, gt=0)

@@ -19,6 +19,7 @@ from nurture.db.session import alembic_config, is_sqlite, upgrade
 from nurture.dispatcher import Dispatcher, DispatchPolicy
 from nurture.errors import ConfigError
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
+from nurture.mail.imap import ImapPoller, ImapSettings
 from nurture.mail.send import SmtpPool, SmtpTarget
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
@@ -94,6 +95,17 @@ class Daemon:
             pass
 
 
+async def _poll(poller: ImapPoller) -> None:
+    """One IMAP poll in a thread; a failure is logged and the next poll tries again."""
+    try:
+        handled = await asyncio.to_thread(poller.poll_once)
+    except Exception:
+        log.exception("IMAP poll failed; the next one tries again", extra={"action": "imap_failed"})
+        return
+    if handled:
+        log.info("IMAP: %d messages handled", handled, extra={"action": "imap_polled"})
+
+
 async def run(settings: Settings) -> None:
     prepare_database(settings)
     services = build_services(settings)
@@ -136,6 +148,30 @@ async def run(settings: Settings) -> None:
         coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+    if settings.imap_host:
+        poller = ImapPoller(
+            ImapSettings.from_settings(settings),
+            tracker=services.tracker,
+            store=services.store,
+            clock=services.clock,
+        )
+        scheduler.add_job(
+            _poll,
+            "interval",
+            args=[poller],
+            seconds=settings.imap_poll_seconds,
+            id="imap",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        log.info(
+            "reading replies from imap://%s/%s every %ss",
+            settings.imap_host,
+            settings.imap_folder,
+            settings.imap_poll_seconds,
+            extra={"action": "imap_enabled"},
+        )
     app = create_app(services, outbox=outbox)
     server = uvicorn.Server(
         uvicorn.Config(

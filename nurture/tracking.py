@@ -136,7 +136,7 @@ class Tracker:
         try:
             mail = parse_inbound(raw, today=now.date())
         except ValueError as exc:
-            return self._set_aside(raw, str(exc), now=now, source=source)
+            return self.set_aside(raw, str(exc), now=now, source=source)
         kind = mail.classification.kind
         with self.store.transaction() as tx:
             inbound_id = tx.record_inbound(
@@ -166,7 +166,9 @@ class Tracker:
         )
         return result
 
-    def _set_aside(self, raw: bytes, why: str, *, now: datetime, source: str) -> InboundResult:
+    def set_aside(
+        self, raw: bytes, why: str, *, now: datetime, source: str, identity: str | None = None
+    ) -> InboundResult:
         """Keep what cannot be read (capped), visible in `nurture inbound`; never raise."""
         log.warning(
             "inbound message from %s set aside: %s",
@@ -176,13 +178,13 @@ class Tracker:
         )
         with self.store.transaction() as tx:
             tx.record_inbound(
-                digest=hashlib.sha256(raw).hexdigest(),
+                digest=identity or hashlib.sha256(raw).hexdigest(),
                 header_message_id=None,
                 sender=None,
                 now=now,
                 source=source,
                 status="malformed",
-                raw=raw[:MAX_INBOUND_BYTES],
+                raw=raw[:MAX_INBOUND_BYTES] or None,
                 note=why,
             )
         return InboundResult("malformed", why)

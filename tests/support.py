@@ -139,3 +139,124 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class Dovecot:
+    """A throwaway Dovecot IMAP server (Debian's dovecot-imapd) on a loopback port, with one
+    user whose mail lives in a temporary Maildir."""
+
+    USER = "replies"
+    PASSWORD = "imap-test-password"
+
+    def __init__(self) -> None:
+        import os
+        import shutil
+        import socket
+        import tempfile
+
+        binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+        if not os.path.exists(binary):
+            if os.environ.get("CI") == "true":
+                raise RuntimeError("dovecot is required under CI: scripts/setup test installs it")
+            import pytest
+
+            pytest.skip("Debian's dovecot-imapd is not installed (scripts/setup test installs it)")
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="nurture-dovecot-"))
+        self.dir.chmod(0o755)  # the mail process runs as nobody
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.process: Any = None
+
+    def __enter__(self) -> Dovecot:
+        import pwd
+        import subprocess
+        import time
+
+        nobody = pwd.getpwnam("nobody")
+        for sub in ("run", "state", "home"):
+            (self.dir / sub).mkdir()
+        os_chown(self.dir / "home", nobody.pw_uid, nobody.pw_gid)
+        (self.dir / "passwd").write_text(f"{self.USER}:{{PLAIN}}{self.PASSWORD}\n")
+        conf = self.dir / "dovecot.conf"
+        conf.write_text(
+            f"""protocols = imap
+listen = 127.0.0.1
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+mail_location = maildir:{self.dir}/home/%u/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {self.dir}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={nobody.pw_uid} gid={nobody.pw_gid} home={self.dir}/home/%u
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+        )
+        self.process = subprocess.Popen([self.binary, "-F", "-c", str(conf)])
+        import socket
+
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"dovecot did not start: {(self.dir / 'dovecot.log').read_text()}")
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def append(self, raw: bytes, folder: str = "INBOX") -> None:
+        import imaplib
+
+        conn = imaplib.IMAP4("127.0.0.1", self.port)
+        try:
+            conn.login(self.USER, self.PASSWORD)
+            typ, data = conn.append(folder, None, None, raw)
+            assert typ == "OK", data
+        finally:
+            conn.logout()
+
+    def flags(self, folder: str = "INBOX") -> list[str]:
+        import imaplib
+
+        conn = imaplib.IMAP4("127.0.0.1", self.port)
+        try:
+            conn.login(self.USER, self.PASSWORD)
+            conn.select(folder)
+            typ, data = conn.uid("FETCH", "1:*", "(FLAGS)")
+            return [d.decode() for d in data if isinstance(d, bytes)]
+        finally:
+            conn.logout()
+
+
+def os_chown(path: Path, uid: int, gid: int) -> None:
+    import os
+
+    os.chown(path, uid, gid)

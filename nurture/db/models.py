@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Subscriber", "Enrollment", "Message", "Event", "Inbound"]
+__all__ = ["Base", "Subscriber", "Enrollment", "Message", "Event", "Inbound", "ImapState"]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -155,3 +155,14 @@ class Inbound(Base):
     )
     note: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(When)
+
+
+class ImapState(Base):
+    """The last UID handled in an IMAP folder, valid while its UIDVALIDITY stays the same."""
+
+    __tablename__ = "imap_state"
+
+    folder: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(When)

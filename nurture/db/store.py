@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.clock import utc
-from nurture.db.models import Enrollment, Event, Inbound, Message, Subscriber
+from nurture.db.models import Enrollment, Event, ImapState, Inbound, Message, Subscriber
 from nurture.engine import (
     ConfirmSubscriber,
     Decision,
@@ -653,6 +653,21 @@ class Tx:
             .where(Inbound.id == inbound_id)
             .values(status=status, matched_message_id=matched, note=note[:2000])
         )
+
+    def imap_last_uid(self, folder: str, uidvalidity: int) -> int:
+        """The last UID handled in the folder; 0 when its UIDVALIDITY changed (the server
+        renumbered it: everything is looked at again, and receive() skips what it knows)."""
+        row = self.s.get(ImapState, folder)
+        return row.last_uid if row is not None and row.uidvalidity == uidvalidity else 0
+
+    def set_imap_last_uid(self, folder: str, uidvalidity: int, uid: int, *, now: datetime) -> None:
+        row = self.s.get(ImapState, folder, with_for_update=True)
+        if row is None:
+            self.s.add(
+                ImapState(folder=folder, uidvalidity=uidvalidity, last_uid=uid, updated_at=now)
+            )
+        else:
+            row.uidvalidity, row.last_uid, row.updated_at = uidvalidity, uid, now
 
     def inbound_list(self, limit: int) -> list[dict[str, Any]]:
         q = select(Inbound).order_by(Inbound.id.desc()).limit(limit)

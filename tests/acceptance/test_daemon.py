@@ -234,3 +234,93 @@ def _reply(mail: Caught) -> bytes:
     msg["In-Reply-To"] = mail.message["Message-ID"]
     msg.set_content("I want to learn about subject lines.\n\n> " + mail.subject)
     return msg.as_bytes()
+
+
+def test_replies_from_an_imap_mailbox_across_a_restart(
+    daemon: Daemon, smtp: SmtpServerThread, tmp_path: Path
+) -> None:
+    from support import Dovecot
+
+    server: RecordingHandler = smtp.handler
+    with Dovecot() as dovecot:
+        daemon.env.update(
+            {
+                "NURTURE_IMAP_HOST": "127.0.0.1",
+                "NURTURE_IMAP_PORT": str(dovecot.port),
+                "NURTURE_IMAP_USERNAME": Dovecot.USER,
+                "NURTURE_IMAP_PASSWORD": Dovecot.PASSWORD,
+                "NURTURE_IMAP_TLS": "none",
+                "NURTURE_IMAP_POLL_SECONDS": "0.3",
+            }
+        )
+        daemon.start([str(NURTURE), "run"])
+        http = httpx.Client(base_url=daemon.base, timeout=10)
+        port = daemon.env["NURTURE_HTTP_PORT"]
+
+        def arrived(who: str, subject: str) -> Caught:
+            return wait_for(
+                f"{who}: {subject!r}",
+                lambda: next(
+                    (m for m in server.to(f"{who}@example.com") if m.subject == subject), None
+                ),
+            )
+
+        def click(mail: Caught) -> None:
+            url = TRACKED.findall(mail.part("html"))[0]
+            assert http.get(url.replace(f"http://127.0.0.1:{port}", "")).status_code == 302
+
+        def at_ask(who: str) -> Caught:
+            r = http.post(
+                "/subscribe",
+                json={"email": f"{who}@example.com", "sequence": "e2e", "first_name": who.title()},
+            )
+            assert r.status_code == 201
+            click(arrived(who, f"Confirm, {who.title()}"))
+            click(arrived(who, f"Read this, {who.title()}"))
+            return arrived(who, "Tell me by reply")
+
+        engine = create_engine(daemon.env["NURTURE_DATABASE_URL"])
+
+        def step_of(who: str) -> str:
+            with engine.connect() as conn:
+                return str(
+                    conn.execute(
+                        text(
+                            "SELECT e.step_id FROM enrollments e JOIN subscribers s "
+                            "ON s.id = e.subscriber_id WHERE s.email = :e"
+                        ),
+                        {"e": f"{who}@example.com"},
+                    ).scalar_one()
+                )
+
+        try:
+            human, away = at_ask("ann"), at_ask("ben")
+            dovecot.append(_reply(human))
+            ooo = _reply(away).replace(
+                b"Subject: Re:", b"Auto-Submitted: auto-replied\r\nSubject: Automatic reply:"
+            )
+            dovecot.append(ooo)
+            arrived("ann", "The offer")
+            wait_for(
+                "both handled",
+                lambda: (
+                    len(dovecot.flags()) == 2
+                    and all("$NurtureProcessed" in f for f in dovecot.flags())
+                ),
+            )
+            assert step_of("ben") == "ask"
+            # Restart between two polls; a reply that lands meanwhile is neither lost nor
+            # handled twice.
+            assert daemon.stop() == 0
+            dovecot.append(_reply(away))
+            daemon.start([sys.executable, "-m", "nurture", "run"])
+            arrived("ben", "The offer")
+            with engine.connect() as conn:
+                rows = conn.execute(text("SELECT status, count(*) FROM inbound GROUP BY status"))
+                counts = dict(rows.all())
+            assert counts == {"matched": 2, "automatic": 1}
+            assert len([m for m in server.to("ben@example.com") if m.subject == "The offer"]) == 1
+        finally:
+            http.close()
+            engine.dispose()
+            daemon.stop()
