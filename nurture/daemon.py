@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from datetime import UTC, datetime
 
 import uvicorn
@@ -27,6 +28,8 @@ from nurture.web.app import create_app
 __all__ = ["run", "prepare_database", "settle_heap"]
 
 log = logging.getLogger(__name__)
+
+IDLE_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 
 
 def prepare_database(settings: Settings) -> None:
@@ -106,6 +109,37 @@ async def _poll(poller: ImapPoller) -> None:
         log.info("IMAP: %d messages handled", handled, extra={"action": "imap_polled"})
 
 
+def _idle(
+    poller: ImapPoller,
+    scheduler: AsyncIOScheduler,
+    loop: asyncio.AbstractEventLoop,
+    stopping: threading.Event,
+) -> None:
+    """Wait on IMAP IDLE in a thread; when the server announces mail, run the poll job now
+    instead of at its next turn. Without IDLE on the server, polling alone it is."""
+    while not stopping.is_set():
+        try:
+            news = poller.wait_for_mail(timeout=IDLE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the server went away: wait, then try again
+            log.warning(
+                "IMAP IDLE failed (%s); retrying in a minute",
+                exc,
+                extra={"action": "imap_idle_failed"},
+            )
+            stopping.wait(60)
+            continue
+        if news is None:
+            log.info("the IMAP server has no IDLE: polling only", extra={"action": "imap_no_idle"})
+            return
+        if news and not stopping.is_set():
+            loop.call_soon_threadsafe(_poll_now, scheduler)
+
+
+def _poll_now(scheduler: AsyncIOScheduler) -> None:
+    if scheduler.running:
+        scheduler.modify_job("imap", next_run_time=datetime.now(UTC))
+
+
 async def run(settings: Settings) -> None:
     prepare_database(settings)
     services = build_services(settings)
@@ -139,6 +173,7 @@ async def run(settings: Settings) -> None:
     daemon = Daemon(services, dispatcher)
     settle_heap()
     scheduler = AsyncIOScheduler(timezone=UTC)
+    stopping = threading.Event()
     scheduler.add_job(
         daemon.tick,
         "interval",
@@ -165,8 +200,15 @@ async def run(settings: Settings) -> None:
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
+        idler = threading.Thread(
+            target=_idle,
+            args=(poller, scheduler, asyncio.get_running_loop(), stopping),
+            name="imap-idle",
+            daemon=True,
+        )
+        idler.start()
         log.info(
-            "reading replies from imap://%s/%s every %ss",
+            "reading replies from imap://%s/%s every %ss (and at once on IMAP IDLE)",
             settings.imap_host,
             settings.imap_folder,
             settings.imap_poll_seconds,
@@ -198,6 +240,7 @@ async def run(settings: Settings) -> None:
         await server.serve()
     finally:
         log.info("shutting down: finishing the tick in flight", extra={"action": "daemon_stopping"})
+        stopping.set()
         scheduler.shutdown(wait=False)
         await daemon.drain()
         await pool.close()

@@ -13,7 +13,9 @@ import contextlib
 import imaplib
 import logging
 import re
+import select
 import ssl
+import time
 from dataclasses import dataclass
 
 from nurture.clock import Clock
@@ -105,6 +107,44 @@ class ImapPoller:
             if handled and self.imap.delete_processed and not self.imap.processed_folder:
                 conn.expunge()
             return handled
+        finally:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                conn.logout()
+
+    def wait_for_mail(self, timeout: float) -> bool | None:
+        """IMAP IDLE (RFC 2177): block until the server announces new mail (True) or the
+        timeout passes (False); None when the server has no IDLE (then polling alone it is).
+        Python's imaplib has no IDLE before 3.14, so the exchange is written out here."""
+        conn = self._connect()
+        try:
+            if "IDLE" not in conn.capabilities:
+                return None
+            conn.select(_quote(self.imap.folder))
+            tag = conn._new_tag()
+            conn.send(tag + b" IDLE\r\n")
+            if not conn.readline().startswith(b"+"):
+                return None
+            news = False
+            deadline = time.monotonic() + timeout
+            # Wait with select(), not a socket timeout: a timed-out socket file can never be
+            # read again, and IDLE's completion still has to be read after DONE.
+            while (left := deadline - time.monotonic()) > 0:
+                pending = isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() > 0
+                ready = pending or select.select([conn.sock], [], [], left)[0]
+                if not ready:
+                    break
+                line = conn.readline()
+                if not line:
+                    break
+                if line.rstrip().endswith((b"EXISTS", b"RECENT")):
+                    news = True
+                    break
+            conn.send(b"DONE\r\n")
+            while True:  # the rest of the untagged lines, then IDLE's tagged completion
+                line = conn.readline()
+                if not line or line.startswith(tag):
+                    break
+            return news
         finally:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 conn.logout()

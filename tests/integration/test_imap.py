@@ -97,3 +97,22 @@ def test_each_message_is_handled_once_across_polls_and_restarts(
     assert poller(world, dovecot).poll_once() == 2
     with world.services.store.transaction() as tx:
         assert tx.inbound_counts() == {"matched": 2}
+
+
+def test_idle_wakes_up_when_mail_arrives(world: Any, dovecot: Dovecot) -> None:
+    import threading
+
+    p = poller(world, dovecot)
+    assert p.wait_for_mail(timeout=0.5) is False  # nothing came
+    result: list[bool | None] = []
+    waiter = threading.Thread(target=lambda: result.append(p.wait_for_mail(timeout=30)))
+    waiter.start()
+    # Give the waiter time to enter IDLE, then deliver.
+    import time
+
+    time.sleep(1)
+    dovecot.append(
+        b"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <i@example.com>\r\n\r\nhi\r\n"
+    )
+    waiter.join(35)
+    assert result == [True]
