@@ -165,8 +165,19 @@ class ImapPoller:
         else:
             typ, data = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
             raw = next((part[1] for part in data if isinstance(part, tuple)), b"")
-            result = self.tracker.receive(raw, now=self.clock.now(), source="imap", trusted=True)
-            log.debug("IMAP UID %s: %s", uid, result.status)
+            try:
+                result = self.tracker.receive(
+                    raw, now=self.clock.now(), source="imap", trusted=True
+                )
+                log.debug("IMAP UID %s: %s", uid, result.status)
+            except Exception as exc:  # noqa: BLE001 - one message must never block the rest
+                log.exception("IMAP UID %s could not be handled; set aside", uid)
+                self.tracker.set_aside(
+                    raw,
+                    f"could not be handled: {type(exc).__name__}: {exc}",
+                    now=self.clock.now(),
+                    source="imap",
+                )
         conn.uid("STORE", str(uid), "+FLAGS", f"(\\Seen {PROCESSED_FLAG})")
         if self.imap.processed_folder:
             conn.uid("COPY", str(uid), _quote(self.imap.processed_folder))
