@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,7 +103,26 @@ def _original_ids(msg: Message) -> tuple[str, ...]:
             if isinstance(payload, bytes):
                 headers = email.message_from_bytes(payload, policy=email.policy.compat32)
                 found += _MSGID.findall(_header(headers, "Message-ID"))
+    if not found and msg.get_content_type() == "text/plain":
+        # Exim and qmail copy the original inline, after a marker line.
+        payload = msg.get_payload(decode=True)
+        body = payload if isinstance(payload, bytes) else b""
+        for marker in _COPY_MARKERS:
+            at = body.find(marker)
+            if at >= 0:
+                copy = email.message_from_bytes(
+                    body[at + len(marker) :].lstrip(b"\r\n"), policy=email.policy.compat32
+                )
+                found += _MSGID.findall(_header(copy, "Message-ID"))
+                break
     return tuple(dict.fromkeys(found))
+
+
+_COPY_MARKERS = (
+    b"------ This is a copy of the message, including all the headers. ------",
+    b"--- Below this line is a copy of the message.",
+    b"----- Original message -----",
+)
 
 
 def _report_type(msg: Message) -> str:
@@ -127,7 +147,8 @@ def _feedback(msg: Message) -> tuple[str | None, str]:
                 if v
             )
             rcpt = fields.get("original-rcpt-to") or fields.get("removal-recipient")
-            return (rcpt.lower() if rcpt else None), fields.get("feedback-type", "abuse")
+            address = email.utils.parseaddr(rcpt)[1].lower() if rcpt else ""
+            return (address or None), fields.get("feedback-type", "abuse")
     return None, "abuse"
 
 
@@ -173,6 +194,8 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
         except Exception:  # noqa: BLE001 - a detector's bug must not lose the message
             temporary, permanent = frozenset(), frozenset()
         ids = _original_ids(msg)
+        if permanent and not report and _looks_like_warning(msg):
+            temporary, permanent = temporary | permanent, frozenset()
         if permanent:
             return Classification(
                 Kind.bounce,
@@ -195,6 +218,20 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
             Kind.auto_reply, reason, return_date=find_return_date(_text(msg), today=today)
         )
     return Classification(Kind.human, "a person's reply")
+
+
+_WARNING_SUBJECT = re.compile(
+    r"^\s*(warning: message \S+ delayed|delayed mail|delivery delayed|"
+    r"delivery status notification \(delay\))",
+    re.IGNORECASE,
+)
+
+
+def _looks_like_warning(msg: Message) -> bool:
+    if _WARNING_SUBJECT.match(_header(msg, "Subject")):
+        return True
+    body = msg.get_payload(decode=True) if not msg.is_multipart() else b""
+    return isinstance(body, bytes) and b"has not yet been delivered" in body
 
 
 def _looks_like_bounce(msg: Message) -> bool:
@@ -289,11 +326,13 @@ _DATE_PATTERNS = [
     # 2026-01-12
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), ("y", "m", "d")),
     # 12.01.2026 / 12.1.26 (day first, as written in German, French, Spanish)
-    (re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{2,4})\b"), ("d", "m", "y")),
+    (re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{2,4})?(?!\d)"), ("d", "m", "y")),
+    # 14/01/2026 (day first, as in French, Spanish, British English)
+    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{2,4})\b"), ("d", "m", "y")),
     # 12 January 2026, 12. Januar, 12 janvier, 12 de enero de 2026
     (
         re.compile(
-            rf"\b(\d{{1,2}})(?:st|nd|rd|th|er|\.)?\s+(?:de\s+)?({_MONTH})\.?"
+            rf"\b(\d{{1,2}})(?:st|nd|rd|th|er|\.)?\s+(?:(?:de|of)\s+)?({_MONTH})\b\.?"
             rf"(?:,?\s+(?:de\s+)?(\d{{4}}))?",
             re.IGNORECASE,
         ),
@@ -302,7 +341,7 @@ _DATE_PATTERNS = [
     # January 12, 2026 / January 12th
     (
         re.compile(
-            rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(\d{{4}}))?", re.IGNORECASE
+            rf"\b({_MONTH})\b\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(\d{{4}}))?", re.IGNORECASE
         ),
         ("M", "d", "y"),
     ),
