@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     imap_delete_processed: bool = False  # delete handled mail: only when this says so
     imap_poll_seconds: float = Field(default=30.0, gt=0)
 
+    open_tracking: bool = True  # an open pixel in every HTML part (opens never advance anyone)
+
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     retry_base_seconds: float = Field(default=30.0, gt=0)

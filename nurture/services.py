@@ -40,7 +40,7 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         store=store,
         catalog=catalog,
         signer=signer,
-        renderer=Renderer(env, signer, settings.public_url),
+        renderer=Renderer(env, signer, settings.public_url, open_pixel=settings.open_tracking),
         tracker=Tracker(
             store=store, catalog=catalog, signer=signer, reply_address=settings.reply_address
         ),

@@ -22,9 +22,15 @@ from nurture.sequences import Catalog
 from nurture.subscriptions import unsubscribe
 from nurture.tokens import Signer, TokenKind
 
-__all__ = ["Tracker", "InboundResult"]
+__all__ = ["Tracker", "Click", "InboundResult"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Click:
+    url: str  # the stored target
+    confirm_page: bool = False  # show the one-button confirmation page instead of redirecting
 
 
 @dataclass(frozen=True)
@@ -52,20 +58,27 @@ class Tracker:
         now: datetime,
         detail: dict[str, Any] | None = None,
         may_advance: bool = True,
-    ) -> str:
-        """Record a click and return the URL stored for that link. TokenError if the token is
-        forged or names no stored link (the caller answers 404, never a redirect).
+        pressed: bool = False,
+    ) -> Click:
+        """Record a click and say where it goes. TokenError if the token is forged or names no
+        stored link (the caller answers 404, never a redirect).
+
         ``may_advance=False`` records it without letting it be a micro-yes (a HEAD request:
-        link checkers and mail scanners, never a person)."""
+        link checkers and mail scanners, never a person). The ask of a confirmation step
+        changes state, so a plain GET of it only asks for a button press
+        (``Click.confirm_page``); the press (``pressed=True``, a POST) confirms."""
         parsed = self.signer.read(token, TokenKind.click)
         with self.store.transaction() as tx:
             message = tx.message(parsed.message_id)
             if message is None or not 0 <= parsed.link < len(message.links):
                 raise TokenError("no such link")
             url, counts = message.links[parsed.link]
+            page = counts and not pressed and self._confirms(message)
             outcome = "recorded"
             if counts and not may_advance:
                 outcome = "ignored:not_a_person"
+            elif page:
+                outcome = "shown:confirm_page"
             elif counts:
                 outcome = self._yes(tx, message, "click", now=now)
             tx.add_event(
@@ -77,7 +90,33 @@ class Tracker:
                 detail={"link": parsed.link, "url": url, **(detail or {})},
                 now=now,
             )
-        return url
+        return Click(url, confirm_page=bool(page and may_advance))
+
+    def _confirms(self, message: MessageRow) -> bool:
+        sequence = self.catalog.get(message.sequence_id)
+        return (
+            sequence is not None
+            and sequence.has_step(message.step_id)
+            and sequence.step(message.step_id).confirms
+        )
+
+    def opened(self, token: str, *, now: datetime, detail: dict[str, Any]) -> None:
+        """An open-pixel fetch: recorded, never a micro-yes (Apple Mail and many scanners
+        fetch every image). TokenError for a token we did not issue."""
+        parsed = self.signer.read(token, TokenKind.open)
+        with self.store.transaction() as tx:
+            message = tx.message(parsed.message_id)
+            if message is None:
+                raise TokenError("no such message")
+            tx.add_event(
+                subscriber_id=message.subscriber_id,
+                enrollment_id=message.enrollment_id,
+                message_id=message.id,
+                kind="open",
+                outcome="recorded",
+                detail=detail,
+                now=now,
+            )
 
     def _yes(self, tx: Tx, message: MessageRow, kind: str, *, now: datetime) -> str:
         enrollment = tx.enrollment_for_update(message.enrollment_id)

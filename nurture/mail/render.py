@@ -76,10 +76,13 @@ class _Links:
 
 
 class Renderer:
-    def __init__(self, env: SandboxedEnvironment, signer: Signer, base_url: str) -> None:
+    def __init__(
+        self, env: SandboxedEnvironment, signer: Signer, base_url: str, *, open_pixel: bool = True
+    ) -> None:
         self.env = env
         self.signer = signer
         self.base_url = base_url.rstrip("/")
+        self.open_pixel = open_pixel
         self._subjects = lru_cache(maxsize=1024)(env.from_string)
         self._cache: dict[str, tuple[jinja2.Template, jinja2.Template | None]] = {}
 
@@ -139,6 +142,9 @@ class Renderer:
             text_body = html_to_text(html_body)
         else:
             text_body = _rewrite_text(text_body, links)
+        if self.open_pixel:
+            pixel = f"{self.base_url}/o/{signer.make(TokenKind.open, message_id)}"
+            html_body = _add_pixel(html_body, pixel)
         return Rendered(
             subject, text_body, html_body, [(u, bool(c)) for u, c in links.items], unsubscribe_url
         )
@@ -193,6 +199,22 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
         return "<a" + "".join(parts) + ">"
 
     return _A_TAG.sub(tag, body), marked_any
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def _add_pixel(body: str, url: str) -> str:
+    """The open pixel, just before </body>: recorded as an open, never a micro-yes."""
+    img = (
+        f'<img src="{url}" width="1" height="1" alt="" '
+        'style="display:block;width:1px;height:1px;border:0">'
+    )
+    ends = list(_BODY_END.finditer(body))
+    if not ends:
+        return body + img
+    at = ends[-1].start()
+    return body[:at] + img + body[at:]
 
 
 def _rewrite_text(body: str, links: _Links) -> str:

@@ -6,6 +6,7 @@ read once per request.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -36,6 +37,10 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 64 * 1024
+# The smallest transparent GIF: 1x1 pixel, 43 bytes.
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 MAX_INBOUND_BYTES = 10 * 1024 * 1024
 
 
@@ -91,15 +96,36 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     async def click(request: Request) -> Response:
         token = request.path_params["token"]
         detail = {"ua": request.headers.get("user-agent", "")[:300], "method": request.method}
+        pressed = request.method == "POST"
         try:
-            url = await run_in_threadpool(
+            result = await run_in_threadpool(
                 lambda: tracker.click(
-                    token, now=clock.now(), detail=detail, may_advance=request.method == "GET"
+                    token,
+                    now=clock.now(),
+                    detail=detail,
+                    may_advance=request.method != "HEAD",
+                    pressed=pressed,
                 )
             )
         except TokenError:
             return _not_found()
-        return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
+        if result.confirm_page:
+            return HTMLResponse(
+                page("confirm.html", title="Confirm your subscription"),
+                headers={"Cache-Control": "no-store"},
+            )
+        return RedirectResponse(
+            result.url, status_code=303 if pressed else 302, headers={"Cache-Control": "no-store"}
+        )
+
+    async def opened(request: Request) -> Response:
+        detail = {"ua": request.headers.get("user-agent", "")[:300]}
+        # The pixel always answers with the image, whatever the token.
+        with contextlib.suppress(TokenError):
+            await run_in_threadpool(
+                lambda: tracker.opened(request.path_params["token"], now=clock.now(), detail=detail)
+            )
+        return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
     async def unsubscribe_page(request: Request) -> Response:
         try:
@@ -250,7 +276,8 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
-        Route("/c/{token}", click, methods=["GET", "HEAD"]),
+        Route("/c/{token}", click, methods=["GET", "HEAD", "POST"]),
+        Route("/o/{token}", opened, methods=["GET", "HEAD"]),
         Route("/u/{token}", unsubscribe_page, methods=["GET", "HEAD"]),
         Route("/u/{token}", unsubscribe_post, methods=["POST"]),
         Route("/subscribe", subscribe_form, methods=["GET"]),

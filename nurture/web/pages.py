@@ -33,6 +33,12 @@ _PAGES = {
     "base.html": _BASE,
     "message.html": """{% extends "base.html" %}{% block main %}
 <h1>{{ title }}</h1><p>{{ text }}</p>{% endblock %}""",
+    "confirm.html": """{% extends "base.html" %}{% block main %}
+<h1>Confirm your subscription</h1>
+<p>One click and you are in. (This button is here so that nobody, and no mail scanner, can
+confirm an address without its owner.)</p>
+<form method="post"><button type="submit" name="confirm" value="yes">Yes, confirm my subscription</button></form>
+{% endblock %}""",
     "unsubscribe.html": """{% extends "base.html" %}{% block main %}
 <h1>Unsubscribe</h1>
 <p>Stop every email to <strong>{{ email }}</strong>?</p>

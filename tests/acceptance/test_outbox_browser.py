@@ -109,11 +109,16 @@ def test_a_newcomer_walks_the_journey_in_a_browser(catcher_daemon: Daemon, page:
 
     open_mail(page, base, "Confirm, Nia")
     shot(page, "outbox-confirm-email")
-    confirmed = click_ask_in_frame(page, "Yes, confirm me")
-    assert confirmed.url == base + "/confirmed"
-    assert "You are confirmed" in confirmed.content()
-    shot(confirmed, "confirmed-page")
-    confirmed.close()
+    confirm = click_ask_in_frame(page, "Yes, confirm me")
+    # A GET never confirms: the person sees one button and presses it.
+    assert "Confirm your subscription" in confirm.content()
+    shot(confirm, "confirm-page")
+    confirm.get_by_role("button", name="Yes, confirm my subscription").click()
+    confirm.wait_for_load_state()
+    assert confirm.url == base + "/confirmed"
+    assert "You are confirmed" in confirm.content()
+    shot(confirm, "confirmed-page")
+    confirm.close()
 
     open_mail(page, base, "Read this, Nia")
     post = click_ask_in_frame(page, "the post")

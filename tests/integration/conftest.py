@@ -61,8 +61,11 @@ class World:
         )
 
     def click(self, url: str, **detail: Any) -> str:
+        """A person's click (on a confirmation ask: the press of the page's button)."""
         token = url.rsplit("/c/", 1)[1]
-        return self.services.tracker.click(token, now=self.clock.now(), detail=detail)
+        return self.services.tracker.click(
+            token, now=self.clock.now(), detail=detail, pressed=True
+        ).url
 
     def state(self, email: str, sequence: str = "journey") -> Any:
         with self.services.store.transaction() as tx:

@@ -81,14 +81,17 @@ def test_click_redirects_to_the_stored_url_and_advances(world, http) -> None:  #
     confirm_url, about_url = TRACKED.findall(mail.part("html"))
     r = http.get(path(about_url))
     assert r.status_code == 302 and r.headers["location"] == "https://acme.example/about?a=1&b=2"
-    r = http.head(path(confirm_url))  # a link checker: redirected, but no micro-yes
-    assert r.status_code == 302 and r.headers["location"] == "http://nurture.test/confirmed"
+    r = http.head(path(confirm_url))  # a link checker: no page, no micro-yes
     assert world.state("dan@example.com").step_id == "confirm"
+    # Confirming changes state: a GET (a person, or a scanner) only shows a one-button page.
     r = http.get(path(confirm_url))
-    assert r.status_code == 302 and r.headers["location"] == "http://nurture.test/confirmed"
+    assert r.status_code == 200 and '<form method="post">' in r.text
+    assert world.state("dan@example.com").step_id == "confirm"
+    r = http.post(path(confirm_url), data={"confirm": "yes"})
+    assert r.status_code == 303 and r.headers["location"] == "http://nurture.test/confirmed"
     assert world.state("dan@example.com").step_id == "read"
-    r = http.get(path(confirm_url))  # again: still redirects, advances nothing
-    assert r.status_code == 302
+    r = http.post(path(confirm_url), data={"confirm": "yes"})  # again: advances nothing
+    assert r.status_code == 303
     assert world.state("dan@example.com").step_id == "read"
 
 
@@ -234,6 +237,22 @@ def test_inbound_reply_advances_once_and_auto_replies_never(world, http) -> None
     stranger["In-Reply-To"] = "<1.0000000000000000@acme.example>"
     stranger.set_content("hi")
     assert http.post("/inbound", content=stranger.as_bytes()).json()["status"] == "unmatched"
+
+
+def test_the_open_pixel_always_answers_with_the_image_and_never_advances(world, http) -> None:  # type: ignore[no-untyped-def]
+    world.subscribe("opal@example.com")
+    world.tick()
+    [mail] = world.smtp.to("opal@example.com")
+    pixel = re.search(r'src="http://nurture\.test(/o/[^"]+)"', mail.part("html"))
+    assert pixel is not None
+    for url in (pixel.group(1), "/o/forged-token-xyz", "/o/" + "A" * 31):
+        r = http.get(url)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+        assert r.content.startswith(b"GIF89a")
+    assert world.state("opal@example.com").step_id == "confirm"
+    with world.services.store.transaction() as tx:
+        opens = list(tx.s.scalars(select(Event).where(Event.kind == "open")))
+    assert len(opens) == 1 and opens[0].outcome == "recorded"
 
 
 def test_outbox_does_not_exist_when_smtp_is_configured(http) -> None:  # type: ignore[no-untyped-def]

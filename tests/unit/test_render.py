@@ -77,7 +77,7 @@ def adhoc(tmp_path: Path) -> tuple[Path, Renderer]:
     """An empty templates directory and a renderer over it, for templates written per test."""
     folder = tmp_path / "templates"
     folder.mkdir()
-    return folder, Renderer(make_environment(folder), SIGNER, BASE)
+    return folder, Renderer(make_environment(folder), SIGNER, BASE, open_pixel=False)
 
 
 def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: str) -> Rendered:
@@ -520,3 +520,14 @@ def test_a_field_value_inside_another_attribute_is_never_taken_for_the_link() ->
     assert marked
     assert "evil.example" in html and 'href="https://nurture.test/c/0"' in html
     assert 'title="a>b"' in html and "data-micro-yes>" not in html
+
+
+def test_the_open_pixel_goes_just_before_the_end_of_the_body(
+    renderer: Renderer, journey: Sequence
+) -> None:
+    out = renderer.render(journey, "read", "step", message_id=42, email="a@example.com", fields={})
+    pixel = re.search(r'<img src="(http://nurture\.test/o/([^"]+))" width="1" height="1"', out.html)
+    assert pixel is not None
+    assert SIGNER.read(pixel.group(2), TokenKind.open).message_id == 42
+    assert out.html.index(pixel.group(0)) < out.html.lower().rindex("</body>")
+    assert pixel.group(1) not in [url for url, _ in out.links]  # opens are never a micro-yes
