@@ -175,6 +175,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = tx.status_counts()
         messages = tx.message_counts()
         inbound = tx.inbound_counts()
+        clicks: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for seq_id, step_id, verdict, n in tx.click_counts():
+            clicks[(seq_id, step_id)][verdict] = n
     by_seq: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         label = r.status if r.status != "exited" else f"left:{r.exit_reason}"
@@ -192,15 +195,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = by_seq.get(seq_id, {})
         total = sum(sum(v.values()) for v in counts.values())
         print(f"\n{seq_id}: {total} enrollments")
-        print(f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}  left (why)")
+        print(
+            f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}"
+            f"{'clicks: human':>15}{'bot':>6}  left (why)"
+        )
         for step_id in steps + [s for s in counts if s not in steps]:
             c = counts.get(step_id, {})
             left = ", ".join(
                 f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("left:")
             )
+            k = clicks.get((seq_id, step_id), {})
             print(
                 f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
-                f"{c.get('completed', 0):>11}  {left or '-'}"
+                f"{c.get('completed', 0):>11}{k.get('human', 0):>15}{k.get('bot', 0):>6}"
+                f"  {left or '-'}"
             )
     print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
     if inbound:

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     imap_poll_seconds: float = Field(default=30.0, gt=0)
 
     open_tracking: bool = True  # an open pixel in every HTML part (opens never advance anyone)
+    honeypot: bool = True  # an invisible link in every HTML part: only machines follow it
+    click_min_seconds: float = Field(default=5.0, ge=0)  # sooner after sending is suspect
+    click_window_seconds: float = Field(default=10.0, ge=0)  # clicks judged together
+    click_burst_links: int = Field(default=3, ge=2)  # links of one message in a window: bot
 
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -78,6 +78,8 @@ class Daemon:
             return
         async with self._busy:
             try:
+                tracker, clock = self.services.tracker, self.services.clock
+                await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
                 planned, sent = await self.dispatcher.run_once()
             except Exception:
                 log.exception(

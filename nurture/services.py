@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.session import make_engine
@@ -40,9 +41,24 @@ def build_services(settings: Settings, *, clock: Clock | None = None) -> Service
         store=store,
         catalog=catalog,
         signer=signer,
-        renderer=Renderer(env, signer, settings.public_url, open_pixel=settings.open_tracking),
+        renderer=Renderer(
+            env,
+            signer,
+            settings.public_url,
+            open_pixel=settings.open_tracking,
+            honeypot=settings.honeypot,
+        ),
         tracker=Tracker(
-            store=store, catalog=catalog, signer=signer, reply_address=settings.reply_address
+            store=store,
+            catalog=catalog,
+            signer=signer,
+            reply_address=settings.reply_address,
+            base_url=settings.public_url,
+            policy=ClickPolicy(
+                min_seconds=settings.click_min_seconds,
+                window_seconds=settings.click_window_seconds,
+                burst_links=settings.click_burst_links,
+            ),
         ),
         clock=clock or SystemClock(),
     )

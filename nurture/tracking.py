@@ -9,10 +9,11 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from nurture import engine
+from nurture.clicks import ClickFacts, ClickPolicy, Verdict, decide, first_look
 from nurture.db.store import MessageRow, Store, Tx
 from nurture.engine import ExitReason
 from nurture.errors import TokenError
@@ -22,9 +23,23 @@ from nurture.sequences import Catalog
 from nurture.subscriptions import unsubscribe
 from nurture.tokens import Signer, TokenKind
 
-__all__ = ["Tracker", "Click", "InboundResult"]
+__all__ = ["Tracker", "Click", "ClickRequest", "InboundResult", "honeypot_url"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClickRequest:
+    """What the HTTP request of a click tells about who made it."""
+
+    method: str = "GET"
+    user_agent: str = ""
+    has_browser_headers: bool = True
+
+
+def honeypot_url(base_url: str) -> str:
+    """The target of the invisible link in every email: only machines follow it."""
+    return base_url.rstrip("/") + "/hp"
 
 
 @dataclass(frozen=True)
@@ -42,11 +57,20 @@ class InboundResult:
 
 class Tracker:
     def __init__(
-        self, *, store: Store, catalog: Catalog, signer: Signer, reply_address: str | None = None
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        signer: Signer,
+        reply_address: str | None = None,
+        base_url: str = "",
+        policy: ClickPolicy | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.signer = signer
+        self.policy = policy or ClickPolicy()
+        self.honeypot_url = honeypot_url(base_url)
         self._reply_pattern = _reply_regex(reply_address) if reply_address else None
 
     # -- clicks ----------------------------------------------------------------------------
@@ -56,41 +80,93 @@ class Tracker:
         token: str,
         *,
         now: datetime,
-        detail: dict[str, Any] | None = None,
-        may_advance: bool = True,
+        request: ClickRequest | None = None,
         pressed: bool = False,
     ) -> Click:
         """Record a click and say where it goes. TokenError if the token is forged or names no
         stored link (the caller answers 404, never a redirect).
 
-        ``may_advance=False`` records it without letting it be a micro-yes (a HEAD request:
-        link checkers and mail scanners, never a person). The ask of a confirmation step
-        changes state, so a plain GET of it only asks for a button press
-        (``Click.confirm_page``); the press (``pressed=True``, a POST) confirms."""
+        A click is judged (nurture.clicks): hard evidence of a machine makes it ``bot`` at
+        once; otherwise it is ``pending`` until its burst window closes
+        (``evaluate_clicks``), and only then, if ``human``, is it a micro-yes. The ask of a
+        confirmation step changes state, so a GET of it only shows a one-button page
+        (``Click.confirm_page``); the press (``pressed=True``, a POST) confirms at once."""
         parsed = self.signer.read(token, TokenKind.click)
+        request = request or ClickRequest()
         with self.store.transaction() as tx:
             message = tx.message(parsed.message_id)
             if message is None or not 0 <= parsed.link < len(message.links):
                 raise TokenError("no such link")
             url, counts = message.links[parsed.link]
             page = counts and not pressed and self._confirms(message)
-            outcome = "recorded"
-            if counts and not may_advance:
-                outcome = "ignored:not_a_person"
-            elif page:
-                outcome = "shown:confirm_page"
-            elif counts:
-                outcome = self._yes(tx, message, "click", now=now)
+            evaluate_at = None
+            if pressed:
+                verdict, reasons = Verdict.human, ["button pressed"]
+                outcome = self._yes(tx, message, "click", now=now) if counts else "recorded"
+            else:
+                facts = ClickFacts(
+                    method=request.method,
+                    user_agent=request.user_agent,
+                    has_browser_headers=request.has_browser_headers,
+                    sent_at=message.sent_at,
+                    at=now,
+                    honeypot=url == self.honeypot_url,
+                )
+                verdict, reasons = first_look(facts, self.policy)
+                if verdict is Verdict.bot:
+                    outcome = "bot"
+                elif page:
+                    # Only the page was shown: the press that may follow is the decision.
+                    outcome = "shown:confirm_page"
+                    verdict = None
+                else:
+                    outcome = "pending"
+                    evaluate_at = now + timedelta(seconds=self.policy.window_seconds)
             tx.add_event(
                 subscriber_id=message.subscriber_id,
                 enrollment_id=message.enrollment_id,
                 message_id=message.id,
                 kind="click",
                 outcome=outcome,
-                detail={"link": parsed.link, "url": url, **(detail or {})},
+                verdict=verdict.value if verdict is not None else None,
+                evaluate_at=evaluate_at,
+                detail={
+                    "link": parsed.link,
+                    "url": url,
+                    "method": request.method,
+                    "ua": request.user_agent[:300],
+                    "reasons": reasons,
+                },
                 now=now,
             )
-        return Click(url, confirm_page=bool(page and may_advance))
+        return Click(url, confirm_page=bool(page and request.method == "GET"))
+
+    def evaluate_clicks(self, now: datetime, *, limit: int = 500) -> int:
+        """Decide the clicks whose burst window has closed; a human click on a counting link
+        is then the micro-yes. Returns how many were decided."""
+        window = timedelta(seconds=self.policy.window_seconds)
+        with self.store.transaction() as tx:
+            pending = tx.pending_clicks(now, limit)
+            for click in pending:
+                message = tx.message(click.message_id)
+                if message is None:
+                    continue
+                around = tx.clicks_on(message.id, click.at - window, click.at + window)
+                urls = {url for url in around}
+                honeypot = self.honeypot_url in urls
+                links = len(urls - {self.honeypot_url})
+                verdict, reasons = decide(
+                    click.reasons,
+                    links_in_window=links,
+                    honeypot_in_window=honeypot,
+                    policy=self.policy,
+                )
+                outcome = "bot" if verdict is Verdict.bot else "recorded"
+                counts = 0 <= click.link < len(message.links) and message.links[click.link][1]
+                if verdict is Verdict.human and counts:
+                    outcome = self._yes(tx, message, "click", now=now)
+                tx.decide_click(click.id, verdict=verdict.value, outcome=outcome, reasons=reasons)
+        return len(pending)
 
     def _confirms(self, message: MessageRow) -> bool:
         sequence = self.catalog.get(message.sequence_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -260,3 +261,11 @@ def os_chown(path: Path, uid: int, gid: int) -> None:
     import os
 
     os.chown(path, uid, gid)
+
+
+_ANCHOR = re.compile(r'<a href="(http://[^"]+/c/[^"]+)"([^>]*)>')
+
+
+def visible_links(html: str) -> list[str]:
+    """The tracked links a person can see (not the hidden honeypot link)."""
+    return [url for url, rest in _ANCHOR.findall(html) if "display:none" not in rest]

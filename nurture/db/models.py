@@ -120,6 +120,12 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_message_id_kind", "message_id", "kind"),
+        Index(
+            "ix_events_pending",
+            "evaluate_at",
+            postgresql_where=text("verdict = 'pending'"),
+            sqlite_where=text("verdict = 'pending'"),
+        ),
         Index("ix_events_subscriber_id", "subscriber_id"),
     )
 
@@ -131,6 +137,9 @@ class Event(Base):
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))  # click reply unsubscribe bounce goal confirm
     outcome: Mapped[str] = mapped_column(String(48))  # what the engine made of it
+    # Clicks: human, bot, or pending until evaluate_at (when its burst window has closed).
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    evaluate_at: Mapped[datetime | None] = mapped_column(When)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(When)
 

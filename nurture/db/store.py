@@ -68,6 +68,15 @@ class EnrollmentRow:
 
 
 @dataclass(frozen=True)
+class PendingClick:
+    id: int
+    message_id: int
+    at: datetime
+    link: int
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
 class DueRow:
     """An enrollment claimed because something fell due, with what sending to it needs."""
 
@@ -599,6 +608,8 @@ class Tx:
         enrollment_id: int | None = None,
         message_id: int | None = None,
         detail: dict[str, Any] | None = None,
+        verdict: str | None = None,
+        evaluate_at: datetime | None = None,
     ) -> None:
         self.s.add(
             Event(
@@ -608,9 +619,60 @@ class Tx:
                 kind=kind,
                 outcome=outcome[:48],
                 detail=detail or {},
+                verdict=verdict,
+                evaluate_at=evaluate_at,
                 created_at=now,
             )
         )
+
+    def pending_clicks(self, now: datetime, limit: int) -> list[PendingClick]:
+        """Clicks whose burst window has closed, locked for deciding."""
+        q = (
+            select(Event)
+            .where(Event.verdict == "pending", Event.evaluate_at <= now)
+            .order_by(Event.evaluate_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [
+            PendingClick(
+                e.id,
+                int(e.message_id or 0),
+                utc(e.created_at),
+                int((e.detail or {}).get("link", -1)),
+                list((e.detail or {}).get("reasons", [])),
+            )
+            for e in self.s.scalars(q)
+        ]
+
+    def clicks_on(self, message_id: int, start: datetime, end: datetime) -> list[str]:
+        """The URLs clicked on a message between two times (one per click, any verdict)."""
+        q = select(Event.detail).where(
+            Event.message_id == message_id,
+            Event.kind == "click",
+            Event.created_at >= start,
+            Event.created_at <= end,
+        )
+        return [str((d or {}).get("url", "")) for d in self.s.scalars(q)]
+
+    def decide_click(
+        self, event_id: int, *, verdict: str, outcome: str, reasons: list[str]
+    ) -> None:
+        e = self.s.get_one(Event, event_id)
+        e.verdict = verdict
+        e.outcome = outcome[:48]
+        e.detail = {**(e.detail or {}), "reasons": reasons}
+        e.evaluate_at = None
+
+    def click_counts(self) -> list[tuple[str, str, str, int]]:
+        """(sequence, step, verdict, clicks) for every click with a verdict."""
+        q = (
+            select(Message.sequence_id, Message.step_id, Event.verdict, func.count())
+            .join(Message, Message.id == Event.message_id)
+            .where(Event.kind == "click", Event.verdict.is_not(None))
+            .group_by(Message.sequence_id, Message.step_id, Event.verdict)
+        )
+        return [(a, b, str(c), int(n)) for a, b, c, n in self.s.execute(q).all()]
 
     def record_inbound(
         self,

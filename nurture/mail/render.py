@@ -77,12 +77,19 @@ class _Links:
 
 class Renderer:
     def __init__(
-        self, env: SandboxedEnvironment, signer: Signer, base_url: str, *, open_pixel: bool = True
+        self,
+        env: SandboxedEnvironment,
+        signer: Signer,
+        base_url: str,
+        *,
+        open_pixel: bool = True,
+        honeypot: bool = True,
     ) -> None:
         self.env = env
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self.open_pixel = open_pixel
+        self.honeypot = honeypot
         self._subjects = lru_cache(maxsize=1024)(env.from_string)
         self._cache: dict[str, tuple[jinja2.Template, jinja2.Template | None]] = {}
 
@@ -142,9 +149,20 @@ class Renderer:
             text_body = html_to_text(html_body)
         else:
             text_body = _rewrite_text(text_body, links)
+        extra = ""
+        if self.honeypot:
+            # Invisible to people (hidden, no text, out of the tab order); scanners that
+            # fetch every link fetch it too, and give themselves away.
+            trap = links.track(self.base_url + "/hp", False)
+            extra += f'<a href="{trap}" style="display:none" aria-hidden="true" tabindex="-1"></a>'
         if self.open_pixel:
             pixel = f"{self.base_url}/o/{signer.make(TokenKind.open, message_id)}"
-            html_body = _add_pixel(html_body, pixel)
+            extra += (
+                f'<img src="{pixel}" width="1" height="1" alt="" '
+                'style="display:block;width:1px;height:1px;border:0">'
+            )
+        if extra:
+            html_body = _before_body_end(html_body, extra)
         return Rendered(
             subject, text_body, html_body, [(u, bool(c)) for u, c in links.items], unsubscribe_url
         )
@@ -204,17 +222,13 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
-def _add_pixel(body: str, url: str) -> str:
-    """The open pixel, just before </body>: recorded as an open, never a micro-yes."""
-    img = (
-        f'<img src="{url}" width="1" height="1" alt="" '
-        'style="display:block;width:1px;height:1px;border:0">'
-    )
+def _before_body_end(body: str, extra: str) -> str:
+    """The honeypot link and the open pixel go just before </body>."""
     ends = list(_BODY_END.finditer(body))
     if not ends:
-        return body + img
+        return body + extra
     at = ends[-1].start()
-    return body[:at] + img + body[at:]
+    return body[:at] + extra + body[at:]
 
 
 def _rewrite_text(body: str, links: _Links) -> str:

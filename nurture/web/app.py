@@ -30,6 +30,7 @@ from nurture.errors import SubscribeError, TokenError
 from nurture.mail.catcher import Outbox
 from nurture.services import Services
 from nurture.subscriptions import goal, subscribe
+from nurture.tracking import ClickRequest
 from nurture.web.pages import page
 
 __all__ = ["create_app"]
@@ -95,17 +96,17 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
 
     async def click(request: Request) -> Response:
         token = request.path_params["token"]
-        detail = {"ua": request.headers.get("user-agent", "")[:300], "method": request.method}
+        headers = request.headers
+        facts = ClickRequest(
+            method=request.method,
+            user_agent=headers.get("user-agent", ""),
+            has_browser_headers="accept-language" in headers
+            or any(name.startswith("sec-fetch-") for name in headers),
+        )
         pressed = request.method == "POST"
         try:
             result = await run_in_threadpool(
-                lambda: tracker.click(
-                    token,
-                    now=clock.now(),
-                    detail=detail,
-                    may_advance=request.method != "HEAD",
-                    pressed=pressed,
-                )
+                lambda: tracker.click(token, now=clock.now(), request=facts, pressed=pressed)
             )
         except TokenError:
             return _not_found()
@@ -259,6 +260,10 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         code = 400 if result.status == "malformed" else 200
         return JSONResponse({"status": result.status, "outcome": result.outcome}, status_code=code)
 
+    async def honeypot(request: Request) -> Response:
+        # Where the invisible link in every email leads: only machines come here.
+        return PlainTextResponse("", headers={"X-Robots-Tag": "noindex"})
+
     async def confirmed(request: Request) -> Response:
         return HTMLResponse(
             page(
@@ -285,6 +290,7 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
         Route("/events", events, methods=["POST"]),
         Route("/inbound", inbound, methods=["POST"]),
         Route("/confirmed", confirmed),
+        Route("/hp", honeypot, methods=["GET", "HEAD"]),
     ]
     if outbox is not None:
         routes += _outbox_routes(services, outbox)

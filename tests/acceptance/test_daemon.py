@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support import DATA, Caught, RecordingHandler, recording_smtp
+from support import DATA, Caught, RecordingHandler, recording_smtp, visible_links
 
 from nurture.mail.catcher import SmtpServerThread
 
@@ -101,6 +101,7 @@ def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
             "NURTURE_TICK_SECONDS": "0.2",
             "NURTURE_RETRY_BASE_SECONDS": "1",
             "NURTURE_SEND_LEASE_SECONDS": "6",
+            "NURTURE_CLICK_WINDOW_SECONDS": "1",
             "NURTURE_SMTP_TIMEOUT": "1",
             "NURTURE_SMTP_HOST": "127.0.0.1",
             "NURTURE_SMTP_PORT": str(smtp.port),
@@ -113,11 +114,22 @@ def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
         d.proc.wait(10)
 
 
+# The headers a person's browser sends when they follow a link from their mail.
+BROWSER = {
+    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0 Safari/537.36",
+    "Accept-Language": "en-GB,en;q=0.9",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-User": "?1",
+}
+
+
 def press(http: httpx.Client, url: str, port: str) -> None:
     """What a person does with the ask: follow the link; on a confirmation, press the page's
     button (a GET alone never confirms)."""
     path = url.replace(f"http://127.0.0.1:{port}", "")
-    r = http.get(path, follow_redirects=False)
+    r = http.get(path, follow_redirects=False, headers=BROWSER)
     if r.status_code == 200 and '<form method="post">' in r.text:
         r = http.post(path, data={"confirm": "yes"}, follow_redirects=False)
         assert r.status_code == 303, r.status_code
@@ -160,7 +172,7 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
         )
 
     def click_ask(mail: Caught) -> None:
-        press(http, TRACKED.findall(mail.part("html"))[0], daemon.env["NURTURE_HTTP_PORT"])
+        press(http, visible_links(mail.part("html"))[0], daemon.env["NURTURE_HTTP_PORT"])
 
     # ann and cat confirm; bob never does anything.
     click_ask(arrived("ann", "Confirm, Ann"))
@@ -226,8 +238,9 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
     )
     assert status.returncode == 0, status.stderr
     assert re.search(r"e2e: 3 enrollments", status.stdout)
-    assert re.search(r"confirm\s+0\s+0\s+0\s+timeout 1", status.stdout)
-    assert re.search(r"offer\s+0\s+0\s+2", status.stdout)
+    # waiting, held, completed, human clicks, bot clicks, left
+    assert re.search(r"confirm\s+0\s+0\s+0\s+2\s+0\s+timeout 1", status.stdout)
+    assert re.search(r"offer\s+0\s+0\s+2\s+2\s+0", status.stdout)
     assert daemon.stop() == 0
     engine.dispose()
 
@@ -274,7 +287,7 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
             )
 
         def click(mail: Caught) -> None:
-            press(http, TRACKED.findall(mail.part("html"))[0], port)
+            press(http, visible_links(mail.part("html"))[0], port)
 
         def at_ask(who: str) -> Caught:
             r = http.post(

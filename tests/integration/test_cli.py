@@ -168,7 +168,7 @@ def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> 
         line.split()
         for line in journey.splitlines()
         if line.strip().startswith(("confirm ", "read "))
-    ] == [["confirm", "1", "0", "0", "-"], ["read", "1", "0", "0", "-"]]
+    ] == [["confirm", "1", "0", "0", "0", "0", "-"], ["read", "1", "0", "0", "0", "0", "-"]]
     assert "second: 0 enrollments" in r.stdout
     r = run("unsubscribe", "amy@example.com", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "amy@example.com unsubscribed" in r.stdout

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from support import Caught
+from support import Caught, visible_links
 
 from nurture.db.models import Event, Message
 from nurture.engine import ExitReason, Phase, Status
@@ -20,7 +20,7 @@ TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
 
 
 def links(mail: Caught) -> list[str]:
-    return TRACKED.findall(mail.part("html"))
+    return visible_links(mail.part("html"))
 
 
 def messages(world, **where):  # type: ignore[no-untyped-def]

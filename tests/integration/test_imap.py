@@ -9,7 +9,7 @@ from email.utils import make_msgid
 from typing import Any
 
 import pytest
-from support import Caught, Dovecot
+from support import Caught, Dovecot, visible_links
 
 from nurture.config import SmtpTls
 from nurture.mail.imap import ImapPoller, ImapSettings
@@ -32,7 +32,7 @@ def poller(world: Any, dovecot: Dovecot) -> ImapPoller:
 def at_ask(world: Any, email: str) -> Caught:
     world.subscribe(email, confirmed=True)
     world.tick()
-    world.click(TRACKED.findall(world.smtp.to(email)[-1].part("html"))[0])
+    world.click(visible_links(world.smtp.to(email)[-1].part("html"))[0])
     world.tick()
     ask = world.smtp.to(email)[-1]
     assert ask.subject == "Tell me by reply"

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from support import Caught, ServedApp
+from support import Caught, ServedApp, visible_links
 
 from nurture.db.models import Inbound
 from nurture.engine import ExitReason, Status
@@ -33,7 +33,7 @@ def trusted(make_world: Any) -> Iterator[tuple[Any, httpx.Client]]:
 def at_ask(world: Any, email: str) -> Caught:
     world.subscribe(email, confirmed=True)
     world.tick()
-    world.click(TRACKED.findall(world.smtp.to(email)[-1].part("html"))[0])
+    world.click(visible_links(world.smtp.to(email)[-1].part("html"))[0])
     world.tick()
     ask = world.smtp.to(email)[-1]
     assert ask.subject == "Tell me by reply"

@@ -43,7 +43,8 @@ def journey(env: jinja2.Environment) -> Sequence:
 
 @pytest.fixture(scope="module")
 def renderer(env: jinja2.Environment) -> Renderer:
-    return Renderer(env, SIGNER, BASE + "/")  # a trailing slash must not double up
+    # (the honeypot link has its own test below)
+    return Renderer(env, SIGNER, BASE + "/", honeypot=False)  # a trailing slash must not double up
 
 
 def render(
@@ -77,7 +78,9 @@ def adhoc(tmp_path: Path) -> tuple[Path, Renderer]:
     """An empty templates directory and a renderer over it, for templates written per test."""
     folder = tmp_path / "templates"
     folder.mkdir()
-    return folder, Renderer(make_environment(folder), SIGNER, BASE, open_pixel=False)
+    return folder, Renderer(
+        make_environment(folder), SIGNER, BASE, open_pixel=False, honeypot=False
+    )
 
 
 def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: str) -> Rendered:
@@ -386,7 +389,7 @@ def test_html_to_text_keeps_spaces_around_inline_tags() -> None:
 
 def test_shipped_templates_render_every_step_and_reminder() -> None:
     env = make_environment(REPO / "templates")
-    rend = Renderer(env, SIGNER, BASE)
+    rend = Renderer(env, SIGNER, BASE, honeypot=False)
     catalog = load_catalog(REPO / "sequences", env=env)
     rendered = 0
     for seq in catalog:
@@ -531,3 +534,15 @@ def test_the_open_pixel_goes_just_before_the_end_of_the_body(
     assert SIGNER.read(pixel.group(2), TokenKind.open).message_id == 42
     assert out.html.index(pixel.group(0)) < out.html.lower().rindex("</body>")
     assert pixel.group(1) not in [url for url, _ in out.links]  # opens are never a micro-yes
+
+
+def test_every_html_part_carries_an_invisible_honeypot_link(
+    journey: Sequence, env: jinja2.Environment
+) -> None:
+    rend = Renderer(env, SIGNER, BASE)
+    out = rend.render(journey, "read", "step", message_id=7, email="a@example.com", fields={})
+    assert out.links[-1] == (f"{BASE}/hp", False)  # never a micro-yes
+    token = SIGNER.make(TokenKind.click, 7, len(out.links) - 1)
+    trap = re.search(rf'<a href="{BASE}/c/{token}"[^>]*>', out.html)
+    assert trap is not None and 'style="display:none"' in trap.group(0)
+    assert f"{BASE}/hp" not in out.text and token not in out.text

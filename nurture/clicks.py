@@ -1,0 +1,95 @@
+"""Who clicked: a person, or a machine (mail security scanners, link checkers, prefetchers).
+
+Pure decisions, like the engine: facts in, a verdict and its reasons out. Only a ``human``
+click can be a micro-yes.
+
+- Hard evidence makes a click ``bot`` at once: a HEAD request, a user agent of a known scanner
+  (``nurture/data/scanners.txt``), the hidden honeypot link every email carries.
+- Soft signals only raise suspicion: a click within seconds of the email being handed to the
+  SMTP server, a request without the headers every browser sends. One alone is a person who
+  is quick, or an unusual client; two together are a machine.
+- Every click waits until its message's burst window has closed, then is decided with what
+  happened around it: a honeypot hit, or most of the message's links fetched within the
+  window (a scanner walking the email), make it ``bot``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["Verdict", "ClickPolicy", "ClickFacts", "first_look", "decide", "scanner_agents"]
+
+SCANNERS_FILE = Path(__file__).parent / "data" / "scanners.txt"
+
+
+class Verdict(StrEnum):
+    human = "human"
+    bot = "bot"
+    pending = "pending"  # not decided until its burst window has closed
+
+
+@dataclass(frozen=True)
+class ClickPolicy:
+    min_seconds: float = 5.0  # a click sooner after sending is suspect
+    window_seconds: float = 10.0  # how long clicks on one message are looked at together
+    burst_links: int = 3  # this many different links of one message in a window: a scanner
+
+
+@dataclass(frozen=True)
+class ClickFacts:
+    method: str
+    user_agent: str
+    has_browser_headers: bool  # Accept-Language or Sec-Fetch-* present
+    sent_at: datetime | None
+    at: datetime
+    honeypot: bool
+
+
+@lru_cache(maxsize=1)
+def scanner_agents() -> re.Pattern[str]:
+    """User-agent fragments of known scanners, one per line in scanners.txt (# comments)."""
+    lines = SCANNERS_FILE.read_text(encoding="utf-8").splitlines()
+    parts = [re.escape(x.strip()) for x in lines if x.strip() and not x.lstrip().startswith("#")]
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[str]]:
+    """The verdict at the moment of the click: ``bot`` on hard evidence, else ``pending``
+    with the soft signals seen so far as reasons."""
+    if facts.honeypot:
+        return Verdict.bot, ["honeypot link"]
+    if facts.method == "HEAD":
+        return Verdict.bot, ["HEAD request"]
+    if facts.user_agent and scanner_agents().search(facts.user_agent):
+        return Verdict.bot, ["scanner user agent"]
+    reasons = []
+    if facts.sent_at is not None and facts.at - facts.sent_at < timedelta(
+        seconds=policy.min_seconds
+    ):
+        reasons.append("seconds after sending")
+    if not facts.has_browser_headers:
+        reasons.append("no browser headers")
+    return Verdict.pending, reasons
+
+
+def decide(
+    reasons: list[str],
+    *,
+    links_in_window: int,
+    honeypot_in_window: bool,
+    policy: ClickPolicy,
+) -> tuple[Verdict, list[str]]:
+    """The verdict once the window has closed: ``reasons`` are the first look's soft signals;
+    the rest is what happened on the same message within the window."""
+    if honeypot_in_window:
+        return Verdict.bot, [*reasons, "honeypot hit on this message"]
+    if links_in_window >= policy.burst_links:
+        return Verdict.bot, [*reasons, f"{links_in_window} links within the window"]
+    if len(reasons) >= 2:
+        return Verdict.bot, reasons
+    return Verdict.human, reasons

@@ -1,0 +1,239 @@
+"""Only people advance people: replayed scanner profiles against the real app over HTTP.
+
+Each profile is how a family of mail security scanners fetches the links of a fresh email
+(timing, method, user agent, headers, which links); none may advance anyone. The human
+profiles must advance, the quick one once its window has closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from support import Caught, ServedApp
+
+from nurture.db.models import Event
+from nurture.tokens import TokenKind
+from nurture.tracking import ClickRequest
+from nurture.web.app import create_app
+
+ANCHOR = re.compile(r'<a href="http://nurture\.test(/c/[^"]+)"([^>]*)>')
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Safari/537.36"
+)
+PERSON = {
+    "User-Agent": CHROME,
+    "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+    "Accept-Language": "en-GB,en;q=0.9",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Site": "cross-site",
+    "Sec-Fetch-User": "?1",
+}
+HEADLESS = {"User-Agent": CHROME, "Accept": "*/*"}  # a browser agent, no browser headers
+
+
+@pytest.fixture
+def app(world: Any) -> Iterator[httpx.Client]:
+    with (
+        ServedApp(create_app(world.services)) as base,
+        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http,
+    ):
+        yield http
+
+
+def at_read(world: Any, email: str) -> Caught:
+    """A confirmed person whose 'read' email (advance_on: click) just went out."""
+    world.subscribe(email, confirmed=True)
+    world.tick()
+    [mail] = world.smtp.to(email)
+    assert mail.subject.startswith("Read this")
+    return mail
+
+
+def paths(mail: Caught) -> tuple[list[str], str]:
+    """(visible tracked links, the hidden honeypot link) of an email."""
+    visible, hidden = [], ""
+    for path, rest in ANCHOR.findall(mail.part("html")):
+        if "display:none" in rest:
+            hidden = path
+        else:
+            visible.append(path)
+    assert hidden, "every email carries a honeypot link"
+    return visible, hidden
+
+
+def settle(world: Any) -> None:
+    """Let every click's window close, then run the daemon's tick."""
+    world.clock.advance(seconds=world.services.settings.click_window_seconds + 1)
+    world.tick()
+
+
+def verdicts(world: Any) -> list[tuple[str, str]]:
+    with world.services.store.transaction() as tx:
+        rows = tx.s.scalars(select(Event).where(Event.kind == "click").order_by(Event.id))
+        return [(str(e.verdict), e.outcome) for e in rows]
+
+
+SCANNERS = {
+    # Microsoft Defender Safe Links: seconds after delivery, every link, a browser agent
+    # without the headers a person's browser sends.
+    "safe-links-like": [("GET", "all", HEADLESS, 1)],
+    # Mimecast/Proofpoint-style: HEAD first, then GET, of every link within a second.
+    "head-then-get": [("HEAD", "all", HEADLESS, 2), ("GET", "all", HEADLESS, 2)],
+    # A scanner that fetches the honeypot first, then the ask, with full browser headers.
+    "honeypot-first": [("GET", "honeypot", PERSON, 30), ("GET", "ask", PERSON, 31)],
+    # A scanner that says who it is.
+    "named-agent": [("GET", "ask", {"User-Agent": "Mimecast URL Protect/1.0"}, 90)],
+    # A link checker that waits, then walks every link with browser headers.
+    "late-walker": [("GET", "all", PERSON, 600)],
+}
+
+
+@pytest.mark.parametrize("profile", sorted(SCANNERS))
+def test_no_scanner_profile_advances_anyone(world: Any, app: httpx.Client, profile: str) -> None:
+    mail = at_read(world, "scan@example.com")
+    visible, honeypot = paths(mail)
+    sent = world.clock.now()
+
+    for method, which, headers, seconds in SCANNERS[profile]:
+        world.clock.current = sent + timedelta(seconds=seconds)
+        targets = {"all": [*visible, honeypot], "ask": visible[:1], "honeypot": [honeypot]}
+        for path in targets[which]:
+            r = app.request(method, path, headers=headers)
+            assert r.status_code in (200, 302)
+    settle(world)
+    assert world.state("scan@example.com").step_id == "read"
+    assert len(world.smtp.to("scan@example.com")) == 1
+    assert {v for v, _ in verdicts(world)} == {"bot"}
+
+
+def test_a_person_who_clicks_a_minute_later_advances(world: Any, app: httpx.Client) -> None:
+    mail = at_read(world, "pat@example.com")
+    visible, _ = paths(mail)
+    world.clock.advance(seconds=60)
+    assert app.get(visible[0], headers=PERSON).status_code == 302
+    assert world.state("pat@example.com").step_id == "read"  # decided when the window closes
+    settle(world)
+    assert world.state("pat@example.com").step_id == "ask"
+    assert verdicts(world) == [("human", "advanced")]
+
+
+def test_a_person_who_clicks_3_seconds_after_delivery_advances_once_the_window_closes(
+    world: Any, app: httpx.Client
+) -> None:
+    mail = at_read(world, "quick@example.com")
+    visible, _ = paths(mail)
+    world.clock.advance(seconds=3)
+    assert app.get(visible[0], headers=PERSON).status_code == 302
+    world.tick()
+    assert world.state("quick@example.com").step_id == "read"
+    settle(world)
+    assert world.state("quick@example.com").step_id == "ask"
+    [(verdict, outcome)] = verdicts(world)
+    assert (verdict, outcome) == ("human", "advanced")
+
+
+def test_status_shows_human_and_bot_clicks_per_step(world: Any, app: httpx.Client) -> None:
+    mail = at_read(world, "mix@example.com")
+    visible, honeypot = paths(mail)
+    app.get(honeypot, headers=HEADLESS)
+    world.clock.advance(seconds=120)
+    app.get(visible[0], headers=PERSON)
+    settle(world)
+    with world.services.store.transaction() as tx:
+        counts = tx.click_counts()
+    assert ("journey", "read", "bot", 1) in counts
+    assert ("journey", "read", "human", 1) in counts
+
+
+CLICK = st.tuples(
+    st.integers(min_value=0, max_value=900),  # seconds after the email went out
+    st.sampled_from(["ask", "other", "honeypot"]),
+    st.sampled_from(["GET", "HEAD"]),
+    st.sampled_from(["person", "headless", "scanner"]),
+)
+AGENTS = {"person": PERSON, "headless": HEADLESS, "scanner": {"User-Agent": "Proofpoint/1"}}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(CLICK, min_size=1, max_size=8))
+def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
+    tmp_path_factory: pytest.TempPathFactory, clicks: list[tuple[int, str, str, str]]
+) -> None:
+    """Whatever clicks arrive, in whatever order and timing: the enrollment moves on at most
+    once from its step, and only through a click judged human."""
+    from support import FixedClock, make_settings
+
+    from nurture.db.session import upgrade
+    from nurture.services import build_services
+    from nurture.subscriptions import subscribe
+
+    folder = tmp_path_factory.mktemp("prop")
+    url = f"sqlite:///{folder / 'p.db'}"
+    upgrade(url)
+    clock = FixedClock()
+    services = build_services(make_settings(folder, url), clock=clock)
+    try:
+        subscribe(
+            services.store,
+            services.catalog,
+            email="p@example.com",
+            sequence_id="journey",
+            fields={},
+            now=clock.now(),
+            confirmed=True,
+        )
+        # Plan (records and claims the email) and mark it sent without SMTP: the clicks are
+        # what is under test here.
+        from nurture.dispatcher import Dispatcher, DispatchPolicy
+
+        d = Dispatcher(
+            store=services.store,
+            catalog=services.catalog,
+            renderer=services.renderer,
+            signer=services.signer,
+            transport=None,  # type: ignore[arg-type]
+            clock=clock,
+            policy=DispatchPolicy(),
+        )
+        _, [row] = d.plan(clock.now())
+        [out] = d._render([row])
+        with services.store.transaction() as tx:
+            tx.mark_sent([out.id], now=clock.now())
+            message = tx.message(out.id)
+        assert message is not None
+        index = {"ask": 0, "other": 0, "honeypot": len(message.links) - 1}
+        sent = clock.now()
+        for seconds, which, method, agent in sorted(clicks):
+            clock.current = sent + timedelta(seconds=seconds)
+            token = services.signer.make(TokenKind.click, out.id, index[which])
+            headers = AGENTS[agent]
+            request = ClickRequest(
+                method=method,
+                user_agent=headers["User-Agent"],
+                has_browser_headers="Accept-Language" in headers,
+            )
+            services.tracker.click(token, now=clock.now(), request=request)
+            services.tracker.evaluate_clicks(clock.now())
+        clock.current = sent + timedelta(seconds=2000)
+        services.tracker.evaluate_clicks(clock.now())
+        with services.store.transaction() as tx:
+            events = list(tx.s.scalars(select(Event).where(Event.kind == "click")))
+            state = tx.enrollment_of(message.subscriber_id, "journey")
+        assert state is not None
+        advanced = [e for e in events if e.outcome in ("advanced", "completed")]
+        assert len(advanced) <= 1
+        assert all(e.verdict == "human" for e in advanced)
+        assert all(e.verdict in ("human", "bot") for e in events)  # nothing left pending
+        assert (state.state.step_id == "ask") == bool(advanced)
+    finally:
+        services.store.dispose()
