@@ -3,8 +3,9 @@
 Pure decisions, like the engine: facts in, a verdict and its reasons out. Only a ``human``
 click can be a micro-yes.
 
-- Hard evidence makes a click ``bot`` at once: a HEAD request, a user agent of a known scanner
-  (``nurture/data/scanners.txt``), the hidden honeypot link every email carries.
+- Hard evidence makes a click ``bot`` at once: a HEAD request, a user agent or network of a
+  known scanner (``nurture/data/scanners.txt``, ``scanner-networks.txt``), the hidden honeypot
+  link every email carries.
 - Soft signals only raise suspicion: a click within seconds of the email being handed to the
   SMTP server, a request without the headers every browser sends. One alone is a person who
   is quick, or an unusual client; two together are a machine.
@@ -15,6 +16,7 @@ click can be a micro-yes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,9 +24,18 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Verdict", "ClickPolicy", "ClickFacts", "first_look", "decide", "scanner_agents"]
+__all__ = [
+    "Verdict",
+    "ClickPolicy",
+    "ClickFacts",
+    "first_look",
+    "decide",
+    "scanner_agents",
+    "scanner_networks",
+]
 
 SCANNERS_FILE = Path(__file__).parent / "data" / "scanners.txt"
+NETWORKS_FILE = Path(__file__).parent / "data" / "scanner-networks.txt"
 
 
 class Verdict(StrEnum):
@@ -48,6 +59,7 @@ class ClickFacts:
     sent_at: datetime | None
     at: datetime
     honeypot: bool
+    ip: str = ""
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +68,25 @@ def scanner_agents() -> re.Pattern[str]:
     lines = SCANNERS_FILE.read_text(encoding="utf-8").splitlines()
     parts = [re.escape(x.strip()) for x in lines if x.strip() and not x.lstrip().startswith("#")]
     return re.compile("|".join(parts), re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def scanner_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks of known scanners, one CIDR per line in scanner-networks.txt."""
+    lines = NETWORKS_FILE.read_text(encoding="utf-8").splitlines()
+    return tuple(
+        ipaddress.ip_network(x.strip())
+        for x in lines
+        if x.strip() and not x.lstrip().startswith("#")
+    )
+
+
+def _from_scanner_network(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in scanner_networks())
 
 
 def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[str]]:
@@ -67,6 +98,8 @@ def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[st
         return Verdict.bot, ["HEAD request"]
     if facts.user_agent and scanner_agents().search(facts.user_agent):
         return Verdict.bot, ["scanner user agent"]
+    if facts.ip and _from_scanner_network(facts.ip):
+        return Verdict.bot, ["scanner network"]
     reasons = []
     if facts.sent_at is not None and facts.at - facts.sent_at < timedelta(
         seconds=policy.min_seconds

@@ -35,6 +35,7 @@ class ClickRequest:
     method: str = "GET"
     user_agent: str = ""
     has_browser_headers: bool = True
+    ip: str = ""
 
 
 def honeypot_url(base_url: str) -> str:
@@ -111,6 +112,7 @@ class Tracker:
                     sent_at=message.sent_at,
                     at=now,
                     honeypot=url == self.honeypot_url,
+                    ip=request.ip,
                 )
                 verdict, reasons = first_look(facts, self.policy)
                 if verdict is Verdict.bot:

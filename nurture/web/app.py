@@ -102,6 +102,7 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
             user_agent=headers.get("user-agent", ""),
             has_browser_headers="accept-language" in headers
             or any(name.startswith("sec-fetch-") for name in headers),
+            ip=request.client.host if request.client else "",
         )
         pressed = request.method == "POST"
         try:

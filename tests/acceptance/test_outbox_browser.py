@@ -141,3 +141,13 @@ def test_a_newcomer_walks_the_journey_in_a_browser(catcher_daemon: Daemon, page:
     shot(page, "outbox-list")
     subjects = page.locator("table a").all_inner_texts()
     assert subjects == ["The offer", "Tell me by reply", "Read this, Nia", "Confirm, Nia"]
+
+    # Unsubscribing also takes a button press: the link alone changes nothing.
+    open_mail(page, base, "The offer")
+    leave = click_ask_in_frame(page, "Unsubscribe")
+    assert "newcomer@example.com" in leave.content()
+    shot(leave, "unsubscribe-page")
+    leave.get_by_role("button", name="Unsubscribe").click()
+    leave.wait_for_load_state()
+    assert "You are unsubscribed" in leave.content()
+    shot(leave, "unsubscribed-page")

@@ -93,6 +93,9 @@ SCANNERS = {
     "honeypot-first": [("GET", "honeypot", PERSON, 30), ("GET", "ask", PERSON, 31)],
     # A scanner that says who it is.
     "named-agent": [("GET", "ask", {"User-Agent": "Mimecast URL Protect/1.0"}, 90)],
+    # Defender fetching from Exchange Online Protection's network, looking like a person
+    # (the app trusts X-Forwarded-For from its loopback proxy, as uvicorn does by default).
+    "microsoft-network": [("GET", "ask", {**PERSON, "X-Forwarded-For": "40.107.12.34"}, 40)],
     # A link checker that waits, then walks every link with browser headers.
     "late-walker": [("GET", "all", PERSON, 600)],
 }

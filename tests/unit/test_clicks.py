@@ -1,0 +1,75 @@
+"""The click verdicts on their own: no database, no network."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from support import T0
+
+from nurture.clicks import ClickFacts, ClickPolicy, Verdict, decide, first_look
+
+POLICY = ClickPolicy()
+
+
+def facts(**kw: object) -> ClickFacts:
+    values: dict[str, object] = {
+        "method": "GET",
+        "user_agent": "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 Safari/605.1.15",
+        "has_browser_headers": True,
+        "sent_at": T0,
+        "at": T0 + timedelta(minutes=2),
+        "honeypot": False,
+        "ip": "203.0.113.9",
+    }
+    values.update(kw)
+    return ClickFacts(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"method": "HEAD"}, "HEAD request"),
+        ({"honeypot": True}, "honeypot link"),
+        (
+            {"user_agent": "Mozilla/5.0 (compatible; Barracuda Link Protection)"},
+            "scanner user agent",
+        ),
+        ({"user_agent": "python-requests/2.31"}, "scanner user agent"),
+        ({"ip": "40.92.3.4"}, "scanner network"),
+        ({"ip": "2a01:111:f400::1"}, "scanner network"),
+    ],
+)
+def test_hard_evidence_is_bot_at_once(changes: dict[str, object], reason: str) -> None:
+    assert first_look(facts(**changes), POLICY) == (Verdict.bot, [reason])
+
+
+def test_a_person_waits_for_the_window_with_no_suspicion() -> None:
+    assert first_look(facts(), POLICY) == (Verdict.pending, [])
+    assert decide([], links_in_window=1, honeypot_in_window=False, policy=POLICY) == (
+        Verdict.human,
+        [],
+    )
+
+
+def test_one_soft_signal_is_a_quick_person_two_are_a_machine() -> None:
+    fast = facts(at=T0 + timedelta(seconds=3))
+    verdict, reasons = first_look(fast, POLICY)
+    assert (verdict, reasons) == (Verdict.pending, ["seconds after sending"])
+    assert decide(reasons, links_in_window=1, honeypot_in_window=False, policy=POLICY)[0] is (
+        Verdict.human
+    )
+    both = facts(at=T0 + timedelta(seconds=3), has_browser_headers=False, ip="not an ip")
+    verdict, reasons = first_look(both, POLICY)
+    assert reasons == ["seconds after sending", "no browser headers"]
+    assert decide(reasons, links_in_window=1, honeypot_in_window=False, policy=POLICY)[0] is (
+        Verdict.bot
+    )
+
+
+def test_what_happened_in_the_window_decides() -> None:
+    assert decide([], links_in_window=3, honeypot_in_window=False, policy=POLICY)[0] is Verdict.bot
+    assert decide([], links_in_window=2, honeypot_in_window=False, policy=POLICY)[0] is (
+        Verdict.human
+    )
+    assert decide([], links_in_window=1, honeypot_in_window=True, policy=POLICY)[0] is Verdict.bot
