@@ -94,8 +94,8 @@ def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[st
     with the soft signals seen so far as reasons."""
     if facts.honeypot:
         return Verdict.bot, ["honeypot link"]
-    if facts.method == "HEAD":
-        return Verdict.bot, ["HEAD request"]
+    if facts.method in ("HEAD", "PREFETCH"):
+        return Verdict.bot, [f"{facts.method} request"]
     if facts.user_agent and scanner_agents().search(facts.user_agent):
         return Verdict.bot, ["scanner user agent"]
     if facts.ip and _from_scanner_network(facts.ip):

@@ -97,8 +97,10 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     async def click(request: Request) -> Response:
         token = request.path_params["token"]
         headers = request.headers
+        purpose = " ".join(headers.get(h, "") for h in ("purpose", "sec-purpose", "x-moz"))
         facts = ClickRequest(
-            method=request.method,
+            # A browser's speculative prefetch is not a click either.
+            method="PREFETCH" if "prefetch" in purpose.lower() else request.method,
             user_agent=headers.get("user-agent", ""),
             has_browser_headers="accept-language" in headers
             or any(name.startswith("sec-fetch-") for name in headers),

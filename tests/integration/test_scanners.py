@@ -91,6 +91,8 @@ SCANNERS = {
     "head-then-get": [("HEAD", "all", HEADLESS, 2), ("GET", "all", HEADLESS, 2)],
     # A scanner that fetches the honeypot first, then the ask, with full browser headers.
     "honeypot-first": [("GET", "honeypot", PERSON, 30), ("GET", "ask", PERSON, 31)],
+    # A mail client's link preview: speculative prefetch of the ask.
+    "prefetch": [("GET", "ask", {**PERSON, "Sec-Purpose": "prefetch"}, 20)],
     # A scanner that says who it is.
     "named-agent": [("GET", "ask", {"User-Agent": "Mimecast URL Protect/1.0"}, 90)],
     # Defender fetching from Exchange Online Protection's network, looking like a person

@@ -30,6 +30,7 @@ def facts(**kw: object) -> ClickFacts:
     ("changes", "reason"),
     [
         ({"method": "HEAD"}, "HEAD request"),
+        ({"method": "PREFETCH"}, "PREFETCH request"),
         ({"honeypot": True}, "honeypot link"),
         (
             {"user_agent": "Mozilla/5.0 (compatible; Barracuda Link Protection)"},
