@@ -379,38 +379,20 @@ class Tracker:
         if c.kind in (Kind.bounce, Kind.complaint) and not targets:
             return InboundResult("unmatched", f"{c.kind.value} about no known subscriber")
         message_id = original.id if original is not None else None
-        if c.kind is Kind.bounce:
+        if c.kind in _STOPS:
+            status, reason, outcome = _STOPS[c.kind]
             for subscriber_id in targets:
-                tx.stop_subscriber(
-                    subscriber_id, status="bounced", reason=ExitReason.bounced, now=now
-                )
+                tx.stop_subscriber(subscriber_id, status=status, reason=reason, now=now)
                 tx.add_event(
                     subscriber_id=subscriber_id,
                     message_id=message_id,
-                    kind="bounce",
-                    outcome="bounced",
+                    kind=c.kind.value,
+                    outcome=outcome,
                     detail={"why": c.reason},
                     now=now,
                 )
-            return InboundResult(
-                "bounce", f"bounced: {', '.join(sorted(targets.values()))}", message_id
-            )
-        if c.kind is Kind.complaint:
-            for subscriber_id in targets:
-                tx.stop_subscriber(
-                    subscriber_id, status="complained", reason=ExitReason.complained, now=now
-                )
-                tx.add_event(
-                    subscriber_id=subscriber_id,
-                    message_id=message_id,
-                    kind="complaint",
-                    outcome="unsubscribed",
-                    detail={"why": c.reason},
-                    now=now,
-                )
-            return InboundResult(
-                "complaint", f"complained: {', '.join(sorted(targets.values()))}", message_id
-            )
+            who = ", ".join(sorted(targets.values()))
+            return InboundResult(c.kind.value, f"{status}: {who}", message_id)
         if original is not None:
             tx.add_event(
                 subscriber_id=original.subscriber_id,
@@ -469,6 +451,13 @@ class Tracker:
             extra={"action": "reply_matched_by_sender", "message_id": candidates[0].id},
         )
         return candidates[0]
+
+
+# What a report does to the people it is about: (subscriber status, exit reason, event outcome).
+_STOPS = {
+    Kind.bounce: ("bounced", ExitReason.bounced, "bounced"),
+    Kind.complaint: ("complained", ExitReason.complained, "unsubscribed"),
+}
 
 
 def _reply_regex(pattern: str) -> re.Pattern[str]:

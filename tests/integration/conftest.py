@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FixedClock, RecordingHandler, make_settings
+from support import FixedClock, RecordingHandler, make_settings, visible_links
 
 from nurture.dispatcher import Dispatcher, DispatchPolicy
 from nurture.mail.catcher import SmtpServerThread
@@ -67,6 +67,16 @@ class World:
         button). Tests of telling people from machines go through HTTP instead."""
         token = url.rsplit("/c/", 1)[1]
         return self.services.tracker.click(token, now=self.clock.now(), pressed=True).url
+
+    def at_ask(self, email: str) -> Any:
+        """A confirmed person who clicked 'read' and just got the 'ask' email (replies)."""
+        self.subscribe(email, confirmed=True)
+        self.tick()
+        self.click(visible_links(self.smtp.to(email)[-1].part("html"))[0])
+        self.tick()
+        ask = self.smtp.to(email)[-1]
+        assert ask.subject == "Tell me by reply"
+        return ask
 
     def state(self, email: str, sequence: str = "journey") -> Any:
         with self.services.store.transaction() as tx:

@@ -9,7 +9,7 @@ from email.utils import make_msgid
 from typing import Any
 
 import pytest
-from support import Caught, Dovecot, visible_links
+from support import Caught, Dovecot
 
 from nurture.config import SmtpTls
 from nurture.mail.imap import ImapPoller, ImapSettings
@@ -29,16 +29,6 @@ def poller(world: Any, dovecot: Dovecot) -> ImapPoller:
     return ImapPoller(settings, tracker=s.tracker, store=s.store, clock=world.clock)
 
 
-def at_ask(world: Any, email: str) -> Caught:
-    world.subscribe(email, confirmed=True)
-    world.tick()
-    world.click(visible_links(world.smtp.to(email)[-1].part("html"))[0])
-    world.tick()
-    ask = world.smtp.to(email)[-1]
-    assert ask.subject == "Tell me by reply"
-    return ask
-
-
 def reply(to: Caught, body: str, **headers: str) -> bytes:
     msg = EmailMessage()
     msg["From"] = to.recipient
@@ -55,8 +45,8 @@ def reply(to: Caught, body: str, **headers: str) -> bytes:
 def test_a_reply_in_the_mailbox_advances_and_an_out_of_office_does_not(
     world: Any, dovecot: Dovecot
 ) -> None:
-    human = at_ask(world, "hal@example.com")
-    away = at_ask(world, "ida@example.com")
+    human = world.at_ask("hal@example.com")
+    away = world.at_ask("ida@example.com")
     dovecot.append(reply(human, "Subject lines, please."))
     dovecot.append(
         reply(
@@ -79,8 +69,8 @@ def test_a_reply_in_the_mailbox_advances_and_an_out_of_office_does_not(
 def test_each_message_is_handled_once_across_polls_and_restarts(
     world: Any, dovecot: Dovecot
 ) -> None:
-    first = at_ask(world, "jo@example.com")
-    second = at_ask(world, "kay@example.com")
+    first = world.at_ask("jo@example.com")
+    second = world.at_ask("kay@example.com")
     dovecot.append(reply(first, "Yes"))
     assert poller(world, dovecot).poll_once() == 1
     # A new poller (the daemon restarted) sees only what arrived since.

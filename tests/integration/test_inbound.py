@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
-from support import Caught, ServedApp, visible_links
+from support import Caught, ServedApp
 
 from nurture.db.models import Inbound
 from nurture.engine import ExitReason, Status
@@ -28,16 +28,6 @@ def trusted(make_world: Any) -> Iterator[tuple[Any, httpx.Client]]:
     with ServedApp(create_app(world.services)) as base, httpx.Client(base_url=base) as http:
         http.headers["X-Nurture-Secret"] = SECRET
         yield world, http
-
-
-def at_ask(world: Any, email: str) -> Caught:
-    world.subscribe(email, confirmed=True)
-    world.tick()
-    world.click(visible_links(world.smtp.to(email)[-1].part("html"))[0])
-    world.tick()
-    ask = world.smtp.to(email)[-1]
-    assert ask.subject == "Tell me by reply"
-    return ask
 
 
 def reply(to: Caught, body: str, *, threaded: bool = True, **headers: str) -> bytes:
@@ -142,7 +132,7 @@ def test_a_forged_bounce_without_our_message_id_changes_nothing(world: Any) -> N
 
 
 def test_out_of_office_with_a_date_moves_the_wait_and_never_advances(world: Any) -> None:
-    ask = at_ask(world, "oli@example.com")
+    ask = world.at_ask("oli@example.com")
     before = world.state("oli@example.com")
     back = (world.clock.now() + timedelta(days=10)).date()
     text = f"I am out of the office until {back.day} {back.strftime('%B %Y')}."
@@ -163,7 +153,7 @@ def test_out_of_office_with_a_date_moves_the_wait_and_never_advances(world: Any)
 
 
 def test_out_of_office_without_a_date_is_recorded_and_changes_nothing(world: Any) -> None:
-    ask = at_ask(world, "pam@example.com")
+    ask = world.at_ask("pam@example.com")
     before = world.state("pam@example.com")
     result = world.services.tracker.receive(
         reply(ask, "Thanks for your email. I am on leave.", X_Autoreply="yes"),
@@ -176,7 +166,7 @@ def test_out_of_office_without_a_date_is_recorded_and_changes_nothing(world: Any
 
 def test_the_webhook_secret(trusted: tuple[Any, httpx.Client]) -> None:
     world, http = trusted
-    ask = at_ask(world, "quinn@example.com")
+    ask = world.at_ask("quinn@example.com")
     body = reply(ask, "Subject lines!", threaded=False)  # headers stripped: no thread at all
     r = httpx.post(str(http.base_url) + "/inbound", content=body)
     assert r.status_code == 401
@@ -190,7 +180,7 @@ def test_the_webhook_secret(trusted: tuple[Any, httpx.Client]) -> None:
 
 
 def test_without_the_secret_an_unthreaded_reply_is_not_matched_by_address(world: Any) -> None:
-    ask = at_ask(world, "ray@example.com")
+    ask = world.at_ask("ray@example.com")
     result = world.services.tracker.receive(
         reply(ask, "Subject lines!", threaded=False), now=world.clock.now(), source="webhook"
     )
@@ -199,7 +189,7 @@ def test_without_the_secret_an_unthreaded_reply_is_not_matched_by_address(world:
 
 
 def test_the_same_message_relayed_twice_counts_once(world: Any) -> None:
-    ask = at_ask(world, "sam@example.com")
+    ask = world.at_ask("sam@example.com")
     body = reply(ask, "Yes!")
     again = b"Received: from relay2.example.com by mx.example.com; Mon, 5 Jan 2026\r\n" + body
     tracker = world.services.tracker
