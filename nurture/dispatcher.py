@@ -76,7 +76,6 @@ class DispatchPolicy:
 @dataclass(frozen=True)
 class Outgoing:
     id: int
-    enrollment_step: str
     sender: str
     recipient: str
     data: bytes
@@ -221,7 +220,7 @@ class Dispatcher:
             unsubscribe_url=rendered.unsubscribe_url,
             reply_to=reply_to,
         )
-        out = Outgoing(row.id, row.step_id, envelope_from, row.email, data, row.attempts)
+        out = Outgoing(row.id, envelope_from, row.email, data, row.attempts)
         return out, rendered.subject, [list(link) for link in rendered.links]
 
     def _claim(self) -> list[OutgoingRow]:

@@ -57,9 +57,6 @@ class Timeout:
     action: Literal["exit", "next", "goto"]
     target: str | None = None
 
-    def describe(self) -> str:
-        return f"goto {self.target}" if self.action == "goto" else self.action
-
 
 @dataclass(frozen=True)
 class Step:
@@ -94,9 +91,6 @@ class Sequence:
 
     def has_step(self, step_id: str) -> bool:
         return step_id in self._index
-
-    def position(self, step_id: str) -> int:
-        return self._index[step_id]
 
     def next_step(self, step_id: str) -> Step | None:
         i = self._index[step_id] + 1

@@ -222,19 +222,19 @@ class Tracker:
 
     # -- unsubscribe -----------------------------------------------------------------------
 
-    def unsubscribe_target(self, token: str) -> tuple[int, str]:
-        """(subscriber id, email) named by an unsubscribe token; TokenError if none."""
+    def unsubscribe_target(self, token: str) -> tuple[int, str, int]:
+        """(subscriber id, email, message id) named by an unsubscribe token; TokenError if
+        none."""
         parsed = self.signer.read(token, TokenKind.unsubscribe)
         with self.store.transaction() as tx:
             message = tx.message(parsed.message_id)
             if message is None:
                 raise TokenError("no such message")
-            return message.subscriber_id, tx.subscriber(message.subscriber_id).email
+            return message.subscriber_id, tx.subscriber(message.subscriber_id).email, message.id
 
     def unsubscribe(self, token: str, *, now: datetime, how: str) -> str:
         """Unsubscribe the person behind the token (idempotent); returns their address."""
-        subscriber_id, address = self.unsubscribe_target(token)
-        message_id = self.signer.read(token, TokenKind.unsubscribe).message_id
+        subscriber_id, address, message_id = self.unsubscribe_target(token)
         unsubscribe(self.store, subscriber_id, now=now, message_id=message_id, how=how)
         return address
 

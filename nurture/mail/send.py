@@ -82,15 +82,6 @@ class SmtpPool:
             tls_context=t.tls_context,
         )
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> None:
-        """Send one message; raise TemporarySendError, Bounce or PermanentSendError."""
-        idle = self._queue()
-        client = await idle.get()
-        try:
-            await self._send_on(client, sender, recipient, data)
-        finally:
-            idle.put_nowait(client)
-
     async def send_many(
         self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
     ) -> list[SendError | None]:

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from nurture.errors import SubscribeError, TokenError
 from nurture.mail.catcher import Outbox
+from nurture.mail.inbound import MAX_INBOUND_BYTES
 from nurture.services import Services
 from nurture.subscriptions import goal, subscribe
 from nurture.tracking import ClickRequest
@@ -42,7 +43,6 @@ MAX_FORM_BYTES = 64 * 1024
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
-MAX_INBOUND_BYTES = 10 * 1024 * 1024
 
 
 def _not_found() -> HTMLResponse:
@@ -133,7 +133,7 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
 
     async def unsubscribe_page(request: Request) -> Response:
         try:
-            _, address = await run_in_threadpool(
+            _, address, _ = await run_in_threadpool(
                 tracker.unsubscribe_target, request.path_params["token"]
             )
         except TokenError:

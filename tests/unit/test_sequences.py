@@ -662,7 +662,6 @@ def test_steps_carry_typed_values(full: Sequence) -> None:
     assert read.on_timeout == Timeout("next")
     assert read.reminders == ()
     assert ask.on_timeout == Timeout("goto", "read")
-    assert ask.on_timeout.describe() == "goto read"
     assert ask.advance_on is AdvanceOn.reply
     assert last.on_timeout == Timeout("exit")
     assert [s.line for s in full.steps] == [6, 19, 26, 32]
@@ -675,7 +674,6 @@ def test_steps_are_frozen(full: Sequence) -> None:
 
 def test_navigation(full: Sequence) -> None:
     assert full.step("ask").subject == "Ask"
-    assert full.position("ask") == 2
     assert full.has_step("read") and not full.has_step("nope")
     assert full.next_step("confirm") == full.step("read")
     assert full.next_step("ask") == full.step("last")
