@@ -49,12 +49,11 @@ from sqlalchemy.engine import make_url
 from nurture.clock import SystemClock
 from nurture.config import Settings
 from nurture.daemon import settle_heap
-from nurture.db.session import is_sqlite, normalize_url, upgrade
-from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.db.connect import is_sqlite, normalize_url
+from nurture.db.migrate import upgrade
 from nurture.mail.compose import address_of, compose
-from nurture.mail.send import SmtpPool, SmtpTarget
 from nurture.services import Services, build_services
-from nurture.subscriptions import subscribe
+from nurture.vocabulary import MessageKind
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCE = "starter"
@@ -263,7 +262,7 @@ def sample_message(services: Services) -> tuple[str, bytes]:
     rendered = services.renderer.render(
         sequence,
         step,
-        "step",
+        MessageKind.STEP,
         message_id=1,
         email="reader000000@example.com",
         fields={"first_name": "Ada"},
@@ -306,44 +305,6 @@ async def bare_loop(port: int, sender: str, data: bytes, n: int, k: int) -> Run:
     return Run("bare aiosmtplib", n, seconds, cpu)
 
 
-class TimedDispatcher(Dispatcher):
-    """The dispatcher, with the wall time of each phase added up (a few perf_counter calls per
-    batch; nothing else changes)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.phases = {"plan": 0.0, "render": 0.0, "smtp": 0.0, "record": 0.0, "claim": 0.0}
-
-    def _timed(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        began = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.phases[name] += time.perf_counter() - began
-
-    def plan(self, now: Any) -> Any:
-        return self._timed("plan", super().plan, now)
-
-    def _claim(self) -> Any:
-        return self._timed("claim", super()._claim)
-
-    def _render(self, rows: Any) -> Any:
-        return self._timed("render", super()._render, rows)
-
-    def _record(self, results: Any) -> None:
-        self._timed("record", super()._record, results)
-
-    async def _send(self, rows: Any) -> int:
-        # smtp = _send's wall time minus what render and record took in their threads.
-        before = self.phases["render"] + self.phases["record"]
-        began = time.perf_counter()
-        try:
-            return await super()._send(rows)
-        finally:
-            inside = self.phases["render"] + self.phases["record"] - before
-            self.phases["smtp"] += time.perf_counter() - began - inside
-
-
 async def end_to_end(
     url: str,
     args: argparse.Namespace,
@@ -361,28 +322,19 @@ async def end_to_end(
         # Enrolled an hour ago: the welcome step (10 minutes after confirming) is due now.
         then = clock.now() - timedelta(hours=1)
         for i in range(n):
-            subscribe(
-                services.store,
-                services.catalog,
+            services.subscriptions.subscribe(
                 email=f"reader{i:06d}@example.com",
                 sequence_id=SEQUENCE,
                 fields={"first_name": FIRST_NAMES[i % 10]},
                 now=then,
                 confirmed=True,
             )
-        pool = SmtpPool(SmtpTarget.from_settings(settings), size=settings.smtp_connections)
         # As `nurture run` does once its parts are built (an unfrozen heap costs the daemon
         # about 40% of planning time in garbage collection).
         settle_heap()
-        dispatcher = TimedDispatcher(
-            store=services.store,
-            catalog=services.catalog,
-            renderer=services.renderer,
-            signer=services.signer,
-            transport=pool,
-            clock=clock,
-            policy=DispatchPolicy.from_settings(settings),
-        )
+        # The daemon's own dispatcher, its SMTP pool to the sink; its `timings` add up the
+        # wall time of each phase.
+        dispatcher = services.dispatcher
         max_batches = n // settings.batch_size + 5
         began, cpu = time.perf_counter(), time.process_time()
         if profile is not None:
@@ -391,12 +343,13 @@ async def end_to_end(
         if profile is not None:
             profile.disable()
         seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
-        await pool.close()
+        await dispatcher.transport.close()
         with services.store.transaction() as tx:
-            counts = tx.message_counts()
+            counts = tx.reports.message_counts()
         if counts.get("sent", 0) != n or sum(counts.values()) != n:
             raise SystemExit(f"end-to-end: expected {n} messages sent, the database has {counts}")
-        return Run("end-to-end", n, seconds, cpu, dispatcher.phases)
+        phases = {k: dispatcher.timings[k] for k in ("plan", "render", "smtp", "record", "claim")}
+        return Run("end-to-end", n, seconds, cpu, phases)
     finally:
         services.store.dispose()
 

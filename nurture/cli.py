@@ -1,4 +1,5 @@
-"""The command line: ``nurture run | validate | preview | subscribe | unsubscribe | status | db``.
+"""The command line: ``nurture run | validate | preview | subscribe | unsubscribe | status |
+inbound | db``.
 
 Each command parses its arguments, calls a service and prints; exit status 1 means the work
 could not be done (bad files, bad settings, refused input), 2 a usage mistake.
@@ -9,16 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from nurture.config import Settings, load_settings
+from nurture.config import Settings, load_settings, unknown_variables
 from nurture.errors import ConfigError, NurtureError, SequenceError, SubscribeError
 
+if TYPE_CHECKING:
+    from nurture.services import Services
+
 __all__ = ["main"]
+
+log = logging.getLogger("nurture.cli")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -27,7 +32,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["sequences_dir"] = args.sequences
     if getattr(args, "templates", None):
         overrides["templates_dir"] = args.templates
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    if args.command == "run":
+        _logging(settings.log_level)
+    for warning in unknown_variables():
+        log.warning("%s", warning, extra={"action": "unknown_setting"})
+    return settings
 
 
 def _fields(pairs: Sequence[str]) -> dict[str, str]:
@@ -56,15 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nurture import daemon
 
     settings = _settings(args)
-    _logging(settings.log_level)
-
-    def terminate(signum: int, frame: object) -> NoReturn:
-        raise SystemExit(0)
-
-    # uvicorn re-raises SIGTERM once it has stopped serving; turning it into SystemExit lets
-    # the daemon finish its tick in flight and close its connections first.
-    signal.signal(signal.SIGTERM, terminate)
     try:
+        # SIGTERM and SIGINT stop the daemon gracefully (nurture.daemon); a Ctrl-C before it
+        # is up just ends the command.
         asyncio.run(daemon.run(settings))
     except KeyboardInterrupt:
         return 130
@@ -72,11 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nurture.mail.render import make_environment
-    from nurture.sequences import load_catalog
+    from nurture.services import load_sequences
 
-    settings = _settings(args)
-    catalog = load_catalog(settings.sequences_dir, env=make_environment(settings.templates_dir))
+    _, catalog = load_sequences(_settings(args))
     for seq in catalog:
         count = f"{len(seq.steps)} step{'s' if len(seq.steps) != 1 else ''}"
         print(f"ok  {seq.id}: {count} ({', '.join(s.id for s in seq.steps)}) from {seq.source}")
@@ -84,13 +86,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from nurture.mail.render import Renderer, make_environment
-    from nurture.sequences import load_catalog
+    from nurture.services import build_renderer, load_sequences
     from nurture.tokens import Signer
+    from nurture.vocabulary import MessageKind
 
     settings = _settings(args)
-    env = make_environment(settings.templates_dir)
-    catalog = load_catalog(settings.sequences_dir, env=env)
+    env, catalog = load_sequences(settings)
     sequence = catalog.get(args.sequence)
     if sequence is None:
         raise SubscribeError(
@@ -102,13 +103,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
             f"(steps: {', '.join(s.id for s in sequence.steps)})"
         )
     step = sequence.step(args.step)
-    kind = "step"
-    if args.reminder:
-        if not 1 <= args.reminder <= len(step.reminders):
-            raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
-        kind = f"reminder{args.reminder}"
+    if args.reminder and not 1 <= args.reminder <= len(step.reminders):
+        raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
     fields = {"first_name": "Ada", **_fields(args.field)}
-    renderer = Renderer(env, Signer("preview-only-key"), settings.public_url)
+    # The same renderer as the daemon's (open pixel, honeypot), signing with a throwaway key:
+    # what is printed is what is sent, but its links lead nowhere.
+    renderer = build_renderer(settings, env, Signer("preview-only-key"))
+    kind = MessageKind(args.reminder)
     out = renderer.render(sequence, step.id, kind, message_id=1, email=args.email, fields=fields)
     print(f"From: {sequence.sender}\nTo: {args.email}\nSubject: {out.subject}\n")
     print("----- text -----")
@@ -117,27 +118,24 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print("\n----- html -----")
         print(out.html.rstrip())
     print("\n----- links -----")
-    for i, (url, counts) in enumerate(out.links):
-        print(f"{i}: {url}{'   (micro-yes)' if counts else ''}")
+    for i, link in enumerate(out.links):
+        what = "   (micro-yes)" if link.counts else "   (hidden honeypot)" if link.honeypot else ""
+        print(f"{i}: {link.url}{what}")
     return 0
 
 
-def _services(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from nurture.daemon import prepare_database
+def _services(args: argparse.Namespace) -> Services:
+    from nurture.db.migrate import ensure_schema
     from nurture.services import build_services
 
     settings = _settings(args)
-    prepare_database(settings)
+    ensure_schema(settings.database_url)
     return build_services(settings)
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from nurture.subscriptions import subscribe
-
     services = _services(args)
-    result = subscribe(
-        services.store,
-        services.catalog,
+    result = services.subscriptions.subscribe(
         email=args.email,
         sequence_id=args.sequence,
         fields=_fields(args.field),
@@ -148,7 +146,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     if result.created:
         print(
             f"enrolled {args.email} in {args.sequence} (subscriber {result.subscriber_id}, "
-            f"{result.status}); the daemon sends the first email"
+            f"{result.status.value}); the daemon sends the first email"
         )
     else:
         print(f"{args.email} is already in {args.sequence}; nothing changed")
@@ -156,15 +154,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def cmd_unsubscribe(args: argparse.Namespace) -> int:
-    from nurture.subscriptions import normalize_email, unsubscribe
+    from nurture.subscriptions import normalize_email
 
     services = _services(args)
     address = normalize_email(args.email)
-    with services.store.transaction() as tx:
-        sub = tx.subscriber_by_email(address)
-    if sub is None:
-        raise SubscribeError(f"no subscriber {address}")
-    changed = unsubscribe(services.store, sub.id, now=services.clock.now(), how="cli")
+    changed = services.subscriptions.unsubscribe_address(address, now=services.clock.now())
     print(f"{address} unsubscribed" if changed else f"{address} was already unsubscribed")
     return 0
 
@@ -172,11 +166,11 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     services = _services(args)
     with services.store.transaction() as tx:
-        rows = tx.status_counts()
-        messages = tx.message_counts()
-        inbound = tx.inbound_counts()
+        rows = tx.reports.status_counts()
+        messages = tx.reports.message_counts()
+        inbound = tx.inbound.counts()
         clicks: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-        for seq_id, step_id, verdict, n in tx.click_counts():
+        for seq_id, step_id, verdict, n in tx.reports.click_counts():
             clicks[(seq_id, step_id)][verdict] = n
     by_seq: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
@@ -189,6 +183,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         for seq_id in by_seq
         if services.catalog.get(seq_id) is None
     ]
+    if args.sequence:
+        if args.sequence not in dict(layout):
+            known = ", ".join(seq_id for seq_id, _ in layout)
+            raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
+        layout = [(seq_id, steps) for seq_id, steps in layout if seq_id == args.sequence]
     if not rows:
         print("no enrollments yet")
     for seq_id, steps in layout:
@@ -224,28 +223,28 @@ def cmd_inbound(args: argparse.Namespace) -> int:
     services = _services(args)
     if args.raw is not None:
         with services.store.transaction() as tx:
-            raw = tx.inbound_raw(args.raw)
+            raw = tx.inbound.raw(args.raw)
         if raw is None:
             raise SubscribeError(f"no inbound message {args.raw} was kept")
         sys.stdout.buffer.write(raw)
         return 0
     with services.store.transaction() as tx:
-        rows = tx.inbound_list(args.limit)
+        rows = tx.inbound.newest(args.limit)
     if not rows:
         print("no inbound mail yet")
     for r in rows:
-        kept = f"  (kept: nurture inbound --raw {r['id']})" if r["kept"] else ""
+        kept = f"  (kept: nurture inbound --raw {r.id})" if r.kept else ""
         print(
-            f"{r['id']:>6}  {r['received_at']:%Y-%m-%d %H:%M:%S}  {r['source'] or '-':<8}"
-            f"{r['kind'] or '-':<11}{r['status']:<11}{r['sender'] or '-'}"
+            f"{r.id:>6}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.source or '-':<8}"
+            f"{r.kind or '-':<11}{r.status.value:<11}{r.sender or '-'}"
         )
-        if r["note"]:
-            print(f"        {r['note']}{kept}")
+        if r.note:
+            print(f"        {r.note}{kept}")
     return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from nurture.db.session import upgrade
+    from nurture.db.migrate import upgrade
 
     settings = _settings(args)
     _logging("INFO")
@@ -255,11 +254,14 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nurture", description=__doc__.splitlines()[0])
+    # No abbreviations: `--sequence` must never be read as `--sequences`.
+    p = argparse.ArgumentParser(
+        prog="nurture", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, allow_abbrev=False)
         sp.add_argument("--sequences", help="sequences directory (NURTURE_SEQUENCES_DIR)")
         sp.add_argument("--templates", help="templates directory (NURTURE_TEMPLATES_DIR)")
         sp.set_defaults(func=func)
@@ -294,7 +296,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp = add("unsubscribe", "stop every email to an address", cmd_unsubscribe)
     sp.add_argument("email")
-    add("status", "per sequence and step: waiting, completed, left and why", cmd_status)
+    sp = add("status", "per sequence and step: waiting, completed, left and why", cmd_status)
+    sp.add_argument("--sequence", metavar="ID", help="only this sequence")
     sp = add("inbound", "inbound mail, newest first: what it was and what was done", cmd_inbound)
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--raw", type=int, metavar="ID", help="print a set-aside message's bytes")

@@ -20,9 +20,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+
+from nurture.vocabulary import Verdict
 
 __all__ = [
     "Verdict",
@@ -38,12 +39,6 @@ SCANNERS_FILE = Path(__file__).parent / "data" / "scanners.txt"
 NETWORKS_FILE = Path(__file__).parent / "data" / "scanner-networks.txt"
 
 
-class Verdict(StrEnum):
-    human = "human"
-    bot = "bot"
-    pending = "pending"  # not decided until its burst window has closed
-
-
 @dataclass(frozen=True)
 class ClickPolicy:
     min_seconds: float = 5.0  # a click sooner after sending is suspect
@@ -53,13 +48,14 @@ class ClickPolicy:
 
 @dataclass(frozen=True)
 class ClickFacts:
-    method: str
+    method: str  # GET, HEAD or POST (the press of a confirmation page's button)
     user_agent: str
     has_browser_headers: bool  # Accept-Language or Sec-Fetch-* present
     sent_at: datetime | None
     at: datetime
     honeypot: bool
     ip: str = ""
+    prefetch: bool = False  # a browser's speculative fetch (Sec-Purpose: prefetch)
 
 
 @lru_cache(maxsize=1)
@@ -94,8 +90,10 @@ def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[st
     with the soft signals seen so far as reasons."""
     if facts.honeypot:
         return Verdict.bot, ["honeypot link"]
-    if facts.method in ("HEAD", "PREFETCH"):
-        return Verdict.bot, [f"{facts.method} request"]
+    if facts.method == "HEAD":
+        return Verdict.bot, ["HEAD request"]
+    if facts.prefetch:
+        return Verdict.bot, ["prefetch request"]
     if facts.user_agent and scanner_agents().search(facts.user_agent):
         return Verdict.bot, ["scanner user agent"]
     if facts.ip and _from_scanner_network(facts.ip):

@@ -6,22 +6,28 @@ module-level global.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import secrets
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.errors import ConfigError
 
-__all__ = ["Settings", "SmtpTls", "load_settings", "ensure_secret_key"]
+__all__ = ["Settings", "SmtpTls", "load_settings", "unknown_variables", "ensure_secret_key"]
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "NURTURE_"
+# Read by the test suite, not by nurture: never a typo.
+NOT_SETTINGS = frozenset({"NURTURE_TEST_DATABASE_URL"})
 
 
 class SmtpTls(StrEnum):
@@ -174,6 +180,24 @@ def load_settings(**overrides: Any) -> Settings:
             shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
             lines.append(f"{name}: {message}{shown}")
         raise ConfigError("; ".join(lines)) from None
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+) -> list[str]:
+    """One sentence per ``NURTURE_*`` variable (in the environment or ``.env``) that no setting
+    has: a typo such as NURTURE_SMTP_HOTS would otherwise be ignored without a word, and mail
+    would quietly go to the built-in catcher."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | NOT_SETTINGS
+    names = {k.upper() for k in (os.environ if environ is None else environ)}
+    if env_file.is_file():
+        names |= {k.upper() for k in dotenv_values(env_file)}
+    out = []
+    for name in sorted(n for n in names if n.startswith(ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        out.append(f"unknown setting {name} is ignored{hint}")
+    return out
 
 
 def ensure_secret_key(settings: Settings) -> Settings:

@@ -1,59 +1,42 @@
-"""The daemon: one process with the web app, one APScheduler tick and (without an SMTP server)
-the built-in mail catcher. It holds no business logic: the tick asks the dispatcher to do one
-unit of work; the database says what is due.
+"""The daemon: one process with the web app, one APScheduler tick, the IMAP reader when a
+mailbox is configured and (without an SMTP server) the built-in mail catcher. It holds no
+business logic: the tick asks tracking and the dispatcher to do one unit of work each; the
+database says what is due.
+
+``Daemon.start`` builds everything (a busy port or an unreachable database is one clear error
+before anything runs), ``serve`` answers HTTP until SIGTERM or SIGINT, ``stop`` lets the work
+in flight finish (the tick's current batch, an IMAP poll), then closes the connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
+import socket
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import inspect
 
 from nurture.config import Settings
-from nurture.db.session import alembic_config, is_sqlite, upgrade
-from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.db.migrate import ensure_schema
 from nurture.errors import ConfigError
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
-from nurture.mail.imap import ImapPoller, ImapSettings
-from nurture.mail.send import SmtpPool, SmtpTarget
+from nurture.mail.imap import ImapMailbox, ImapSettings
+from nurture.mail.send import SmtpTarget
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
 
-__all__ = ["run", "prepare_database", "settle_heap"]
+__all__ = ["Daemon", "run", "settle_heap"]
 
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
-
-
-def prepare_database(settings: Settings) -> None:
-    """SQLite is upgraded in place; a server database must already be at head."""
-    if is_sqlite(settings.database_url):
-        upgrade(settings.database_url)
-        return
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    from nurture.db.session import make_engine
-
-    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
-    engine = make_engine(settings.database_url)
-    try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
-            has_tables = inspect(conn).has_table("enrollments")
-    finally:
-        engine.dispose()
-    if current != head or not has_tables:
-        raise ConfigError(
-            f"the database is at revision {current or 'none'}, not {head}: run `nurture db upgrade`"
-        )
 
 
 def settle_heap() -> None:
@@ -67,148 +50,94 @@ def settle_heap() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, without its own signal handling: the daemon stops it, after its own work."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Daemon:
-    def __init__(self, services: Services, dispatcher: Dispatcher) -> None:
-        self.services = services
-        self.dispatcher = dispatcher
-        self._busy = asyncio.Lock()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+        self._socket: socket.socket | None = None
+        self._catcher: SmtpServerThread | None = None
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._server: _Server | None = None
+        self._stopping = threading.Event()
+        self._ticking = asyncio.Lock()
+        self._polling = asyncio.Lock()
+        self._mailbox: ImapMailbox | None = None
 
-    async def tick(self) -> None:
-        if self._busy.locked():
-            return
-        async with self._busy:
-            try:
-                tracker, clock = self.services.tracker, self.services.clock
-                await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
-                planned, sent = await self.dispatcher.run_once()
-            except Exception:
-                log.exception(
-                    "tick failed; the next one tries again", extra={"action": "tick_failed"}
-                )
-                return
-            if planned or sent:
-                log.info(
-                    "tick: %d enrollments decided, %d emails attempted",
-                    planned,
-                    sent,
-                    extra={"action": "tick", "planned": planned, "sent": sent},
-                )
+    # -- start ---------------------------------------------------------------------------
 
-    async def drain(self) -> None:
-        """Wait for a tick in flight to finish (graceful shutdown)."""
-        async with self._busy:
-            pass
-
-
-async def _poll(poller: ImapPoller) -> None:
-    """One IMAP poll in a thread; a failure is logged and the next poll tries again."""
-    try:
-        handled = await asyncio.to_thread(poller.poll_once)
-    except Exception:
-        log.exception("IMAP poll failed; the next one tries again", extra={"action": "imap_failed"})
-        return
-    if handled:
-        log.info("IMAP: %d messages handled", handled, extra={"action": "imap_polled"})
-
-
-def _idle(
-    poller: ImapPoller,
-    scheduler: AsyncIOScheduler,
-    loop: asyncio.AbstractEventLoop,
-    stopping: threading.Event,
-) -> None:
-    """Wait on IMAP IDLE in a thread; when the server announces mail, run the poll job now
-    instead of at its next turn. Without IDLE on the server, polling alone it is."""
-    while not stopping.is_set():
-        try:
-            news = poller.wait_for_mail(timeout=IDLE_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - the server went away: wait, then try again
-            log.warning(
-                "IMAP IDLE failed (%s); retrying in a minute",
-                exc,
-                extra={"action": "imap_idle_failed"},
+    async def start(self) -> None:
+        settings = self.settings
+        ensure_schema(settings.database_url)
+        self._socket = _listen(settings.http_host, settings.http_port)
+        outbox = None
+        smtp = None
+        if settings.uses_catcher:
+            outbox, smtp = self._start_catcher()
+        self.services = build_services(settings, smtp=smtp)
+        settle_heap()
+        self._schedule("tick", self.tick, settings.tick_seconds)
+        if settings.imap_host:
+            self._start_imap()
+        self._server = _Server(
+            uvicorn.Config(
+                create_app(self.services, outbox=outbox),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
             )
-            stopping.wait(60)
-            continue
-        if news is None:
-            log.info("the IMAP server has no IDLE: polling only", extra={"action": "imap_no_idle"})
-            return
-        if news and not stopping.is_set():
-            loop.call_soon_threadsafe(_poll_now, scheduler)
+        )
+        self._scheduler.start()
+        log.info(
+            "nurture is running: %d sequences, web on http://%s:%d, links to %s, tick every %ss",
+            len(self.services.catalog.sequences),
+            settings.http_host,
+            self._socket.getsockname()[1],
+            settings.public_url,
+            settings.tick_seconds,
+            extra={"action": "daemon_started"},
+        )
 
-
-def _poll_now(scheduler: AsyncIOScheduler) -> None:
-    if scheduler.running:
-        scheduler.modify_job("imap", next_run_time=datetime.now(UTC))
-
-
-async def run(settings: Settings) -> None:
-    prepare_database(settings)
-    services = build_services(settings)
-    settings = services.settings
-    catcher: SmtpServerThread | None = None
-    outbox: Outbox | None = None
-    if settings.uses_catcher:
-        catcher = SmtpServerThread(MaildirHandler(settings.outbox_dir), port=settings.catcher_port)
-        catcher.start()
-        outbox = Outbox(settings.outbox_dir)
-        target = SmtpTarget("127.0.0.1", catcher.port)
+    def _start_catcher(self) -> tuple[Outbox, SmtpTarget]:
+        settings = self.settings
+        self._catcher = SmtpServerThread(
+            MaildirHandler(settings.outbox_dir), port=settings.catcher_port
+        ).start()
         log.warning(
             "no NURTURE_SMTP_HOST: emails go to the built-in catcher (SMTP 127.0.0.1:%d); "
             "see them at %s/outbox",
-            catcher.port,
+            self._catcher.port,
             settings.public_url,
-            extra={"action": "catcher_started", "port": catcher.port},
+            extra={"action": "catcher_started", "port": self._catcher.port},
         )
-    else:
-        target = SmtpTarget.from_settings(settings)
-    pool = SmtpPool(target, size=settings.smtp_connections)
-    dispatcher = Dispatcher(
-        store=services.store,
-        catalog=services.catalog,
-        renderer=services.renderer,
-        signer=services.signer,
-        transport=pool,
-        clock=services.clock,
-        policy=DispatchPolicy.from_settings(settings),
-    )
-    daemon = Daemon(services, dispatcher)
-    settle_heap()
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    stopping = threading.Event()
-    scheduler.add_job(
-        daemon.tick,
-        "interval",
-        seconds=settings.tick_seconds,
-        id="tick",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=datetime.now(UTC),
-    )
-    if settings.imap_host:
-        poller = ImapPoller(
-            ImapSettings.from_settings(settings),
-            tracker=services.tracker,
-            store=services.store,
-            clock=services.clock,
-        )
-        scheduler.add_job(
-            _poll,
+        return Outbox(settings.outbox_dir), SmtpTarget("127.0.0.1", self._catcher.port)
+
+    def _schedule(self, name: str, job: object, seconds: float) -> None:
+        self._scheduler.add_job(
+            job,
             "interval",
-            args=[poller],
-            seconds=settings.imap_poll_seconds,
-            id="imap",
+            seconds=seconds,
+            id=name,
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
-        idler = threading.Thread(
-            target=_idle,
-            args=(poller, scheduler, asyncio.get_running_loop(), stopping),
-            name="imap-idle",
-            daemon=True,
-        )
-        idler.start()
+
+    def _start_imap(self) -> None:
+        settings = self.settings
+        self._mailbox = ImapMailbox(ImapSettings.from_settings(settings))
+        self._schedule("imap", self.poll, settings.imap_poll_seconds)
+        threading.Thread(
+            target=self._idle, args=(asyncio.get_running_loop(),), name="imap-idle", daemon=True
+        ).start()
         log.info(
             "reading replies from imap://%s/%s every %ss (and at once on IMAP IDLE)",
             settings.imap_host,
@@ -216,37 +145,139 @@ async def run(settings: Settings) -> None:
             settings.imap_poll_seconds,
             extra={"action": "imap_enabled"},
         )
-    app = create_app(services, outbox=outbox)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
+
+    # -- the jobs ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Decide the clicks whose window closed, then plan and send what is due."""
+        if self._ticking.locked() or self._stopping.is_set():
+            return
+        assert self.services is not None
+        tracker, dispatcher, clock = (
+            self.services.tracker,
+            self.services.dispatcher,
+            self.services.clock,
         )
-    )
-    scheduler.start()
-    log.info(
-        "nurture is running: %d sequences, web on http://%s:%d, links to %s, tick every %ss",
-        len(services.catalog.sequences),
-        settings.http_host,
-        settings.http_port,
-        settings.public_url,
-        settings.tick_seconds,
-        extra={"action": "daemon_started"},
-    )
-    try:
-        await server.serve()
-    finally:
-        log.info("shutting down: finishing the tick in flight", extra={"action": "daemon_stopping"})
-        stopping.set()
-        scheduler.shutdown(wait=False)
-        await daemon.drain()
-        await pool.close()
-        if catcher is not None:
-            catcher.stop()
-        services.store.dispose()
+        async with self._ticking:
+            try:
+                await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
+                planned, sent = await dispatcher.run_once(stop=self._stopping)
+            except Exception:
+                log.exception(
+                    "tick failed; the next one tries again", extra={"action": "tick_failed"}
+                )
+                return
+        if planned or sent:
+            log.info(
+                "tick: %d enrollments decided, %d emails attempted",
+                planned,
+                sent,
+                extra={"action": "tick", "planned": planned, "sent": sent},
+            )
+
+    async def poll(self) -> None:
+        """One IMAP poll in a thread; a failure is logged and the next poll tries again."""
+        if self._polling.locked() or self._stopping.is_set():
+            return
+        assert self.services is not None and self._mailbox is not None
+        inbox, mailbox, clock = self.services.inbox, self._mailbox, self.services.clock
+        async with self._polling:
+            try:
+                handled = await asyncio.to_thread(lambda: inbox.poll(mailbox, clock=clock))
+            except Exception:
+                log.exception(
+                    "IMAP poll failed; the next one tries again", extra={"action": "imap_failed"}
+                )
+                return
+        if handled:
+            log.info("IMAP: %d messages handled", handled, extra={"action": "imap_polled"})
+
+    def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait on IMAP IDLE in a thread; when the server announces mail, run the poll job
+        now instead of at its next turn. Without IDLE on the server, polling alone it is."""
+        assert self._mailbox is not None
+        while not self._stopping.is_set():
+            try:
+                news = self._mailbox.wait_for_mail(timeout=IDLE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - the server went away: wait, try again
+                log.warning(
+                    "IMAP IDLE failed (%s); retrying in a minute",
+                    exc,
+                    extra={"action": "imap_idle_failed"},
+                )
+                self._stopping.wait(60)
+                continue
+            if news is None:
+                log.info(
+                    "the IMAP server has no IDLE: polling only", extra={"action": "imap_no_idle"}
+                )
+                return
+            if news and not self._stopping.is_set():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(self._poll_now)
+
+    def _poll_now(self) -> None:
+        if self._scheduler.running and not self._stopping.is_set():
+            self._scheduler.modify_job("imap", next_run_time=datetime.now(UTC))
+
+    # -- serve and stop ------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Answer HTTP until SIGTERM or SIGINT (or ``request_stop``)."""
+        assert self._server is not None and self._socket is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            await self._server.serve(sockets=[self._socket])
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    def request_stop(self) -> None:
+        if self._server is not None and not self._server.should_exit:
+            log.info("stopping: finishing the work in flight", extra={"action": "daemon_stopping"})
+            self._server.should_exit = True
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Let the tick's current batch and an IMAP poll in flight finish, then close the
+        SMTP connections, the catcher and the database, in that order."""
+        self._stopping.set()
+        async with self._ticking, self._polling:
+            if self._scheduler.running:
+                self._scheduler.shutdown(wait=False)
+        if self.services is not None:
+            await self.services.close()
+        if self._catcher is not None:
+            self._catcher.stop()
+        if self._socket is not None:
+            self._socket.close()
         log.info("stopped", extra={"action": "daemon_stopped"})
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound before anything else starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} (NURTURE_HTTP_HOST/NURTURE_HTTP_PORT): "
+            f"{exc.strerror or exc}"
+        ) from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def run(settings: Settings) -> None:
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+        await daemon.serve()
+    finally:
+        await daemon.stop()

@@ -1,10 +1,14 @@
 """The dispatcher: one unit of work at a time.
 
-``plan`` claims due enrollments, asks the engine what to do and records the messages to send
-(one committed row each, before any SMTP traffic). ``deliver`` claims queued messages, renders
-them, sends them over a few SMTP connections at once and records each outcome: sent, retry
-later (4xx, network), or failed for good (5xx; a refused recipient marks the subscriber bounced).
-One failing recipient never stops or repeats the rest of a batch.
+``plan`` claims due enrollments and has the journey decide and record the messages to send
+(one committed row each, before any SMTP traffic). ``deliver`` claims queued messages (retries,
+sends a dead worker left), renders them, sends them over a few SMTP connections at once and
+records each outcome: sent, retry later (4xx, network), or failed for good (5xx; a refused
+recipient marks the subscriber bounced). One failing recipient never stops or repeats the rest
+of a batch.
+
+``timings`` adds up the wall time of each phase (claim, plan, render, smtp, record): a few
+``perf_counter`` calls per batch, read by ``bench/send.py``.
 """
 
 from __future__ import annotations
@@ -12,38 +16,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
-from nurture import engine
 from nurture.clock import Clock
 from nurture.config import Settings
-from nurture.db.store import EnrollmentRow, OutgoingRow, Store, Tx
-from nurture.engine import ExitReason
+from nurture.db.outbox import ClaimedRow, OutgoingRow
+from nurture.db.store import Store, Tx
 from nurture.errors import PermanentSendError, SendError
+from nurture.journey import ORPHAN_RETRY, Journey
 from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
-from nurture.mail.send import Bounce, NotStarted
+from nurture.mail.send import Bounce, NotStarted, Transport
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, TokenKind
+from nurture.vocabulary import EventKind, ExitReason, Link, SubscriberStatus
 
-__all__ = ["Transport", "Dispatcher", "DispatchPolicy", "Outgoing", "backoff"]
+__all__ = ["Dispatcher", "DispatchPolicy", "Composed", "backoff", "why_not_send"]
 
 log = logging.getLogger(__name__)
-
-ORPHAN_RETRY = timedelta(hours=1)
 
 
 class _NotLoaded(Exception):
     """The message's sequence, step or reminder is not among the loaded sequences."""
-
-
-class Transport(Protocol):
-    async def send_many(
-        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
-    ) -> list[SendError | None]: ...
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ class DispatchPolicy:
 
 
 @dataclass(frozen=True)
-class Outgoing:
+class Composed:
+    """A message rendered and composed: the bytes that go on the wire."""
+
     id: int
     sender: str
     recipient: str
@@ -91,12 +93,26 @@ def backoff(attempts: int, policy: DispatchPolicy, rng: random.Random) -> timede
     return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
+def why_not_send(row: ClaimedRow) -> str | None:
+    """Why a message due for an attempt is no longer wanted, or None when it still is."""
+    if not row.subscriber_status.sendable:
+        return f"subscriber {row.subscriber_status.value}"
+    if row.enrollment_status.finished:
+        return f"enrollment {row.enrollment_status.value}"
+    if row.visit < row.enrollment_visit:
+        # Retried so long that the step timed out and the person moved on: an email for a
+        # step they are no longer at would only confuse them.
+        return "enrollment moved on"
+    return None
+
+
 class Dispatcher:
     def __init__(
         self,
         *,
         store: Store,
         catalog: Catalog,
+        journey: Journey,
         renderer: Renderer,
         signer: Signer,
         transport: Transport,
@@ -106,12 +122,22 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.catalog = catalog
+        self.journey = journey
         self.renderer = renderer
         self.signer = signer
         self.transport = transport
         self.clock = clock
         self.policy = policy
         self.rng = rng or random.Random()
+        self.timings: defaultdict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - began
 
     # -- planning ------------------------------------------------------------------------
 
@@ -119,88 +145,54 @@ class Dispatcher:
         """Decide for up to one batch of due enrollments. The messages decided on are
         recorded and claimed in the same transaction; returns how many enrollments were
         claimed and those messages, ready to render and send."""
-        with self.store.transaction() as tx:
-            due = tx.claim_due(now, self.policy.batch_size)
-            decisions = []
-            contacts = {}
-            for item in due:
-                row = item.enrollment
-                contacts[row.id] = (item.email, item.fields)
-                sequence = self.catalog.get(row.sequence_id)
-                if sequence is None or not sequence.has_step(row.state.step_id):
-                    log.error(
-                        "enrollment %s is in %s/%s, which the loaded sequences do not have; "
-                        "retrying in an hour",
-                        row.id,
-                        row.sequence_id,
-                        row.state.step_id,
-                        extra={"action": "enrollment_orphaned", "enrollment_id": row.id},
-                    )
-                    later = replace(row.state, due_at=now + ORPHAN_RETRY)
-                    decisions.append((row, engine.Decision(later, outcome="orphaned")))
-                    continue
-                confirmed = row.subscriber_status == "confirmed"
-                decisions.append(
-                    (row, engine.on_due(row.state, sequence, now=now, confirmed=confirmed))
-                )
-            decisions = self._recheck_held(tx, decisions, now)
-            made = tx.apply_many(decisions, now=now, claim_until=now + self.policy.lease)
-        outgoing = []
-        for message_id, row, action in made:
-            email, fields = contacts[row.id]
-            outgoing.append(
-                OutgoingRow(
-                    message_id,
-                    row.sequence_id,
-                    action.step_id,
-                    action.kind,
-                    1,
-                    email,
-                    dict(fields),
-                    False,
-                )
+        with self._timed("plan"), self.store.transaction() as tx:
+            due = tx.enrollments.claim_due(now, self.policy.batch_size)
+            made = self.journey.plan(tx, due, now=now, claim_until=now + self.policy.lease)
+        outgoing = [
+            OutgoingRow(
+                message_id,
+                row.enrollment.sequence_id,
+                send.step_id,
+                send.kind,
+                attempts=1,
+                email=row.email,
+                fields=dict(row.fields),
             )
+            for message_id, row, send in made
+        ]
         return len(due), outgoing
-
-    def _recheck_held(
-        self, tx: Tx, decisions: list[tuple[EnrollmentRow, engine.Decision]], now: datetime
-    ) -> list[tuple[EnrollmentRow, engine.Decision]]:
-        """A person who confirmed (a click, in another transaction) after their status was
-        read above would stay held for good: nothing releases an enrollment held after the
-        confirmation. Read their status again, waiting for such a transaction to finish."""
-        held = [r.subscriber_id for r, d in decisions if d.state.status is engine.Status.held]
-        if not held:
-            return decisions
-        confirmed = tx.confirmed_now(held)
-        if not confirmed:
-            return decisions
-        out = []
-        for row, decision in decisions:
-            if decision.state.status is engine.Status.held and row.subscriber_id in confirmed:
-                sequence = self.catalog.get(row.sequence_id)
-                assert sequence is not None
-                decision = engine.on_due(row.state, sequence, now=now, confirmed=True)
-            out.append((row, decision))
-        return out
 
     # -- delivery ------------------------------------------------------------------------
 
-    def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Outgoing, str, list[Any]]:
+    def _claim(self) -> list[OutgoingRow]:
+        """Messages due again (retries) or left by a worker that died mid-send; those no
+        longer wanted are cancelled here, at the last moment before sending."""
+        now = self.clock.now()
+        with self._timed("claim"), self.store.transaction() as tx:
+            claimed = tx.outbox.claim(now, self.policy.batch_size)
+            wanted = []
+            unwanted: dict[str, list[int]] = {}
+            for row in claimed:
+                why = why_not_send(row)
+                if why is None:
+                    wanted.append(row.outgoing)
+                else:
+                    unwanted.setdefault(why, []).append(row.outgoing.id)
+            for why, ids in unwanted.items():
+                tx.outbox.cancel(ids, why=why)
+            tx.outbox.lease([o.id for o in wanted], until=now + self.policy.lease)
+        return wanted
+
+    def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Composed, str, list[Link]]:
         """Render and compose one claimed message; raises what a template or data can raise."""
-        sequence = self.catalog.get(row.sequence_id)
-        if sequence is None or not sequence.has_step(row.step_id):
+        found = self.catalog.locate(row.sequence_id, row.step_id)
+        if found is None:
             raise _NotLoaded(f"{row.sequence_id}/{row.step_id} is not in the loaded sequences")
-        if row.kind != "step" and int(row.kind.removeprefix("reminder")) > len(
-            sequence.step(row.step_id).reminders
-        ):
+        sequence, step = found
+        if row.kind.reminder > len(step.reminders):
             raise _NotLoaded(f"{row.sequence_id}/{row.step_id} has no {row.kind} any more")
         rendered = self.renderer.render(
-            sequence,
-            row.step_id,
-            row.kind,
-            message_id=row.id,
-            email=row.email,
-            fields=row.fields,
+            sequence, row.step_id, row.kind, message_id=row.id, email=row.email, fields=row.fields
         )
         envelope_from = address_of(sequence.sender)
         domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2]
@@ -220,22 +212,21 @@ class Dispatcher:
             unsubscribe_url=rendered.unsubscribe_url,
             reply_to=reply_to,
         )
-        out = Outgoing(row.id, envelope_from, row.email, data, row.attempts)
-        return out, rendered.subject, [list(link) for link in rendered.links]
+        composed = Composed(row.id, envelope_from, row.email, data, row.attempts)
+        return composed, rendered.subject, rendered.links
 
-    def _claim(self) -> list[OutgoingRow]:
-        """Messages due again (retries) or left by a worker that died mid-send."""
-        with self.store.transaction() as tx:
-            return tx.claim_outgoing(self.clock.now(), self.policy.batch_size, self.policy.lease)
-
-    def _render(self, rows: Sequence[OutgoingRow]) -> list[Outgoing]:
+    def _render(self, rows: Sequence[OutgoingRow]) -> list[Composed]:
         """Render claimed messages outside any transaction, then store their subjects and
         links (the only URLs /c/ will redirect to) in one, before anything is sent."""
+        with self._timed("render"):
+            return self._render_all(rows)
+
+    def _render_all(self, rows: Sequence[OutgoingRow]) -> list[Composed]:
         now = self.clock.now()
-        ready: list[Outgoing] = []
-        rendered = []
-        failed = []
-        postponed = []
+        ready: list[Composed] = []
+        rendered: list[tuple[int, str, list[Link]]] = []
+        failed: list[tuple[int, str]] = []
+        postponed: list[tuple[int, str]] = []
         for row in rows:
             if row.resumed:
                 log.warning(
@@ -273,74 +264,75 @@ class Dispatcher:
             rendered.append((out.id, subject, links))
         if rendered or failed or postponed:
             with self.store.transaction() as tx:
-                still = tx.set_rendered(rendered)
+                still = tx.outbox.set_rendered(rendered)
                 for message_id, error in failed:
                     self._fail(tx, message_id, error, now=now, bounce=False)
                 for message_id, error in postponed:
-                    tx.mark_retry(message_id, at=now + ORPHAN_RETRY, error=error)
+                    tx.outbox.mark_retry(message_id, at=now + ORPHAN_RETRY, error=error)
             # Mail cancelled since it was claimed (an unsubscribe, a goal) is not sent.
             ready = [o for o in ready if o.id in still]
         return ready
 
-    def _record(self, results: list[tuple[Outgoing, SendError | None]]) -> None:
+    def _record(self, results: list[tuple[Composed, SendError | None]]) -> None:
         now = self.clock.now()
-        with self.store.transaction() as tx:
-            tx.mark_sent([o.id for o, err in results if err is None], now=now)
+        with self._timed("record"), self.store.transaction() as tx:
+            tx.outbox.mark_sent([o.id for o, err in results if err is None], now=now)
             for out, err in results:
-                if err is None:
-                    continue
-                if isinstance(err, PermanentSendError):
-                    log.warning(
-                        "message %s to %s refused for good: %s",
-                        out.id,
-                        out.recipient,
-                        err,
-                        extra={"action": "send_failed", "message_id": out.id},
-                    )
-                    self._fail(tx, out.id, str(err), now=now, bounce=isinstance(err, Bounce))
-                elif err.code is not None and out.attempts >= self.policy.max_attempts:
-                    # Only a recipient's 4xx runs out of attempts; an unreachable server is
-                    # retried until it comes back, so a dead SMTP server loses nothing.
-                    log.error(
-                        "message %s: giving up after %d attempts: %s",
-                        out.id,
-                        out.attempts,
-                        err,
-                        extra={"action": "send_gave_up", "message_id": out.id},
-                    )
-                    self._fail(
-                        tx,
-                        out.id,
-                        f"gave up after {out.attempts} attempts: {err}",
-                        now=now,
-                        bounce=False,
-                    )
-                elif isinstance(err, NotStarted):
-                    tx.mark_retry(out.id, at=now, error=str(err))
-                else:
-                    delay = backoff(out.attempts, self.policy, self.rng)
-                    log.info(
-                        "message %s: temporary failure (%s); retry in %.0fs",
-                        out.id,
-                        err,
-                        delay.total_seconds(),
-                        extra={"action": "send_retry", "message_id": out.id},
-                    )
-                    tx.mark_retry(out.id, at=now + delay, error=str(err))
+                if err is not None:
+                    self._failure(tx, out, err, now=now)
+
+    def _failure(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
+        if isinstance(err, PermanentSendError):
+            log.warning(
+                "message %s to %s refused for good: %s",
+                out.id,
+                out.recipient,
+                err,
+                extra={"action": "send_failed", "message_id": out.id},
+            )
+            self._fail(tx, out.id, str(err), now=now, bounce=isinstance(err, Bounce))
+        elif err.code is not None and out.attempts >= self.policy.max_attempts:
+            # Only a recipient's 4xx runs out of attempts; an unreachable server is retried
+            # until it comes back, so a dead SMTP server loses nothing.
+            log.error(
+                "message %s: giving up after %d attempts: %s",
+                out.id,
+                out.attempts,
+                err,
+                extra={"action": "send_gave_up", "message_id": out.id},
+            )
+            error = f"gave up after {out.attempts} attempts: {err}"
+            self._fail(tx, out.id, error, now=now, bounce=False)
+        elif isinstance(err, NotStarted):
+            tx.outbox.mark_retry(out.id, at=now, error=str(err))
+        else:
+            delay = backoff(out.attempts, self.policy, self.rng)
+            log.info(
+                "message %s: temporary failure (%s); retry in %.0fs",
+                out.id,
+                err,
+                delay.total_seconds(),
+                extra={"action": "send_retry", "message_id": out.id},
+            )
+            tx.outbox.mark_retry(out.id, at=now + delay, error=str(err))
 
     def _fail(self, tx: Tx, message_id: int, error: str, *, now: datetime, bounce: bool) -> None:
-        message = tx.mark_failed(message_id, error=error)
+        message = tx.outbox.mark_failed(message_id, error=error)
         if bounce:
-            tx.stop_subscriber(
-                message.subscriber_id, status="bounced", reason=ExitReason.bounced, now=now
+            self.journey.stop_person(
+                tx,
+                message.subscriber_id,
+                status=SubscriberStatus.bounced,
+                reason=ExitReason.bounced,
+                now=now,
             )
         else:
-            tx.stop_enrollment(message.enrollment_id, ExitReason.failed, now=now)
-        tx.add_event(
+            self.journey.stop(tx, message.enrollment_id, ExitReason.failed, now=now)
+        tx.events.add(
             subscriber_id=message.subscriber_id,
             enrollment_id=message.enrollment_id,
             message_id=message_id,
-            kind="bounce" if bounce else "failed",
+            kind=EventKind.bounce if bounce else EventKind.failed,
             outcome="bounced" if bounce else "failed",
             detail={"error": error[:500]},
             now=now,
@@ -354,9 +346,11 @@ class Dispatcher:
         ready = await asyncio.to_thread(self._render, rows)
         if ready:
             window = self.policy.send_window.total_seconds() - (loop.time() - claimed)
+            began = time.perf_counter()
             errors = await self.transport.send_many(
                 [(o.sender, o.recipient, o.data) for o in ready], within=window
             )
+            self.timings["smtp"] += time.perf_counter() - began
             await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
         return len(ready)
 
@@ -365,10 +359,15 @@ class Dispatcher:
         rows = await asyncio.to_thread(self._claim)
         return await self._send(rows) if rows else 0
 
-    async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
-        """Plan and deliver until nothing is due (or ``max_batches``); one tick's work."""
+    async def run_once(
+        self, *, max_batches: int = 50, stop: threading.Event | None = None
+    ) -> tuple[int, int]:
+        """Plan and deliver until nothing is due (or ``max_batches``, or ``stop`` is set,
+        which is looked at between batches); one tick's work."""
         planned = sent = 0
         for _ in range(max_batches):
+            if stop is not None and stop.is_set():
+                break
             n, fresh = await asyncio.to_thread(self.plan, self.clock.now())
             m = await self._send(fresh) if fresh else 0
             m += await self.deliver()

@@ -10,52 +10,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 
 from nurture.sequences import Sequence, Step
+from nurture.vocabulary import EnrollmentStatus, ExitReason, MessageKind, Phase, YesBy
 
 __all__ = [
-    "Status",
-    "Phase",
-    "ExitReason",
     "EnrollmentState",
     "SendEmail",
     "ConfirmSubscriber",
     "Decision",
     "Yes",
     "start",
+    "restart",
     "on_due",
     "on_yes",
-    "release",
+    "on_confirmed",
     "on_out_of_office",
+    "postpone",
     "stop",
 ]
 
 
-class Status(StrEnum):
-    active = "active"  # moving: an email is due or a micro-yes is awaited
-    held = "held"  # waits for the subscriber to confirm (double opt-in) before anything is sent
-    completed = "completed"  # said yes to the last step
-    exited = "exited"  # left before the end; see ExitReason
-
-
-class Phase(StrEnum):
-    send = "send"  # the current step's email goes out at due_at
-    wait = "wait"  # the email went out; waiting for the micro-yes (due_at: next reminder/timeout)
-
-
-class ExitReason(StrEnum):
-    timeout = "timeout"
-    unsubscribed = "unsubscribed"
-    bounced = "bounced"
-    complained = "complained"
-    converted = "converted"
-    failed = "failed"  # sending kept failing until the retries ran out
-
-
 @dataclass(frozen=True)
 class EnrollmentState:
-    status: Status
+    status: EnrollmentStatus
     step_id: str
     phase: Phase
     visit: int  # +1 each time the enrollment enters a step; part of every message's unique key
@@ -69,8 +47,7 @@ class EnrollmentState:
 class SendEmail:
     step_id: str
     visit: int
-    kind: str  # "step" or "reminder1", "reminder2", ...
-    reminder: int | None = None  # index into step.reminders
+    kind: MessageKind = MessageKind.STEP
 
 
 @dataclass(frozen=True)
@@ -92,7 +69,7 @@ class Decision:
 class Yes:
     """A micro-yes candidate: a click or a reply on the email of (step_id, visit)."""
 
-    kind: str  # "click" or "reply"
+    by: YesBy
     step_id: str
     visit: int
 
@@ -104,10 +81,10 @@ def _enter(
     if step.confirms and confirmed:
         following = sequence.next_step(step.id)
         if following is None:
-            return EnrollmentState(Status.completed, step.id, Phase.wait, visit, None)
+            return EnrollmentState(EnrollmentStatus.completed, step.id, Phase.wait, visit, None)
         step = following
     return EnrollmentState(
-        status=Status.active,
+        status=EnrollmentStatus.active,
         step_id=step.id,
         phase=Phase.send,
         visit=visit,
@@ -130,7 +107,7 @@ def on_due(
     state: EnrollmentState, sequence: Sequence, *, now: datetime, confirmed: bool
 ) -> Decision:
     """Something fell due for this enrollment: send its email, a reminder, or time out."""
-    if state.status is not Status.active or state.due_at is None or state.due_at > now:
+    if state.status is not EnrollmentStatus.active or state.due_at is None or state.due_at > now:
         return Decision(state)
     step = sequence.step(state.step_id)
 
@@ -138,7 +115,7 @@ def on_due(
         if step.confirms and confirmed:
             return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="skipped")
         if not confirmed and not step.confirms:
-            held = replace(state, status=Status.held, due_at=None)
+            held = replace(state, status=EnrollmentStatus.held, due_at=None)
             return Decision(held, outcome="held:unconfirmed")
         sent = replace(
             state,
@@ -147,7 +124,7 @@ def on_due(
             reminders_sent=0,
             due_at=_wait_due(step, now, 0),
         )
-        return Decision(sent, (SendEmail(step.id, state.visit, "step"),), outcome="sent")
+        return Decision(sent, (SendEmail(step.id, state.visit),), outcome="sent")
 
     assert state.step_sent_at is not None
     if step.confirms and confirmed:
@@ -170,7 +147,7 @@ def on_due(
         reminders_sent=latest + 1,
         due_at=_wait_due(step, state.step_sent_at, latest + 1),
     )
-    action = SendEmail(step.id, state.visit, f"reminder{latest + 1}", reminder=latest)
+    action = SendEmail(step.id, state.visit, MessageKind(latest + 1))
     return Decision(after, (action,), outcome="reminded")
 
 
@@ -179,7 +156,9 @@ def _timeout(
 ) -> Decision:
     rule = step.on_timeout
     if rule.action == "exit":
-        left = replace(state, status=Status.exited, due_at=None, exit_reason=ExitReason.timeout)
+        left = replace(
+            state, status=EnrollmentStatus.exited, due_at=None, exit_reason=ExitReason.timeout
+        )
         return Decision(left, outcome="timeout:exit")
     if rule.action == "goto":
         assert rule.target is not None
@@ -200,15 +179,17 @@ def _move(
 ) -> Decision:
     following = sequence.next_step(step.id)
     if following is None:
-        done = replace(state, status=Status.completed, due_at=None)
+        done = replace(state, status=EnrollmentStatus.completed, due_at=None)
         return Decision(done, outcome="completed")
     moved = _enter(sequence, following, visit=state.visit + 1, now=now, confirmed=confirmed)
-    return Decision(moved, outcome=outcome if moved.status is Status.active else "completed")
+    return Decision(
+        moved, outcome=outcome if moved.status is EnrollmentStatus.active else "completed"
+    )
 
 
 def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datetime) -> Decision:
     """A click or reply arrived. It advances only if it answers the current ask."""
-    if state.status is not Status.active:
+    if state.status is not EnrollmentStatus.active:
         return Decision(state, outcome=f"ignored:{state.status.value}")
     if (
         event.step_id != state.step_id
@@ -217,7 +198,7 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     ):
         return Decision(state, outcome="ignored:not_current_step")
     step = sequence.step(state.step_id)
-    if not step.advance_on.accepts(event.kind):
+    if not step.advance_on.accepts(event.by):
         return Decision(state, outcome=f"ignored:step_wants_{step.advance_on.value}")
     actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
     moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced")
@@ -230,7 +211,7 @@ def on_out_of_office(
     """An out-of-office answer to the current step says the person is back at ``back``: the
     wait (reminders included) counts from then, so nobody is reminded or timed out while away.
     Nothing changes for an older step's email or a date already past."""
-    if state.status is not Status.active or state.phase is not Phase.wait or back <= now:
+    if state.status is not EnrollmentStatus.active or state.phase is not Phase.wait or back <= now:
         return Decision(state, outcome="ignored:out_of_office")
     assert state.step_sent_at is not None
     if back <= state.step_sent_at:
@@ -240,15 +221,35 @@ def on_out_of_office(
     return Decision(moved, outcome="extended:out_of_office")
 
 
-def release(state: EnrollmentState, *, now: datetime) -> EnrollmentState:
-    """The subscriber confirmed: a held enrollment sends its step now."""
-    if state.status is not Status.held:
-        return state
-    return replace(state, status=Status.active, due_at=now)
+def on_confirmed(state: EnrollmentState, sequence: Sequence, *, now: datetime) -> EnrollmentState:
+    """The subscriber confirmed (here or through another sequence): a held enrollment sends its
+    step now; one waiting at a confirmation step is due now, so the next ``on_due`` moves it on
+    without a "please confirm" reminder. Any other enrollment is unchanged."""
+    if state.status is EnrollmentStatus.held:
+        return replace(state, status=EnrollmentStatus.active, due_at=now)
+    if (
+        state.status is EnrollmentStatus.active
+        and state.phase is Phase.wait
+        and sequence.step(state.step_id).confirms
+    ):
+        return replace(state, due_at=now)
+    return state
+
+
+def restart(state: EnrollmentState, sequence: Sequence, *, now: datetime) -> EnrollmentState:
+    """Someone taken back (an operator's resubscribe) starts over at the first step, as a new
+    visit, so nothing sent before counts as sent again; they must confirm again."""
+    fresh = start(sequence, now=now, confirmed=False)
+    return replace(fresh, visit=state.visit + 1)
+
+
+def postpone(state: EnrollmentState, *, until: datetime, outcome: str) -> Decision:
+    """Look at this enrollment again later (its sequence or step is not loaded right now)."""
+    return Decision(replace(state, due_at=until), outcome=outcome)
 
 
 def stop(state: EnrollmentState, reason: ExitReason) -> EnrollmentState:
     """Leave for good (unsubscribe, bounce, goal reached). A finished enrollment stays finished."""
-    if state.status in (Status.completed, Status.exited):
+    if state.status.finished:
         return state
-    return replace(state, status=Status.exited, due_at=None, exit_reason=reason)
+    return replace(state, status=EnrollmentStatus.exited, due_at=None, exit_reason=reason)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 __all__ = [
     "NurtureError",
     "ConfigError",
+    "DatabaseError",
     "SequenceError",
     "Problem",
     "SendError",
@@ -23,6 +24,11 @@ class NurtureError(Exception):
 
 class ConfigError(NurtureError):
     """A setting has a bad value; the message names the variable."""
+
+
+class DatabaseError(NurtureError):
+    """The database cannot be reached, its URL cannot be read, or its schema is not current;
+    the message names the database (never its password)."""
 
 
 @dataclass(frozen=True)

@@ -1,64 +1,170 @@
-"""Wiring: build every long-lived part from Settings once, for the daemon, the CLI and tests."""
+"""Wiring: every long-lived part built from Settings, in one place, for the daemon, the CLI,
+the tests and the benchmarks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jinja2.sandbox import SandboxedEnvironment
+
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
 from nurture.config import Settings, ensure_secret_key
-from nurture.db.session import make_engine
+from nurture.db.connect import connect_database
 from nurture.db.store import Store
+from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.inbox import Inbox
+from nurture.journey import Journey
 from nurture.mail.render import Renderer, make_environment
+from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
 from nurture.sequences import Catalog, load_catalog
+from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
 from nurture.tracking import Tracker
 
-__all__ = ["Services", "build_services"]
+__all__ = [
+    "Services",
+    "build_services",
+    "build_renderer",
+    "build_transport",
+    "build_dispatcher",
+    "load_sequences",
+]
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
+    clock: Clock
     store: Store
     catalog: Catalog
     signer: Signer
     renderer: Renderer
+    journey: Journey
     tracker: Tracker
-    clock: Clock
+    inbox: Inbox
+    subscriptions: Subscriptions
+    dispatcher: Dispatcher
+
+    def dispatcher_for(self, transport: Transport) -> Dispatcher:
+        """Another dispatcher on the same parts, sending through ``transport`` (a second
+        worker in a test, a benchmark's own pool)."""
+        return build_dispatcher(
+            self.settings,
+            store=self.store,
+            catalog=self.catalog,
+            journey=self.journey,
+            renderer=self.renderer,
+            signer=self.signer,
+            clock=self.clock,
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        """Close the SMTP connections, then the database's."""
+        await self.dispatcher.transport.close()
+        self.store.dispose()
 
 
-def build_services(settings: Settings, *, clock: Clock | None = None) -> Services:
+def load_sequences(settings: Settings) -> tuple[SandboxedEnvironment, Catalog]:
+    """The templates' environment and the validated sequences; SequenceError otherwise."""
+    env = make_environment(settings.templates_dir)
+    return env, load_catalog(settings.sequences_dir, env=env)
+
+
+def build_renderer(settings: Settings, env: SandboxedEnvironment, signer: Signer) -> Renderer:
+    """The renderer every email is made with, and every preview of one."""
+    return Renderer(
+        env,
+        signer,
+        settings.public_url,
+        open_pixel=settings.open_tracking,
+        honeypot=settings.honeypot,
+    )
+
+
+def build_transport(settings: Settings, smtp: SmtpTarget | None = None) -> Transport:
+    """The SMTP pool to ``smtp`` (the daemon's catcher), or to the configured relay; a process
+    with neither sends nothing and loses nothing (``NoRelay``)."""
+    if smtp is None and settings.smtp_host:
+        smtp = SmtpTarget.from_settings(settings)
+    if smtp is None:
+        return NoRelay()
+    return SmtpPool(smtp, size=settings.smtp_connections)
+
+
+def build_dispatcher(
+    settings: Settings,
+    *,
+    store: Store,
+    catalog: Catalog,
+    journey: Journey,
+    renderer: Renderer,
+    signer: Signer,
+    clock: Clock,
+    transport: Transport,
+) -> Dispatcher:
+    return Dispatcher(
+        store=store,
+        catalog=catalog,
+        journey=journey,
+        renderer=renderer,
+        signer=signer,
+        transport=transport,
+        clock=clock,
+        policy=DispatchPolicy.from_settings(settings),
+    )
+
+
+def build_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    smtp: SmtpTarget | None = None,
+    transport: Transport | None = None,
+) -> Services:
     """Raises SequenceError when the sequences do not validate: nothing starts on bad files."""
     settings = ensure_secret_key(settings)
     assert settings.secret_key
-    env = make_environment(settings.templates_dir)
-    catalog = load_catalog(settings.sequences_dir, env=env)
+    clock = clock or SystemClock()
+    env, catalog = load_sequences(settings)
     signer = Signer(settings.secret_key)
-    store = Store(make_engine(settings.database_url))
+    store = Store(connect_database(settings.database_url))
+    journey = Journey(catalog)
+    renderer = build_renderer(settings, env, signer)
+    policy = ClickPolicy(
+        min_seconds=settings.click_min_seconds,
+        window_seconds=settings.click_window_seconds,
+        burst_links=settings.click_burst_links,
+    )
+    dispatcher = build_dispatcher(
+        settings,
+        store=store,
+        catalog=catalog,
+        journey=journey,
+        renderer=renderer,
+        signer=signer,
+        clock=clock,
+        transport=transport or build_transport(settings, smtp),
+    )
     return Services(
         settings=settings,
+        clock=clock,
         store=store,
         catalog=catalog,
         signer=signer,
-        renderer=Renderer(
-            env,
-            signer,
-            settings.public_url,
-            open_pixel=settings.open_tracking,
-            honeypot=settings.honeypot,
-        ),
+        renderer=renderer,
+        journey=journey,
         tracker=Tracker(
+            store=store, catalog=catalog, journey=journey, signer=signer, policy=policy
+        ),
+        inbox=Inbox(
             store=store,
             catalog=catalog,
+            journey=journey,
             signer=signer,
             reply_address=settings.reply_address,
-            base_url=settings.public_url,
-            policy=ClickPolicy(
-                min_seconds=settings.click_min_seconds,
-                window_seconds=settings.click_window_seconds,
-                burst_links=settings.click_burst_links,
-            ),
         ),
-        clock=clock or SystemClock(),
+        subscriptions=Subscriptions(store=store, catalog=catalog, journey=journey, signer=signer),
+        dispatcher=dispatcher,
     )

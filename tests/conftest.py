@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from nurture.db.session import normalize_url, upgrade
+from nurture.db.connect import normalize_url
+from nurture.db.migrate import upgrade
 
 PG_URL = os.environ.get("NURTURE_TEST_DATABASE_URL")
 IN_CI = os.environ.get("CI") == "true"

@@ -1,1 +1,4 @@
-"""Storage: SQLAlchemy models, engines and every query. ORM objects never leave this package."""
+"""Storage: the tables, the PostgreSQL/SQLite seam, the schema's migrations and every query.
+
+Only frozen rows leave this package; it decides nothing about sequences.
+"""

@@ -1,28 +1,45 @@
-"""The tables. The schema itself comes only from the Alembic migrations in ``migrations/``;
-``tests/migration`` proves these models and the migrated schema agree."""
+"""The tables. The schema itself comes only from the Alembic migrations in
+``nurture/db/migrations/``; ``tests/migration`` proves these models and the migrated schema
+agree. Queries use the tables (SQLAlchemy Core), never ORM objects: see the stores beside."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Subscriber", "Enrollment", "Message", "Event", "Inbound", "ImapState"]
+from nurture.db.dialect import UtcDateTime
+
+__all__ = [
+    "Base",
+    "Subscriber",
+    "Enrollment",
+    "Message",
+    "Event",
+    "Inbound",
+    "ImapState",
+    "SUBSCRIBERS",
+    "ENROLLMENTS",
+    "MESSAGES",
+    "EVENTS",
+    "INBOUND",
+    "IMAP_STATE",
+]
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -33,7 +50,7 @@ NAMING = {
 }
 
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
-When = DateTime(timezone=True)
+When = UtcDateTime()
 
 
 class Base(DeclarativeBase):
@@ -109,7 +126,8 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(12))  # queued sending sent failed cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(When)
-    links: Mapped[list[Any]] = mapped_column(default=list)  # [[url, counts_as_yes], ...]
+    # [[url, counts_as_yes], ...]; the honeypot link is [url, false, "honeypot"]
+    links: Mapped[list[Any]] = mapped_column(default=list)
     subject: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(When)
@@ -175,3 +193,11 @@ class ImapState(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(When)
+
+
+SUBSCRIBERS = cast(Table, Subscriber.__table__)
+ENROLLMENTS = cast(Table, Enrollment.__table__)
+MESSAGES = cast(Table, Message.__table__)
+EVENTS = cast(Table, Event.__table__)
+INBOUND = cast(Table, Inbound.__table__)
+IMAP_STATE = cast(Table, ImapState.__table__)

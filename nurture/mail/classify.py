@@ -21,10 +21,10 @@ from enum import StrEnum
 
 from flufl.bounce import all_failures
 
-__all__ = ["Kind", "Classification", "classify", "find_return_date"]
+__all__ = ["InboundKind", "Classification", "classify", "find_return_date"]
 
 
-class Kind(StrEnum):
+class InboundKind(StrEnum):
     human = "human"  # a person wrote it: may be a micro-yes
     auto_reply = "auto_reply"  # out-of-office, vacation responder, autoresponder
     bounce = "bounce"  # permanent delivery failure (5.x.x)
@@ -35,7 +35,7 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class Classification:
-    kind: Kind
+    kind: InboundKind
     reason: str
     return_date: date | None = None  # out-of-office: the day the person is back
     permanent: tuple[str, ...] = ()  # addresses that failed for good
@@ -182,7 +182,7 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
     if report == "feedback-report":
         who, kind = _feedback(msg)
         return Classification(
-            Kind.complaint, f"ARF {kind}", original_ids=_original_ids(msg), complainant=who
+            InboundKind.complaint, f"ARF {kind}", original_ids=_original_ids(msg), complainant=who
         )
     if report == "delivery-status" or _looks_like_bounce(msg):
         # flufl.bounce reads the compat32 object model.
@@ -198,7 +198,7 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
             temporary, permanent = temporary | permanent, frozenset()
         if permanent:
             return Classification(
-                Kind.bounce,
+                InboundKind.bounce,
                 "delivery failed",
                 permanent=_addresses(permanent),
                 temporary=_addresses(temporary),
@@ -206,18 +206,25 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
             )
         if temporary:
             return Classification(
-                Kind.delay, "delivery delayed", temporary=_addresses(temporary), original_ids=ids
+                InboundKind.delay,
+                "delivery delayed",
+                temporary=_addresses(temporary),
+                original_ids=ids,
             )
         if report:
-            return Classification(Kind.report, "delivery report without failures", original_ids=ids)
+            return Classification(
+                InboundKind.report, "delivery report without failures", original_ids=ids
+            )
     elif report:
-        return Classification(Kind.report, f"report-type={report}", original_ids=_original_ids(msg))
+        return Classification(
+            InboundKind.report, f"report-type={report}", original_ids=_original_ids(msg)
+        )
     reason = _auto_reply_reason(msg)
     if reason is not None:
         return Classification(
-            Kind.auto_reply, reason, return_date=find_return_date(_text(msg), today=today)
+            InboundKind.auto_reply, reason, return_date=find_return_date(_text(msg), today=today)
         )
-    return Classification(Kind.human, "a person's reply")
+    return Classification(InboundKind.human, "a person's reply")
 
 
 _WARNING_SUBJECT = re.compile(

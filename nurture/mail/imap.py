@@ -1,35 +1,28 @@
-"""Reading replies from an IMAP mailbox: the daemon polls it on a schedule.
+"""Speaking IMAP: one folder of one mailbox, as the inbox reads it.
 
-Every new message (by UID, remembered per folder and UIDVALIDITY in the database) goes through
-the same ``Tracker.receive`` as the webhook, then is flagged ``$NurtureProcessed`` and \\Seen,
-or moved to a folder, or (only when ``NURTURE_IMAP_DELETE_PROCESSED`` says so) deleted. A
-crash between handling a message and remembering its UID only means it is fetched again:
-``receive`` recognises it and does nothing twice.
+``ImapMailbox.open()`` logs in and selects the folder; the ``ImapFolder`` it yields lists the
+UIDs after a given one, tells a message's size, fetches its bytes and marks it handled (a flag,
+a move to another folder, or, only when the settings say so, deletion).
+``ImapMailbox.wait_for_mail`` waits on IMAP IDLE. What the messages mean, and which UID was
+handled last, is the inbox's business (``nurture.inbox``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import imaplib
-import logging
 import re
 import select
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nurture.clock import Clock
 from nurture.config import Settings, SmtpTls
-from nurture.db.store import Store
-from nurture.mail.inbound import MAX_INBOUND_BYTES
-from nurture.tracking import Tracker
 
-__all__ = ["ImapSettings", "ImapPoller"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ImapSettings", "ImapMailbox", "ImapFolder", "PROCESSED_FLAG"]
 
 PROCESSED_FLAG = "$NurtureProcessed"
-_UID = re.compile(rb"UID (\d+)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 
 
@@ -61,15 +54,54 @@ class ImapSettings:
         )
 
 
-class ImapPoller:
-    def __init__(
-        self, imap: ImapSettings, *, tracker: Tracker, store: Store, clock: Clock, batch: int = 200
-    ) -> None:
+class ImapFolder:
+    """The selected folder of one logged-in connection."""
+
+    def __init__(self, conn: imaplib.IMAP4, imap: ImapSettings, uidvalidity: int) -> None:
+        self._conn = conn
+        self._imap = imap
+        self.name = imap.folder
+        self.uidvalidity = uidvalidity
+        self._deleted = False
+
+    def uids_after(self, last: int) -> list[int]:
+        """The UIDs above ``last``, in order (a server may answer ``n:*`` with the last UID
+        even when it is not above ``n``)."""
+        _, data = self._conn.uid("SEARCH", f"UID {last + 1}:*")
+        return sorted(u for u in (int(x) for x in (data[0] or b"").split()) if u > last)
+
+    def size(self, uid: int) -> int:
+        _, data = self._conn.uid("FETCH", str(uid), "(RFC822.SIZE)")
+        found = _SIZE.search(data[0] if data and isinstance(data[0], bytes) else b"")
+        return int(found.group(1)) if found else 0
+
+    def fetch(self, uid: int) -> bytes:
+        """The message's bytes, without setting \\Seen."""
+        _, data = self._conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
+        return next((part[1] for part in data if isinstance(part, tuple)), b"")
+
+    def mark_handled(self, uid: int) -> None:
+        """Flag it \\Seen and $NurtureProcessed; then move it, or mark it for deletion, as the
+        settings say."""
+        self._conn.uid("STORE", str(uid), "+FLAGS", f"(\\Seen {PROCESSED_FLAG})")
+        if self._imap.processed_folder:
+            self._conn.uid("COPY", str(uid), _quote(self._imap.processed_folder))
+            self._conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+            self._conn.expunge()
+        elif self._imap.delete_processed:
+            self._conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+            self._deleted = True
+
+    def finish(self) -> None:
+        """Expunge what was marked for deletion."""
+        if self._deleted:
+            self._conn.expunge()
+            self._deleted = False
+
+
+class ImapMailbox:
+    def __init__(self, imap: ImapSettings) -> None:
         self.imap = imap
-        self.tracker = tracker
-        self.store = store
-        self.clock = clock
-        self.batch = batch
 
     def _connect(self) -> imaplib.IMAP4:
         c = self.imap
@@ -85,8 +117,9 @@ class ImapPoller:
         conn.login(c.username, c.password)
         return conn
 
-    def poll_once(self) -> int:
-        """Handle every message not handled yet; returns how many were handled."""
+    @contextlib.contextmanager
+    def open(self) -> Iterator[ImapFolder]:
+        """Log in and select the folder; log out when done."""
         conn = self._connect()
         try:
             typ, _ = conn.select(_quote(self.imap.folder))
@@ -94,27 +127,17 @@ class ImapPoller:
                 raise imaplib.IMAP4.error(f"cannot select {self.imap.folder}")
             validity = conn.untagged_responses.get("UIDVALIDITY", [b"0"])[-1]
             uidvalidity = int(validity if isinstance(validity, bytes) else validity[0])
-            with self.store.transaction() as tx:
-                last = tx.imap_last_uid(self.imap.folder, uidvalidity)
-            typ, data = conn.uid("SEARCH", f"UID {last + 1}:*")
-            uids = sorted(int(u) for u in (data[0] or b"").split() if int(u) > last)
-            handled = 0
-            for uid in uids[: self.batch]:
-                self._handle(conn, uid)
-                with self.store.transaction() as tx:
-                    tx.set_imap_last_uid(self.imap.folder, uidvalidity, uid, now=self.clock.now())
-                handled += 1
-            if handled and self.imap.delete_processed and not self.imap.processed_folder:
-                conn.expunge()
-            return handled
+            yield ImapFolder(conn, self.imap, uidvalidity)
         finally:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 conn.logout()
 
     def wait_for_mail(self, timeout: float) -> bool | None:
         """IMAP IDLE (RFC 2177): block until the server announces new mail (True) or the
-        timeout passes (False); None when the server has no IDLE (then polling alone it is).
-        Python's imaplib has no IDLE before 3.14, so the exchange is written out here."""
+        timeout passes (False); None when the server does not offer IDLE (then polling alone
+        it is). A server that refuses or garbles one IDLE raises: the caller tries again
+        later, IDLE stays on. Python's imaplib has no IDLE before 3.14, so the exchange is
+        written out here."""
         conn = self._connect()
         try:
             if "IDLE" not in conn.capabilities:
@@ -122,13 +145,22 @@ class ImapPoller:
             conn.select(_quote(self.imap.folder))
             tag = conn._new_tag()
             conn.send(tag + b" IDLE\r\n")
-            if not conn.readline().startswith(b"+"):
-                return None
+            # Untagged data (a new message counted, say) may come before the continuation.
             news = False
+            while True:
+                line = conn.readline()
+                if not line:
+                    raise imaplib.IMAP4.abort("the server closed the connection at IDLE")
+                if line.startswith(b"+"):
+                    break
+                if line.startswith(b"*"):
+                    news = news or _announces_mail(line)
+                    continue
+                raise imaplib.IMAP4.error(f"IDLE refused: {line.decode(errors='replace')}")
             deadline = time.monotonic() + timeout
             # Wait with select(), not a socket timeout: a timed-out socket file can never be
             # read again, and IDLE's completion still has to be read after DONE.
-            while (left := deadline - time.monotonic()) > 0:
+            while not news and (left := deadline - time.monotonic()) > 0:
                 pending = isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() > 0
                 ready = pending or select.select([conn.sock], [], [], left)[0]
                 if not ready:
@@ -136,9 +168,7 @@ class ImapPoller:
                 line = conn.readline()
                 if not line:
                     break
-                if line.rstrip().endswith((b"EXISTS", b"RECENT")):
-                    news = True
-                    break
+                news = _announces_mail(line)
             conn.send(b"DONE\r\n")
             while True:  # the rest of the untagged lines, then IDLE's tagged completion
                 line = conn.readline()
@@ -149,42 +179,9 @@ class ImapPoller:
             with contextlib.suppress(imaplib.IMAP4.error, OSError):
                 conn.logout()
 
-    def _handle(self, conn: imaplib.IMAP4, uid: int) -> None:
-        typ, data = conn.uid("FETCH", str(uid), "(RFC822.SIZE)")
-        size_match = _SIZE.search(data[0] if data and isinstance(data[0], bytes) else b"")
-        size = int(size_match.group(1)) if size_match else 0
-        if size > MAX_INBOUND_BYTES:
-            # Far too large to be a reply: note it and leave it on the server, unread.
-            self.tracker.set_aside(
-                b"",
-                f"IMAP {self.imap.folder} UID {uid}: {size} bytes, over {MAX_INBOUND_BYTES}",
-                now=self.clock.now(),
-                source="imap",
-                identity=f"imap:{self.imap.folder}:{uid}:{size}",
-            )
-        else:
-            typ, data = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            raw = next((part[1] for part in data if isinstance(part, tuple)), b"")
-            try:
-                result = self.tracker.receive(
-                    raw, now=self.clock.now(), source="imap", trusted=True
-                )
-                log.debug("IMAP UID %s: %s", uid, result.status)
-            except Exception as exc:  # noqa: BLE001 - one message must never block the rest
-                log.exception("IMAP UID %s could not be handled; set aside", uid)
-                self.tracker.set_aside(
-                    raw,
-                    f"could not be handled: {type(exc).__name__}: {exc}",
-                    now=self.clock.now(),
-                    source="imap",
-                )
-        conn.uid("STORE", str(uid), "+FLAGS", f"(\\Seen {PROCESSED_FLAG})")
-        if self.imap.processed_folder:
-            conn.uid("COPY", str(uid), _quote(self.imap.processed_folder))
-            conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
-            conn.expunge()
-        elif self.imap.delete_processed:
-            conn.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+
+def _announces_mail(line: bytes) -> bool:
+    return line.rstrip().endswith((b"EXISTS", b"RECENT"))
 
 
 def _quote(folder: str) -> str:

@@ -53,10 +53,10 @@ def _identity(raw: bytes, message_id: str | None) -> str:
     return hashlib.sha256(message_id.encode("utf-8", "replace") + b"\0" + body).hexdigest()
 
 
-def parse_inbound(raw: bytes, *, today: date) -> InboundMail:
+def parse_inbound(raw: bytes, *, today: date, max_bytes: int = MAX_INBOUND_BYTES) -> InboundMail:
     """Parse and classify raw bytes; raises ValueError when it is not a usable message."""
-    if not raw or len(raw) > MAX_INBOUND_BYTES:
-        raise ValueError(f"empty or larger than {MAX_INBOUND_BYTES} bytes")
+    if not raw or len(raw) > max_bytes:
+        raise ValueError(f"empty or larger than {max_bytes} bytes")
     try:
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)

@@ -21,6 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from nurture.sequences import TEMPLATE_NAMES, Sequence
 from nurture.tokens import Signer, TokenKind
+from nurture.vocabulary import HONEYPOT_PATH, Link, MessageKind
 
 __all__ = ["make_environment", "Rendered", "Renderer", "html_to_text"]
 
@@ -41,7 +42,7 @@ class Rendered:
     subject: str
     text: str
     html: str
-    links: list[tuple[str, bool]]  # index = link number in the click token; (url, counts_as_yes)
+    links: list[Link]  # index = link number in the click token
     unsubscribe_url: str
 
 
@@ -58,18 +59,18 @@ class _Links:
 
     def __init__(self, tracked_url: Any) -> None:
         self._tracked_url = tracked_url
-        self.items: list[list[Any]] = []  # [url, counts]
+        self.items: list[list[Any]] = []  # [url, counts, honeypot]
         self._index: dict[str, int] = {}
 
     def knows(self, url: str) -> bool:
         return url in self._index
 
-    def track(self, url: str, marked: bool) -> str:
+    def track(self, url: str, marked: bool, *, honeypot: bool = False) -> str:
         i = self._index.get(url)
         if i is None:
             i = len(self.items)
             self._index[url] = i
-            self.items.append([url, marked])
+            self.items.append([url, marked, honeypot])
         elif marked:
             self.items[i][1] = True
         return str(self._tracked_url(i))
@@ -110,17 +111,17 @@ class Renderer:
         self,
         sequence: Sequence,
         step_id: str,
-        kind: str,
+        kind: MessageKind,
         *,
         message_id: int,
         email: str,
         fields: dict[str, Any],
     ) -> Rendered:
         step = sequence.step(step_id)
-        if kind == "step":
+        if kind.is_step:
             subject_src, template_name = step.subject, step.template
         else:
-            reminder = step.reminders[int(kind.removeprefix("reminder")) - 1]
+            reminder = step.reminders[kind.reminder - 1]
             subject_src, template_name = reminder.subject, reminder.template
         unsubscribe_url = self.unsubscribe_url(message_id)
         context = {
@@ -153,7 +154,7 @@ class Renderer:
         if self.honeypot:
             # Invisible to people (hidden, no text, out of the tab order); scanners that
             # fetch every link fetch it too, and give themselves away.
-            trap = links.track(self.base_url + "/hp", False)
+            trap = links.track(self.base_url + HONEYPOT_PATH, False, honeypot=True)
             extra += f'<a href="{trap}" style="display:none" aria-hidden="true" tabindex="-1"></a>'
         if self.open_pixel:
             pixel = f"{self.base_url}/o/{signer.make(TokenKind.open, message_id)}"
@@ -163,9 +164,8 @@ class Renderer:
             )
         if extra:
             html_body = _before_body_end(html_body, extra)
-        return Rendered(
-            subject, text_body, html_body, [(u, bool(c)) for u, c in links.items], unsubscribe_url
-        )
+        found = [Link(u, bool(c), honeypot=h) for u, c, h in links.items]
+        return Rendered(subject, text_body, html_body, found, unsubscribe_url)
 
     def unsubscribe_url(self, message_id: int) -> str:
         return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"

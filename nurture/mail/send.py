@@ -12,15 +12,28 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiosmtplib
 
 from nurture.config import Settings, SmtpTls
 from nurture.errors import PermanentSendError, SendError, TemporarySendError
 
-__all__ = ["SmtpTarget", "SmtpPool", "Bounce", "NotStarted"]
+__all__ = ["Transport", "SmtpTarget", "SmtpPool", "NoRelay", "Bounce", "NotStarted"]
 
 log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """What the dispatcher sends through."""
+
+    async def send_many(
+        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
+    ) -> list[SendError | None]:
+        """Send (sender, recipient, data) messages; each one's error, or None when sent."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class NotStarted(TemporarySendError):
@@ -189,3 +202,17 @@ async def _close(client: aiosmtplib.SMTP) -> None:
             await asyncio.wait_for(client.quit(), timeout=5)
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             client.close()
+
+
+class NoRelay:
+    """The transport of a process that has no SMTP server to send through (a command run
+    while the daemon's built-in catcher lives in another process): nothing is lost, every
+    message stays queued for the daemon."""
+
+    async def send_many(
+        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
+    ) -> list[SendError | None]:
+        return [NotStarted("no SMTP server in this process") for _ in messages]
+
+    async def close(self) -> None:
+        return None

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import jinja2
+from starlette.responses import HTMLResponse
 
-__all__ = ["page"]
+__all__ = ["page", "not_found"]
 
 _BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -90,3 +91,9 @@ _env = jinja2.Environment(loader=jinja2.DictLoader(_PAGES), autoescape=True)
 
 def page(name: str, **context: Any) -> str:
     return _env.get_template(name).render(**context)
+
+
+def not_found() -> HTMLResponse:
+    """The answer to any link we did not issue: a 404 page, never a redirect."""
+    text = "This link is not valid. If you copied it, check that it is complete."
+    return HTMLResponse(page("message.html", title="Link not found", text=text), status_code=404)

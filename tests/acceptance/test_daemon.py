@@ -3,83 +3,24 @@ replies through POST /inbound, and a kill -9 in the middle of the journey."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from email.message import EmailMessage
-from email.utils import make_msgid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support import DATA, Caught, RecordingHandler, recording_smtp, visible_links
+from support.daemon import NURTURE, Daemon, clean_env, press
+from support.dovecot import Dovecot
+from support.mail import reply, visible_links
+from support.net import wait_for
+from support.paths import DATA
+from support.smtp import Caught, RecordingHandler, recording_smtp
 
 from nurture.mail.catcher import SmtpServerThread
-
-NURTURE = Path(sys.executable).parent / "nurture"
-TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Daemon:
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.base = f"http://127.0.0.1:{env['NURTURE_HTTP_PORT']}"
-        self.log = workdir / "daemon.log"
-
-    def start(self, command: list[str]) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-        def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
-            try:
-                return httpx.get(self.base + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for("the daemon to answer /healthz", healthy)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            return self.proc.wait(20)
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -90,61 +31,28 @@ def smtp() -> Iterator[SmtpServerThread]:
 
 @pytest.fixture
 def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    port = free_port()
-    env.update(
-        {
-            "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
-            "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
-            "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
-            "NURTURE_HTTP_PORT": str(port),
-            "NURTURE_TICK_SECONDS": "0.2",
-            "NURTURE_RETRY_BASE_SECONDS": "1",
-            "NURTURE_SEND_LEASE_SECONDS": "6",
-            "NURTURE_CLICK_WINDOW_SECONDS": "1",
-            "NURTURE_SMTP_TIMEOUT": "1",
-            "NURTURE_SMTP_HOST": "127.0.0.1",
-            "NURTURE_SMTP_PORT": str(smtp.port),
-        }
+    env = clean_env(
+        NURTURE_DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
+        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
+        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
+        NURTURE_TICK_SECONDS="0.2",
+        NURTURE_RETRY_BASE_SECONDS="1",
+        NURTURE_SEND_LEASE_SECONDS="6",
+        NURTURE_CLICK_WINDOW_SECONDS="1",
+        NURTURE_SMTP_TIMEOUT="1",
+        NURTURE_SMTP_HOST="127.0.0.1",
+        NURTURE_SMTP_PORT=str(smtp.port),
     )
     d = Daemon(tmp_path, env)
     yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait(10)
-
-
-# The headers a person's browser sends when they follow a link from their mail.
-BROWSER = {
-    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/126.0 Safari/537.36",
-    "Accept-Language": "en-GB,en;q=0.9",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Site": "cross-site",
-    "Sec-Fetch-User": "?1",
-}
-
-
-def press(http: httpx.Client, url: str, port: str) -> None:
-    """What a person does with the ask: follow the link; on a confirmation, press the page's
-    button (a GET alone never confirms)."""
-    path = url.replace(f"http://127.0.0.1:{port}", "")
-    r = http.get(path, follow_redirects=False, headers=BROWSER)
-    if r.status_code == 200 and '<form method="post">' in r.text:
-        r = http.post(path, data={"confirm": "yes"}, follow_redirects=False)
-        assert r.status_code == 303, r.status_code
-    else:
-        assert r.status_code == 302, r.status_code
-
-
-TRACKED = re.compile(r'href="(http://127\.0\.0\.1:\d+/c/[^"]+)"')
+    d.kill()
 
 
 def test_three_people_a_kill_9_and_nobody_lost_or_sent_twice(
     daemon: Daemon, smtp: SmtpServerThread, tmp_path: Path
 ) -> None:
     server: RecordingHandler = smtp.handler
-    daemon.start([str(NURTURE), "run"])
+    daemon.start()
     assert (tmp_path / "nurture-secret.key").exists()  # generated on first start
 
     http = httpx.Client(base_url=daemon.base, timeout=10)
@@ -172,7 +80,7 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
         )
 
     def click_ask(mail: Caught) -> None:
-        press(http, visible_links(mail.part("html"))[0], daemon.env["NURTURE_HTTP_PORT"])
+        press(http, visible_links(mail.part("html"))[0])
 
     # ann and cat confirm; bob never does anything.
     click_ask(arrived("ann", "Confirm, Ann"))
@@ -180,11 +88,11 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
     click_ask(arrived("ann", "Read this, Ann"))
     # Mid-journey: ann's next step is due, cat's read email is on its way. kill -9.
     daemon.kill9()
-    daemon.start([sys.executable, "-m", "nurture", "run"])
+    daemon.start_module()
 
     click_ask(arrived("cat", "Read this, Cat"))
     ask = arrived("cat", "Tell me by reply")
-    r = http.post("/inbound", content=_reply(ask))
+    r = http.post("/inbound", content=reply(ask, "I want to learn about subject lines."))
     assert r.json() == {"status": "matched", "outcome": "advanced"}, r.text
     click_ask(arrived("cat", "The offer"))
 
@@ -204,12 +112,13 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
             ).all()
         return {email.split("@")[0]: (status, reason) for email, status, reason in rows}
 
-    wait_for("bob to time out", lambda: statuses()["bob"] == ("exited", "timeout"))
-    assert statuses() == {
+    final = {
         "ann": ("completed", None),
         "cat": ("completed", None),
         "bob": ("exited", "timeout"),
     }
+    # Each last click counts once its judging window has closed: wait for all three.
+    wait_for(f"the journeys to end as {final}", lambda: statuses() == final)
     time.sleep(1)  # a few more ticks: nothing else may be sent
 
     assert [m.subject for m in mails("ann")] == [
@@ -245,22 +154,9 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
     engine.dispose()
 
 
-def _reply(mail: Caught) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = mail.recipient
-    msg["To"] = mail.message["From"]
-    msg["Subject"] = "Re: " + mail.subject
-    msg["Message-ID"] = make_msgid(domain="example.com")
-    msg["In-Reply-To"] = mail.message["Message-ID"]
-    msg.set_content("I want to learn about subject lines.\n\n> " + mail.subject)
-    return msg.as_bytes()
-
-
 def test_replies_from_an_imap_mailbox_across_a_restart(
     daemon: Daemon, smtp: SmtpServerThread, tmp_path: Path
 ) -> None:
-    from support import Dovecot
-
     server: RecordingHandler = smtp.handler
     with Dovecot() as dovecot:
         daemon.env.update(
@@ -274,9 +170,8 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
                 "NURTURE_IMAP_POLL_SECONDS": "3600",
             }
         )
-        daemon.start([str(NURTURE), "run"])
+        daemon.start()
         http = httpx.Client(base_url=daemon.base, timeout=10)
-        port = daemon.env["NURTURE_HTTP_PORT"]
 
         def arrived(who: str, subject: str) -> Caught:
             return wait_for(
@@ -287,7 +182,7 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
             )
 
         def click(mail: Caught) -> None:
-            press(http, visible_links(mail.part("html"))[0], port)
+            press(http, visible_links(mail.part("html"))[0])
 
         def at_ask(who: str) -> Caught:
             r = http.post(
@@ -315,8 +210,8 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
 
         try:
             human, away = at_ask("ann"), at_ask("ben")
-            dovecot.append(_reply(human))
-            ooo = _reply(away).replace(
+            dovecot.append(reply(human, "Subject lines, please."))
+            ooo = reply(away, "I am away.").replace(
                 b"Subject: Re:", b"Auto-Submitted: auto-replied\r\nSubject: Automatic reply:"
             )
             dovecot.append(ooo)
@@ -332,8 +227,8 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
             # Restart between two polls; a reply that lands meanwhile is neither lost nor
             # handled twice.
             assert daemon.stop() == 0
-            dovecot.append(_reply(away))
-            daemon.start([sys.executable, "-m", "nurture", "run"])
+            dovecot.append(reply(away, "Back now: yes please."))
+            daemon.start_module()
             arrived("ben", "The offer")
             with engine.connect() as conn:
                 rows = conn.execute(text("SELECT status, count(*) FROM inbound GROUP BY status"))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import DATA, REPO
-from test_daemon import Daemon, free_port
+from support.daemon import Daemon, clean_env
+from support.paths import DATA, REPO
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,19 +32,15 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 @pytest.fixture
 def catcher_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env.update(
-        {
-            "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
-            "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
-            "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
-            "NURTURE_HTTP_PORT": str(free_port()),
-            "NURTURE_TICK_SECONDS": "0.2",
-            "NURTURE_CLICK_WINDOW_SECONDS": "1",
-        }
+    env = clean_env(
+        NURTURE_DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
+        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
+        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
+        NURTURE_TICK_SECONDS="0.2",
+        NURTURE_CLICK_WINDOW_SECONDS="1",
     )
     d = Daemon(tmp_path, env)
-    d.start([sys.executable, "-m", "nurture", "run"])
+    d.start_module()
     yield d
     d.stop()
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import DATA, REPO
+from support.paths import DATA, REPO
 
 from nurture.cli import main
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import select
-from support import Caught, visible_links
+from support.db import EVENTS, MESSAGES, rows
+from support.mail import visible_links
+from support.smtp import Caught
+from support.world import World
 
-from nurture.db.models import Event, Message
-from nurture.engine import ExitReason, Phase, Status
 from nurture.errors import SubscribeError
-from nurture.subscriptions import goal
 from nurture.tokens import TokenKind
+from nurture.vocabulary import EnrollmentStatus as Status
+from nurture.vocabulary import ExitReason, Phase
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
 
@@ -23,17 +25,14 @@ def links(mail: Caught) -> list[str]:
     return visible_links(mail.part("html"))
 
 
-def messages(world, **where):  # type: ignore[no-untyped-def]
-    with world.services.store.transaction() as tx:
-        q = select(Message)
-        for k, v in where.items():
-            q = q.where(getattr(Message, k) == v)
-        return [
-            (m.step_id, m.kind, m.status, m.attempts) for m in tx.s.scalars(q.order_by(Message.id))
-        ]
+def messages(world: World, **where: object) -> list[tuple[str, str, str, int]]:
+    return [
+        (m.step_id, m.kind, m.status, m.attempts)
+        for m in rows(world.services.store, MESSAGES, **where)
+    ]
 
 
-def test_first_email_is_the_confirmation_with_every_header(world) -> None:  # type: ignore[no-untyped-def]
+def test_first_email_is_the_confirmation_with_every_header(world: World) -> None:
     world.subscribe("ann@example.com")
     assert world.tick() == (1, 1)
     [mail] = world.smtp.to("ann@example.com")
@@ -54,12 +53,11 @@ def test_first_email_is_the_confirmation_with_every_header(world) -> None:  # ty
         assert url in mail.part("plain")
 
 
-def _rows(world):  # type: ignore[no-untyped-def]
-    with world.services.store.transaction() as tx:
-        return list(tx.s.scalars(select(Message).order_by(Message.id)))
+def _rows(world: World) -> list[Any]:
+    return rows(world.services.store, MESSAGES)
 
 
-def test_click_journey_to_completion(world) -> None:  # type: ignore[no-untyped-def]
+def test_click_journey_to_completion(world: World) -> None:
     world.subscribe("bo@example.com")
     world.tick()
     [confirm] = world.smtp.to("bo@example.com")
@@ -96,7 +94,7 @@ def test_click_journey_to_completion(world) -> None:  # type: ignore[no-untyped-
     ]
 
 
-def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world) -> None:  # type: ignore[no-untyped-def]
+def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world: World) -> None:
     world.subscribe("cy@example.com")
     world.tick()
     world.clock.advance(seconds=3)
@@ -113,7 +111,7 @@ def test_silence_gets_the_reminder_then_leaves_with_nothing_more(world) -> None:
     assert state.status is Status.exited and state.exit_reason is ExitReason.timeout
 
 
-def test_subscribing_twice_enrolls_once(world) -> None:  # type: ignore[no-untyped-def]
+def test_subscribing_twice_enrolls_once(world: World) -> None:
     first = world.subscribe("di@example.com")
     second = world.subscribe("di@example.com", fields={"first_name": "Diana"})
     assert first.created and not second.created
@@ -124,20 +122,21 @@ def test_subscribing_twice_enrolls_once(world) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("bad", ["not-an-email", "a@b", "", "ann@@example.com", None])
-def test_a_malformed_address_is_refused(world, bad) -> None:  # type: ignore[no-untyped-def]
+def test_a_malformed_address_is_refused(world: World, bad: object) -> None:
     with pytest.raises(SubscribeError) as err:
         world.subscribe(bad)
     assert err.value.status == 400
 
 
-def test_unsubscribe_stops_everything_for_good(world) -> None:  # type: ignore[no-untyped-def]
+def test_unsubscribe_stops_everything_for_good(world: World) -> None:
     world.subscribe("ed@example.com")
     world.tick()
     [confirm] = world.smtp.to("ed@example.com")
     token = confirm.message["List-Unsubscribe"].strip("<>").rsplit("/u/", 1)[1]
-    tracker = world.services.tracker
-    assert tracker.unsubscribe(token, now=world.clock.now(), how="one-click") == "ed@example.com"
-    assert tracker.unsubscribe(token, now=world.clock.now(), how="one-click") == "ed@example.com"
+    subscriptions = world.services.subscriptions
+    for _ in range(2):
+        address = subscriptions.unsubscribe_token(token, now=world.clock.now(), how="one-click")
+        assert address == "ed@example.com"
     state = world.state("ed@example.com")
     assert state.status is Status.exited and state.exit_reason is ExitReason.unsubscribed
     # A click on the old confirmation link is recorded only.
@@ -148,36 +147,29 @@ def test_unsubscribe_stops_everything_for_good(world) -> None:  # type: ignore[n
     with pytest.raises(SubscribeError) as err:
         world.subscribe("ed@example.com")
     assert err.value.status == 409
-    with world.services.store.transaction() as tx:
-        kinds = [e.kind for e in tx.s.scalars(select(Event).order_by(Event.id))]
+    kinds = [e.kind for e in rows(world.services.store, EVENTS)]
     assert kinds.count("unsubscribe") == 1 and "click" in kinds
 
 
-def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world) -> None:  # type: ignore[no-untyped-def]
+def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world: World) -> None:
     result = world.subscribe("fay@example.com")
     # Decided and recorded (claimed for sending), then the worker stops before sending.
     asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
     assert messages(world) == [("confirm", "step", "sending", 1)]
-    from nurture.subscriptions import unsubscribe
-
-    unsubscribe(world.services.store, result.subscriber_id, now=world.clock.now())
+    world.services.subscriptions.unsubscribe(result.subscriber_id, now=world.clock.now())
     world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
     world.tick()
     assert world.smtp.to("fay@example.com") == []
     assert messages(world) == [("confirm", "step", "cancelled", 1)]
 
 
-def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untyped-def]
+def test_goal_event_exits_as_converted(world: World) -> None:
     world.subscribe("gus@example.com", confirmed=True)
     world.tick()
-    store, catalog = world.services.store, world.services.catalog
-    assert (
-        goal(store, catalog, email="gus@example.com", event="newsletter", now=world.clock.now())
-        == []
-    )  # not a goal of this sequence
-    assert goal(
-        store, catalog, email="GUS@example.com", event="purchase", now=world.clock.now()
-    ) == ["journey"]
+    goal = world.services.subscriptions.goal
+    assert goal(email="gus@example.com", event="newsletter", now=world.clock.now()) == []
+    # (not a goal of this sequence)
+    assert goal(email="GUS@example.com", event="purchase", now=world.clock.now()) == ["journey"]
     state = world.state("gus@example.com")
     assert state.status is Status.exited and state.exit_reason is ExitReason.converted
     world.clock.advance(days=5)
@@ -185,7 +177,7 @@ def test_goal_event_exits_as_converted(world) -> None:  # type: ignore[no-untype
     assert len(world.smtp.to("gus@example.com")) == 1
 
 
-def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world: World) -> None:
     world.smtp.refuse["hal@example.com"] = (451, "4.7.1 try again later")
     # Confirmed already: their first email is the "read" step, which waits a day.
     world.subscribe("hal@example.com", confirmed=True)
@@ -205,7 +197,7 @@ def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world) -> None:  # ty
     assert world.state("hal@example.com").phase is Phase.wait
 
 
-def test_a_retry_whose_enrollment_left_meanwhile_is_not_sent(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_retry_whose_enrollment_left_meanwhile_is_not_sent(world: World) -> None:
     world.smtp.refuse["kim@example.com"] = (451, "4.7.1 try again later")
     world.subscribe("kim@example.com")  # the confirmation waits 6 s, then exits
     world.tick()
@@ -217,14 +209,11 @@ def test_a_retry_whose_enrollment_left_meanwhile_is_not_sent(world) -> None:  # 
     assert messages(world) == [("confirm", "step", "cancelled", 1)]
 
 
-def _sub(world, email: str) -> int:  # type: ignore[no-untyped-def]
-    with world.services.store.transaction() as tx:
-        sub = tx.subscriber_by_email(email)
-        assert sub is not None
-        return sub.id
+def _sub(world: World, email: str) -> int:
+    return world.subscriber_id(email)
 
 
-def test_a_5xx_for_the_recipient_bounces_and_the_batch_goes_on(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_5xx_for_the_recipient_bounces_and_the_batch_goes_on(world: World) -> None:
     world.smtp.refuse["jo@example.com"] = (550, "5.1.1 no such user")
     for name in ("ken", "jo", "lu"):
         world.subscribe(f"{name}@example.com", confirmed=True)
@@ -235,13 +224,13 @@ def test_a_5xx_for_the_recipient_bounces_and_the_batch_goes_on(world) -> None:  
     state = world.state("jo@example.com")
     assert state.status is Status.exited and state.exit_reason is ExitReason.bounced
     with world.services.store.transaction() as tx:
-        assert tx.subscriber_by_email("jo@example.com").status == "bounced"  # type: ignore[union-attr]
+        assert tx.subscribers.by_email("jo@example.com").status == "bounced"  # type: ignore[union-attr]
     world.clock.advance(days=3)
     world.tick()
     assert world.smtp.to("jo@example.com") == []
 
 
-def test_a_dead_smtp_server_means_retries_not_lost_emails(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_smtp_server_means_retries_not_lost_emails(world: World) -> None:
     world.subscribe("max@example.com", confirmed=True)  # "read" waits a day
     world.server.stop()
     world.tick()
@@ -262,7 +251,7 @@ def test_a_dead_smtp_server_means_retries_not_lost_emails(world) -> None:  # typ
     assert messages(world)[0][2] == "sent"
 
 
-def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world: World) -> None:
     world.subscribe("ned@example.com", confirmed=True)  # "read" waits a day
     # Decided, recorded and claimed for sending; then the worker "dies".
     _, claimed = asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
@@ -280,7 +269,7 @@ def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(wo
     assert len(world.smtp.to("ned@example.com")) == 1
 
 
-def test_two_dispatchers_never_send_the_same_step_twice(world) -> None:  # type: ignore[no-untyped-def]
+def test_two_dispatchers_never_send_the_same_step_twice(world: World) -> None:
     emails = [f"p{i}@example.com" for i in range(60)]
     for address in emails:
         world.subscribe(address, confirmed=True)
@@ -290,8 +279,8 @@ def test_two_dispatchers_never_send_the_same_step_twice(world) -> None:  # type:
         try:
             await asyncio.gather(first.run_once(), second.run_once(), first.run_once())
         finally:
-            await first.transport.close()  # type: ignore[attr-defined]
-            await second.transport.close()  # type: ignore[attr-defined]
+            await first.transport.close()
+            await second.transport.close()
 
     asyncio.run(both())
     got = sorted(c.recipient for c in world.smtp.caught)
@@ -300,7 +289,7 @@ def test_two_dispatchers_never_send_the_same_step_twice(world) -> None:  # type:
     assert len(set(ids)) == len(ids)
 
 
-def test_held_enrollment_waits_for_confirmation_elsewhere(world, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_held_enrollment_waits_for_confirmation_elsewhere(world: World) -> None:
     # A pending subscriber in a sequence without a confirmation step gets nothing until
     # they confirm through another sequence.
     world.subscribe("oz@example.com", sequence="noconfirm")
@@ -316,7 +305,7 @@ def test_held_enrollment_waits_for_confirmation_elsewhere(world, tmp_path) -> No
     assert subjects == ["Confirm, Oz", "News for you", "Read this, Oz"]
 
 
-def test_reply_token_and_message_id(world) -> None:  # type: ignore[no-untyped-def]
+def test_reply_token_and_message_id(world: World) -> None:
     world.subscribe("pia@example.com")
     world.tick()
     row = _rows(world)[0]
@@ -324,7 +313,7 @@ def test_reply_token_and_message_id(world) -> None:  # type: ignore[no-untyped-d
     assert reply_token == reply_token.lower()
 
 
-def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(world) -> None:  # type: ignore[no-untyped-def]
+def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(world: World) -> None:
     world.subscribe("una@example.com")
     world.subscribe("una@example.com", sequence="second")
     world.tick()
@@ -343,7 +332,9 @@ def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(wo
     assert world.state("una@example.com", "second").step_id == "news"
 
 
-def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(world) -> None:  # type: ignore[no-untyped-def]
+def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(
+    world: World,
+) -> None:
     from dataclasses import replace as copy
 
     policy = world.dispatcher.policy

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any
 
 import pytest
-from support import Caught, Dovecot
+from support.dovecot import Dovecot
+from support.mail import reply
+from support.world import World
 
-from nurture.config import SmtpTls
-from nurture.mail.imap import ImapPoller, ImapSettings
-
-TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
+from nurture.mail.imap import ImapMailbox
 
 
 @pytest.fixture
@@ -23,27 +19,26 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-def poller(world: Any, dovecot: Dovecot) -> ImapPoller:
-    s = world.services
-    settings = ImapSettings("127.0.0.1", dovecot.port, Dovecot.USER, Dovecot.PASSWORD, SmtpTls.none)
-    return ImapPoller(settings, tracker=s.tracker, store=s.store, clock=world.clock)
+class Poller:
+    """The inbox reading one Dovecot folder, as the daemon's poll job does."""
+
+    def __init__(self, world: World, dovecot: Dovecot, **imap: Any) -> None:
+        self.world = world
+        self.mailbox = ImapMailbox(dovecot.settings(**imap))
+
+    def poll_once(self) -> int:
+        return self.world.services.inbox.poll(self.mailbox, clock=self.world.clock)
+
+    def wait_for_mail(self, timeout: float) -> bool | None:
+        return self.mailbox.wait_for_mail(timeout)
 
 
-def reply(to: Caught, body: str, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = to.recipient
-    msg["To"] = to.message["From"]
-    msg["Subject"] = headers.pop("Subject", "Re: " + to.subject)
-    msg["Message-ID"] = make_msgid(domain="mail.example.com")
-    msg["In-Reply-To"] = to.message["Message-ID"]
-    for k, v in headers.items():
-        msg[k.replace("_", "-")] = v
-    msg.set_content(body)
-    return msg.as_bytes()
+def poller(world: World, dovecot: Dovecot, **imap: Any) -> Poller:
+    return Poller(world, dovecot, **imap)
 
 
 def test_a_reply_in_the_mailbox_advances_and_an_out_of_office_does_not(
-    world: Any, dovecot: Dovecot
+    world: World, dovecot: Dovecot
 ) -> None:
     human = world.at_ask("hal@example.com")
     away = world.at_ask("ida@example.com")
@@ -63,11 +58,11 @@ def test_a_reply_in_the_mailbox_advances_and_an_out_of_office_does_not(
     flags = dovecot.flags()
     assert len(flags) == 3 and all("$NurtureProcessed" in f and "\\Seen" in f for f in flags)
     with world.services.store.transaction() as tx:
-        assert tx.inbound_counts() == {"matched": 1, "automatic": 1, "malformed": 1}
+        assert tx.inbound.counts() == {"matched": 1, "automatic": 1, "malformed": 1}
 
 
 def test_each_message_is_handled_once_across_polls_and_restarts(
-    world: Any, dovecot: Dovecot
+    world: World, dovecot: Dovecot
 ) -> None:
     first = world.at_ask("jo@example.com")
     second = world.at_ask("kay@example.com")
@@ -80,16 +75,16 @@ def test_each_message_is_handled_once_across_polls_and_restarts(
     assert world.state("jo@example.com").step_id == "offer"
     assert world.state("kay@example.com").step_id == "offer"
     with world.services.store.transaction() as tx:
-        assert tx.inbound_counts() == {"matched": 2}
+        assert tx.inbound.counts() == {"matched": 2}
         # Forget the UIDs (as if the server renumbered the folder): both are fetched again
         # and recognised, not counted twice.
-        tx.set_imap_last_uid("INBOX", 0, 0, now=world.clock.now())
+        tx.mailboxes.set_last_uid("INBOX", 0, 0, now=world.clock.now())
     assert poller(world, dovecot).poll_once() == 2
     with world.services.store.transaction() as tx:
-        assert tx.inbound_counts() == {"matched": 2}
+        assert tx.inbound.counts() == {"matched": 2}
 
 
-def test_idle_wakes_up_when_mail_arrives(world: Any, dovecot: Dovecot) -> None:
+def test_idle_wakes_up_when_mail_arrives(world: World, dovecot: Dovecot) -> None:
     import threading
 
     p = poller(world, dovecot)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
-from email.message import EmailMessage
 from email.utils import make_msgid
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
-from support import Caught, ServedApp
+from support.db import INBOUND, rows
+from support.mail import reply
+from support.smtp import Caught
+from support.web import ServedApp
+from support.world import MakeWorld, World
 
-from nurture.db.models import Inbound
-from nurture.engine import ExitReason, Status
+from nurture.vocabulary import EnrollmentStatus as Status
+from nurture.vocabulary import ExitReason, InboundSource
 from nurture.web.app import create_app
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
@@ -23,25 +24,11 @@ SECRET = "inbound-secret"
 
 
 @pytest.fixture
-def trusted(make_world: Any) -> Iterator[tuple[Any, httpx.Client]]:
+def trusted(make_world: MakeWorld) -> Iterator[tuple[World, httpx.Client]]:
     world = make_world(inbound_secret=SECRET)
     with ServedApp(create_app(world.services)) as base, httpx.Client(base_url=base) as http:
         http.headers["X-Nurture-Secret"] = SECRET
         yield world, http
-
-
-def reply(to: Caught, body: str, *, threaded: bool = True, **headers: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = to.recipient
-    msg["To"] = to.message["Reply-To"] or to.message["From"]
-    msg["Subject"] = headers.pop("Subject", "Re: " + to.subject)
-    msg["Message-ID"] = make_msgid(domain="mail.example.com")
-    if threaded:
-        msg["In-Reply-To"] = to.message["Message-ID"]
-    for k, v in headers.items():
-        msg[k.replace("_", "-")] = v
-    msg.set_content(body)
-    return msg.as_bytes()
 
 
 def dsn(original: Caught, status: str, action: str) -> bytes:
@@ -82,12 +69,12 @@ def arf(original: Caught) -> bytes:
     ).encode()
 
 
-def test_a_permanent_bounce_stops_the_person(world: Any) -> None:
+def test_a_permanent_bounce_stops_the_person(world: World) -> None:
     world.subscribe("bob@example.com", confirmed=True)
     world.tick()
     [mail] = world.smtp.to("bob@example.com")
-    result = world.services.tracker.receive(
-        dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source="webhook"
+    result = world.services.inbox.receive(
+        dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source=InboundSource.webhook
     )
     assert result.status == "bounce"
     state = world.state("bob@example.com")
@@ -97,49 +84,53 @@ def test_a_permanent_bounce_stops_the_person(world: Any) -> None:
     assert len(world.smtp.to("bob@example.com")) == 1
 
 
-def test_a_delay_report_is_recorded_only(world: Any) -> None:
+def test_a_delay_report_is_recorded_only(world: World) -> None:
     world.subscribe("dee@example.com", confirmed=True)
     world.tick()
     [mail] = world.smtp.to("dee@example.com")
-    result = world.services.tracker.receive(
-        dsn(mail, "4.4.1", "delayed"), now=world.clock.now(), source="webhook"
+    result = world.services.inbox.receive(
+        dsn(mail, "4.4.1", "delayed"), now=world.clock.now(), source=InboundSource.webhook
     )
     assert result.status == "delay"
     assert world.state("dee@example.com").status is Status.active
 
 
-def test_an_abuse_report_unsubscribes_and_marks_complained(world: Any) -> None:
+def test_an_abuse_report_unsubscribes_and_marks_complained(world: World) -> None:
     world.subscribe("cy@example.com", confirmed=True)
     world.tick()
     [mail] = world.smtp.to("cy@example.com")
-    result = world.services.tracker.receive(arf(mail), now=world.clock.now(), source="webhook")
+    result = world.services.inbox.receive(
+        arf(mail), now=world.clock.now(), source=InboundSource.webhook
+    )
     assert result.status == "complaint"
     assert world.state("cy@example.com").exit_reason is ExitReason.complained
     with world.services.store.transaction() as tx:
-        assert tx.subscriber_by_email("cy@example.com").status == "complained"  # type: ignore[union-attr]
+        assert tx.subscribers.by_email("cy@example.com").status == "complained"  # type: ignore[union-attr]
 
 
-def test_a_forged_bounce_without_our_message_id_changes_nothing(world: Any) -> None:
+def test_a_forged_bounce_without_our_message_id_changes_nothing(world: World) -> None:
     world.subscribe("eve@example.com", confirmed=True)
     world.tick()
     [mail] = world.smtp.to("eve@example.com")
     forged = dsn(mail, "5.1.1", "failed").replace(
         mail.message["Message-ID"].encode(), b"<1.0000000000000000@acme.example>"
     )
-    result = world.services.tracker.receive(forged, now=world.clock.now(), source="webhook")
+    result = world.services.inbox.receive(
+        forged, now=world.clock.now(), source=InboundSource.webhook
+    )
     assert result.status == "unmatched"
     assert world.state("eve@example.com").status is Status.active
 
 
-def test_out_of_office_with_a_date_moves_the_wait_and_never_advances(world: Any) -> None:
+def test_out_of_office_with_a_date_moves_the_wait_and_never_advances(world: World) -> None:
     ask = world.at_ask("oli@example.com")
     before = world.state("oli@example.com")
     back = (world.clock.now() + timedelta(days=10)).date()
     text = f"I am out of the office until {back.day} {back.strftime('%B %Y')}."
-    result = world.services.tracker.receive(
+    result = world.services.inbox.receive(
         reply(ask, text, Auto_Submitted="auto-replied", Subject="Automatic reply: " + ask.subject),
         now=world.clock.now(),
-        source="webhook",
+        source=InboundSource.webhook,
     )
     assert result.status == "automatic"
     assert result.outcome.startswith("extended:out_of_office")
@@ -152,19 +143,19 @@ def test_out_of_office_with_a_date_moves_the_wait_and_never_advances(world: Any)
     assert world.state("oli@example.com").step_id == "ask"
 
 
-def test_out_of_office_without_a_date_is_recorded_and_changes_nothing(world: Any) -> None:
+def test_out_of_office_without_a_date_is_recorded_and_changes_nothing(world: World) -> None:
     ask = world.at_ask("pam@example.com")
     before = world.state("pam@example.com")
-    result = world.services.tracker.receive(
+    result = world.services.inbox.receive(
         reply(ask, "Thanks for your email. I am on leave.", X_Autoreply="yes"),
         now=world.clock.now(),
-        source="webhook",
+        source=InboundSource.webhook,
     )
     assert (result.status, result.outcome) == ("automatic", "ignored:automatic (X-Autoreply)")
     assert world.state("pam@example.com") == before
 
 
-def test_the_webhook_secret(trusted: tuple[Any, httpx.Client]) -> None:
+def test_the_webhook_secret(trusted: tuple[World, httpx.Client]) -> None:
     world, http = trusted
     ask = world.at_ask("quinn@example.com")
     body = reply(ask, "Subject lines!", threaded=False)  # headers stripped: no thread at all
@@ -179,29 +170,37 @@ def test_the_webhook_secret(trusted: tuple[Any, httpx.Client]) -> None:
     assert world.state("quinn@example.com").step_id == "offer"
 
 
-def test_without_the_secret_an_unthreaded_reply_is_not_matched_by_address(world: Any) -> None:
+def test_without_the_secret_an_unthreaded_reply_is_not_matched_by_address(world: World) -> None:
     ask = world.at_ask("ray@example.com")
-    result = world.services.tracker.receive(
-        reply(ask, "Subject lines!", threaded=False), now=world.clock.now(), source="webhook"
+    result = world.services.inbox.receive(
+        reply(ask, "Subject lines!", threaded=False),
+        now=world.clock.now(),
+        source=InboundSource.webhook,
     )
     assert result.status == "unmatched"
     assert world.state("ray@example.com").step_id == "ask"
 
 
-def test_the_same_message_relayed_twice_counts_once(world: Any) -> None:
+def test_the_same_message_relayed_twice_counts_once(world: World) -> None:
     ask = world.at_ask("sam@example.com")
     body = reply(ask, "Yes!")
     again = b"Received: from relay2.example.com by mx.example.com; Mon, 5 Jan 2026\r\n" + body
-    tracker = world.services.tracker
-    assert tracker.receive(body, now=world.clock.now(), source="imap").status == "matched"
-    assert tracker.receive(again, now=world.clock.now(), source="webhook").status == "duplicate"
+    inbox = world.services.inbox
+    assert inbox.receive(body, now=world.clock.now(), source=InboundSource.imap).status == "matched"
+    assert (
+        inbox.receive(again, now=world.clock.now(), source=InboundSource.webhook).status
+        == "duplicate"
+    )
 
 
-def test_unreadable_messages_are_kept_aside(world: Any) -> None:
-    tracker = world.services.tracker
+def test_unreadable_messages_are_kept_aside(world: World) -> None:
+    inbox = world.services.inbox
     raw = b"\x00\x01\x02 not mail at all"
-    assert tracker.receive(raw, now=world.clock.now(), source="webhook").status == "malformed"
+    assert (
+        inbox.receive(raw, now=world.clock.now(), source=InboundSource.webhook).status
+        == "malformed"
+    )
+    [row] = rows(world.services.store, INBOUND)
+    assert (row.status, row.raw) == ("malformed", raw)
     with world.services.store.transaction() as tx:
-        [row] = tx.s.scalars(select(Inbound)).all()
-        assert (row.status, row.raw) == ("malformed", raw)
-        assert tx.inbound_counts() == {"malformed": 1}
+        assert tx.inbound.counts() == {"malformed": 1}

@@ -16,33 +16,23 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
-from support import Caught, ServedApp
+from support.db import EVENTS, rows
+from support.smtp import Caught
+from support.web import BROWSER, CHROME, ServedApp
+from support.world import World
 
-from nurture.db.models import Event
 from nurture.tokens import TokenKind
 from nurture.tracking import ClickRequest
 from nurture.web.app import create_app
 
 ANCHOR = re.compile(r'<a href="http://nurture\.test(/c/[^"]+)"([^>]*)>')
 
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/126.0.0.0 Safari/537.36"
-)
-PERSON = {
-    "User-Agent": CHROME,
-    "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-    "Accept-Language": "en-GB,en;q=0.9",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Site": "cross-site",
-    "Sec-Fetch-User": "?1",
-}
+PERSON = BROWSER
 HEADLESS = {"User-Agent": CHROME, "Accept": "*/*"}  # a browser agent, no browser headers
 
 
 @pytest.fixture
-def app(world: Any) -> Iterator[httpx.Client]:
+def app(world: World) -> Iterator[httpx.Client]:
     with (
         ServedApp(create_app(world.services)) as base,
         httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http,
@@ -50,7 +40,7 @@ def app(world: Any) -> Iterator[httpx.Client]:
         yield http
 
 
-def at_read(world: Any, email: str) -> Caught:
+def at_read(world: World, email: str) -> Caught:
     """A confirmed person whose 'read' email (advance_on: click) just went out."""
     world.subscribe(email, confirmed=True)
     world.tick()
@@ -71,16 +61,14 @@ def paths(mail: Caught) -> tuple[list[str], str]:
     return visible, hidden
 
 
-def settle(world: Any) -> None:
+def settle(world: World) -> None:
     """Let every click's window close, then run the daemon's tick."""
-    world.clock.advance(seconds=world.services.settings.click_window_seconds + 1)
+    world.settle()
     world.tick()
 
 
-def verdicts(world: Any) -> list[tuple[str, str]]:
-    with world.services.store.transaction() as tx:
-        rows = tx.s.scalars(select(Event).where(Event.kind == "click").order_by(Event.id))
-        return [(str(e.verdict), e.outcome) for e in rows]
+def verdicts(world: World) -> list[tuple[str, str]]:
+    return [(str(e.verdict), e.outcome) for e in rows(world.services.store, EVENTS, kind="click")]
 
 
 SCANNERS = {
@@ -104,7 +92,7 @@ SCANNERS = {
 
 
 @pytest.mark.parametrize("profile", sorted(SCANNERS))
-def test_no_scanner_profile_advances_anyone(world: Any, app: httpx.Client, profile: str) -> None:
+def test_no_scanner_profile_advances_anyone(world: World, app: httpx.Client, profile: str) -> None:
     mail = at_read(world, "scan@example.com")
     visible, honeypot = paths(mail)
     sent = world.clock.now()
@@ -121,7 +109,7 @@ def test_no_scanner_profile_advances_anyone(world: Any, app: httpx.Client, profi
     assert {v for v, _ in verdicts(world)} == {"bot"}
 
 
-def test_a_person_who_clicks_a_minute_later_advances(world: Any, app: httpx.Client) -> None:
+def test_a_person_who_clicks_a_minute_later_advances(world: World, app: httpx.Client) -> None:
     mail = at_read(world, "pat@example.com")
     visible, _ = paths(mail)
     world.clock.advance(seconds=60)
@@ -147,7 +135,7 @@ def test_a_person_who_clicks_3_seconds_after_delivery_advances_once_the_window_c
     assert (verdict, outcome) == ("human", "advanced")
 
 
-def test_status_shows_human_and_bot_clicks_per_step(world: Any, app: httpx.Client) -> None:
+def test_status_shows_human_and_bot_clicks_per_step(world: World, app: httpx.Client) -> None:
     mail = at_read(world, "mix@example.com")
     visible, honeypot = paths(mail)
     app.get(honeypot, headers=HEADLESS)
@@ -155,7 +143,7 @@ def test_status_shows_human_and_bot_clicks_per_step(world: Any, app: httpx.Clien
     app.get(visible[0], headers=PERSON)
     settle(world)
     with world.services.store.transaction() as tx:
-        counts = tx.click_counts()
+        counts = tx.reports.click_counts()
     assert ("journey", "read", "bot", 1) in counts
     assert ("journey", "read", "human", 1) in counts
 
@@ -176,45 +164,34 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
 ) -> None:
     """Whatever clicks arrive, in whatever order and timing: the enrollment moves on at most
     once from its step, and only through a click judged human."""
-    from support import FixedClock, make_settings
+    from support.clock import FixedClock
+    from support.settings import make_settings
 
-    from nurture.db.session import upgrade
+    from nurture.db.migrate import upgrade
+    from nurture.mail.send import NoRelay
     from nurture.services import build_services
-    from nurture.subscriptions import subscribe
 
     folder = tmp_path_factory.mktemp("prop")
     url = f"sqlite:///{folder / 'p.db'}"
     upgrade(url)
     clock = FixedClock()
-    services = build_services(make_settings(folder, url), clock=clock)
+    services = build_services(make_settings(folder, url), clock=clock, transport=NoRelay())
     try:
-        subscribe(
-            services.store,
-            services.catalog,
+        services.subscriptions.subscribe(
             email="p@example.com",
             sequence_id="journey",
             fields={},
             now=clock.now(),
             confirmed=True,
         )
-        # Plan (records and claims the email) and mark it sent without SMTP: the clicks are
-        # what is under test here.
-        from nurture.dispatcher import Dispatcher, DispatchPolicy
-
-        d = Dispatcher(
-            store=services.store,
-            catalog=services.catalog,
-            renderer=services.renderer,
-            signer=services.signer,
-            transport=None,  # type: ignore[arg-type]
-            clock=clock,
-            policy=DispatchPolicy(),
-        )
+        # Plan (records and claims the email), render it and mark it sent without SMTP: the
+        # clicks are what is under test here.
+        d = services.dispatcher
         _, [row] = d.plan(clock.now())
         [out] = d._render([row])
         with services.store.transaction() as tx:
-            tx.mark_sent([out.id], now=clock.now())
-            message = tx.message(out.id)
+            tx.outbox.mark_sent([out.id], now=clock.now())
+            message = tx.outbox.get(out.id)
         assert message is not None
         index = {"ask": 0, "other": 0, "honeypot": len(message.links) - 1}
         sent = clock.now()
@@ -231,9 +208,9 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
             services.tracker.evaluate_clicks(clock.now())
         clock.current = sent + timedelta(seconds=2000)
         services.tracker.evaluate_clicks(clock.now())
+        events = rows(services.store, EVENTS, kind="click")
         with services.store.transaction() as tx:
-            events = list(tx.s.scalars(select(Event).where(Event.kind == "click")))
-            state = tx.enrollment_of(message.subscriber_id, "journey")
+            state = tx.enrollments.of(message.subscriber_id, "journey")
         assert state is not None
         advanced = [e for e in events if e.outcome in ("advanced", "completed")]
         assert len(advanced) <= 1

@@ -1,22 +1,30 @@
 """The schema comes only from migrations: upgrade an empty database, compare with the models,
-and go down and up again."""
+go down and up again; and the migrations ship inside the package, so an installed nurture (not
+the source tree) migrates a database."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic import command
 from sqlalchemy import inspect
+from support.paths import REPO
 
+from nurture.db.connect import connect_database
+from nurture.db.migrate import alembic_config
 from nurture.db.models import Base
-from nurture.db.session import alembic_config, make_engine
 
 
 def tables(url: str) -> set[str]:
-    engine = make_engine(url)
+    database = connect_database(url)
     try:
-        with engine.connect() as conn:
+        with database.connect() as conn:
             return set(inspect(conn).get_table_names())
     finally:
-        engine.dispose()
+        database.dispose()
 
 
 def test_upgrade_head_matches_the_models(empty_database_url: str) -> None:
@@ -33,3 +41,70 @@ def test_downgrade_and_upgrade_round_trip(empty_database_url: str) -> None:
     assert not set(Base.metadata.tables) & tables(empty_database_url)
     command.upgrade(cfg, "head")
     command.check(cfg)
+
+
+def test_the_alembic_command_still_works_from_the_repository(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'alembic.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env["NURTURE_DATABASE_URL"] = url
+    alembic = Path(sys.executable).parent / "alembic"
+    r = subprocess.run(
+        [str(alembic), "upgrade", "head"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert set(Base.metadata.tables) <= tables(url)
+
+
+def test_an_installed_nurture_migrates_an_empty_database(
+    empty_database_url: str, tmp_path_factory: object
+) -> None:
+    """`pip install .` (a wheel, not the editable install of the tests), then `nurture db
+    upgrade` from a directory with no alembic.ini and no migrations folder."""
+    import pytest
+
+    assert isinstance(tmp_path_factory, pytest.TempPathFactory)
+    target = _installed(tmp_path_factory)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env.update(PYTHONPATH=str(target), NURTURE_DATABASE_URL=empty_database_url)
+    code = (
+        "import nurture, sys; from nurture.cli import main; "
+        "print(nurture.__file__, file=sys.stderr); sys.exit(main(['db', 'upgrade']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert str(target) in r.stderr  # the installed copy ran, not the source tree
+    assert "database upgraded to head" in r.stdout
+    assert set(Base.metadata.tables) <= tables(empty_database_url)
+
+
+_INSTALLED: dict[str, Path] = {}
+
+
+def _installed(factory: object) -> Path:
+    """nurture built as a wheel and installed into a folder of its own (once per run)."""
+    if "target" not in _INSTALLED:
+        target = factory.mktemp("installed")  # type: ignore[attr-defined]
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(target),
+                str(REPO),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        assert (target / "nurture" / "db" / "migrations" / "versions").is_dir()
+        _INSTALLED["target"] = target
+    return _INSTALLED["target"]

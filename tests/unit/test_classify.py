@@ -16,9 +16,9 @@ from datetime import date
 from email.message import EmailMessage
 
 import pytest
-from support import DATA
+from support.paths import DATA
 
-from nurture.mail.classify import Classification, Kind, classify, find_return_date
+from nurture.mail.classify import Classification, InboundKind, classify, find_return_date
 
 INBOUND = DATA / "inbound"
 TODAY = date(2026, 1, 5)  # a Monday; the corpus messages arrive on the 5th and 6th
@@ -27,7 +27,7 @@ TODAY = date(2026, 1, 5)  # a Monday; the corpus messages arrive on the 5th and 
 @dataclass(frozen=True)
 class Case:
     file: str
-    kind: Kind
+    kind: InboundKind
     return_date: date | None = None
     permanent: tuple[str, ...] = ()
     temporary: tuple[str, ...] = ()
@@ -47,117 +47,119 @@ def d(day: int) -> date:
 # Expected values read from each file by hand (its body, its report fields), not from the code.
 CASES = [
     # People's replies: never automatic, whatever the client, charset or subject.
-    Case("human-gmail-quoted.eml", Kind.human, reason="person"),
-    Case("human-outlook-desktop-thread-index.eml", Kind.human),
-    Case("human-outlook-ios-html-only.eml", Kind.human),
-    Case("human-apple-mail-flowed-base64.eml", Kind.human),
-    Case("human-thunderbird-windows1252-qp.eml", Kind.human),
-    Case("human-iso2022jp-becky.eml", Kind.human),
-    Case("human-koi8r-the-bat.eml", Kind.human),
-    Case("human-one-line-yes.eml", Kind.human),
-    Case("human-re-out-of-office-guide.eml", Kind.human),
-    Case("human-ios-mail-no-references.eml", Kind.human),
+    Case("human-gmail-quoted.eml", InboundKind.human, reason="person"),
+    Case("human-outlook-desktop-thread-index.eml", InboundKind.human),
+    Case("human-outlook-ios-html-only.eml", InboundKind.human),
+    Case("human-apple-mail-flowed-base64.eml", InboundKind.human),
+    Case("human-thunderbird-windows1252-qp.eml", InboundKind.human),
+    Case("human-iso2022jp-becky.eml", InboundKind.human),
+    Case("human-koi8r-the-bat.eml", InboundKind.human),
+    Case("human-one-line-yes.eml", InboundKind.human),
+    Case("human-re-out-of-office-guide.eml", InboundKind.human),
+    Case("human-ios-mail-no-references.eml", InboundKind.human),
     # Automatic answers, with the return date their text names.
-    Case("auto-exchange-online-ooo-en.eml", Kind.auto_reply, d(14), reason="auto-submitted"),
-    Case("auto-exchange-online-automatische-antwort-de.eml", Kind.auto_reply, d(19)),
-    Case("auto-exchange-ooo-street-address-signature.eml", Kind.auto_reply, d(12)),
+    Case("auto-exchange-online-ooo-en.eml", InboundKind.auto_reply, d(14), reason="auto-submitted"),
+    Case("auto-exchange-online-automatische-antwort-de.eml", InboundKind.auto_reply, d(19)),
+    Case("auto-exchange-ooo-street-address-signature.eml", InboundKind.auto_reply, d(12)),
     Case(
         "auto-exchange2013-abwesenheitsnotiz-de.eml",
-        Kind.auto_reply,
+        InboundKind.auto_reply,
         d(14),
         reason="x-ms-exchange-inbox-rules-loop",
     ),
-    Case("auto-gmail-vacation-responder.eml", Kind.auto_reply, d(12), reason="auto-replied"),
-    Case("auto-sieve-reponse-automatique-fr.eml", Kind.auto_reply, d(14)),
+    Case("auto-gmail-vacation-responder.eml", InboundKind.auto_reply, d(12), reason="auto-replied"),
+    Case("auto-sieve-reponse-automatique-fr.eml", InboundKind.auto_reply, d(14)),
     Case(
         "auto-outlook-client-rule-respuesta-automatica-es.eml",
-        Kind.auto_reply,
+        InboundKind.auto_reply,
         d(14),
         reason="subject",
     ),
-    Case("auto-x-autoreply-yes.eml", Kind.auto_reply, d(19), reason="x-autoreply"),
+    Case("auto-x-autoreply-yes.eml", InboundKind.auto_reply, d(19), reason="x-autoreply"),
     Case(
         "auto-helpdesk-precedence-bulk-no-date.eml",
-        Kind.auto_reply,
+        InboundKind.auto_reply,
         None,
         reason="precedence: bulk",
     ),
-    Case("auto-empty-return-path-only.eml", Kind.auto_reply, d(20), reason="return-path"),
-    Case("auto-zimbra-ooo-ordinal-of-month.eml", Kind.auto_reply, d(14)),
+    Case("auto-empty-return-path-only.eml", InboundKind.auto_reply, d(20), reason="return-path"),
+    Case("auto-zimbra-ooo-ordinal-of-month.eml", InboundKind.auto_reply, d(14)),
     # Permanent failures: who failed, and our Message-ID inside the report.
     Case(
         "bounce-postfix-dsn-5.1.1-rfc822.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("ann@example.com",),
         original_id="<1042.7c3f9a2b5d8e1f04@acme.example>",
     ),
     Case(
         "bounce-postfix-remote-alias-rfc822-headers.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("bob@example.net",),
         original_id="<1045.d4e6f8a0b2c4d6e8@acme.example>",
     ),
     Case(
         "bounce-exim-mail-delivery-failed.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("carla@example.org",),
         original_id="<1046.0b2d4f6a8c0e2d4f@acme.example>",
     ),
     Case(
         "bounce-office365-ndr-5.1.10.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("dave@northwind.example",),
         original_id="<1063.8a0c2e4f6b8d0a35@acme.example>",
     ),
     Case(
         "bounce-gmail-dsn-failure.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("erin@example.com",),
         original_id="<1064.2e4a6c8f0b2d4e79@acme.example>",
     ),
     Case(
         "bounce-qmail-failure-notice.eml",
-        Kind.bounce,
+        InboundKind.bounce,
         permanent=("frank@example.net",),
         original_id="<1065.4c6e8a0b2d4f6a81@acme.example>",
     ),
     # Delays: temporary only (the Exim warning names our message only in References).
     Case(
         "delay-postfix-delayed-mail-warning.eml",
-        Kind.delay,
+        InboundKind.delay,
         temporary=("gina@example.com",),
         original_id="<1066.6e8a0c2d4f6b8a93@acme.example>",
     ),
     Case(
         "delay-office365-delivery-delayed.eml",
-        Kind.delay,
+        InboundKind.delay,
         temporary=("hank@example.org",),
         original_id="<1067.8b0d2f4a6c8e0b15@acme.example>",
     ),
-    Case("delay-exim-warning-delayed-24-hours.eml", Kind.delay, temporary=("ivy@example.com",)),
+    Case(
+        "delay-exim-warning-delayed-24-hours.eml", InboundKind.delay, temporary=("ivy@example.com",)
+    ),
     # Abuse reports: the complainant (no angle brackets) and our message.
     Case(
         "complaint-yahoo-arf.eml",
-        Kind.complaint,
+        InboundKind.complaint,
         complainant="ann@example.com",
         original_id="<1069.1d3f5a7c9e1b3d59@acme.example>",
         reason="arf abuse",
     ),
     Case(
         "complaint-microsoft-jmrp-arf.eml",
-        Kind.complaint,
+        InboundKind.complaint,
         complainant="ann@example.com",
         original_id="<1070.3f5a7c9e1b3d5f71@acme.example>",
     ),
     Case(
         "complaint-rfc5965-minimal.eml",
-        Kind.complaint,
+        InboundKind.complaint,
         complainant="ann@example.com",
         original_id="<1071.5a7c9e1b3d5f7a93@acme.example>",
     ),
     Case(
         "complaint-redacted-rfc822-headers.eml",
-        Kind.complaint,
+        InboundKind.complaint,
         complainant=None,
         original_id="<1072.7c9e1b3d5f7a9cb5@acme.example>",
     ),
@@ -204,12 +206,12 @@ def test_every_corpus_file_is_in_the_table() -> None:
 
 
 def test_the_corpus_covers_every_class() -> None:
-    counts = {kind: sum(case.kind is kind for case in CASES) for kind in Kind}
-    assert counts[Kind.human] >= 8
-    assert counts[Kind.auto_reply] >= 9
-    assert counts[Kind.bounce] >= 5
-    assert counts[Kind.delay] >= 2
-    assert counts[Kind.complaint] >= 3
+    counts = {kind: sum(case.kind is kind for case in CASES) for kind in InboundKind}
+    assert counts[InboundKind.human] >= 8
+    assert counts[InboundKind.auto_reply] >= 9
+    assert counts[InboundKind.bounce] >= 5
+    assert counts[InboundKind.delay] >= 2
+    assert counts[InboundKind.complaint] >= 3
 
 
 # -- find_return_date ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from support import T0
+from support.clock import T0
 
 from nurture.clicks import ClickFacts, ClickPolicy, Verdict, decide, first_look
 
@@ -30,7 +30,7 @@ def facts(**kw: object) -> ClickFacts:
     ("changes", "reason"),
     [
         ({"method": "HEAD"}, "HEAD request"),
-        ({"method": "PREFETCH"}, "PREFETCH request"),
+        ({"prefetch": True}, "prefetch request"),
         ({"honeypot": True}, "honeypot link"),
         (
             {"user_agent": "Mozilla/5.0 (compatible; Barracuda Link Protection)"},

@@ -8,19 +8,13 @@ from datetime import timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import T0
+from support.clock import T0
 
 from nurture import engine
-from nurture.engine import (
-    ConfirmSubscriber,
-    EnrollmentState,
-    ExitReason,
-    Phase,
-    SendEmail,
-    Status,
-    Yes,
-)
+from nurture.engine import ConfirmSubscriber, EnrollmentState, SendEmail, Yes
 from nurture.sequences import AdvanceOn, Reminder, Sequence, Step, Timeout
+from nurture.vocabulary import EnrollmentStatus as Status
+from nurture.vocabulary import ExitReason, MessageKind, Phase, YesBy
 
 D = timedelta(days=1)
 H = timedelta(hours=1)
@@ -81,7 +75,7 @@ def test_start_sends_the_confirmation_first_and_at_once() -> None:
     state = engine.start(seq, now=T0, confirmed=False)
     assert (state.step_id, state.phase, state.due_at, state.visit) == ("confirm", Phase.send, T0, 1)
     d = engine.on_due(state, seq, now=T0, confirmed=False)
-    assert d.actions == (SendEmail("confirm", 1, "step"),)
+    assert d.actions == (SendEmail("confirm", 1),)
     assert d.state.phase is Phase.wait and d.state.step_sent_at == T0
     assert d.state.due_at == T0 + D  # the reminder is next
 
@@ -99,16 +93,16 @@ def test_nothing_but_the_confirmation_is_sent_before_confirming() -> None:
     d = engine.on_due(state, seq, now=T0, confirmed=False)
     assert d.actions == ()
     assert d.state.status is Status.held and d.state.due_at is None
-    released = engine.release(d.state, now=T0 + H)
+    released = engine.on_confirmed(d.state, seq, now=T0 + H)
     assert released.status is Status.active and released.due_at == T0 + H
     d2 = engine.on_due(released, seq, now=T0 + H, confirmed=True)
-    assert d2.actions == (SendEmail("welcome", 2, "step"),)
+    assert d2.actions == (SendEmail("welcome", 2),)
 
 
 def test_click_on_the_confirmation_confirms_and_moves_on_after_the_delay() -> None:
     seq = journey()
     state = sent_state(seq, "confirm")
-    d = engine.on_yes(state, seq, Yes("click", "confirm", 1), now=T0 + H)
+    d = engine.on_yes(state, seq, Yes(YesBy.click, "confirm", 1), now=T0 + H)
     assert d.actions == (ConfirmSubscriber(),)
     assert d.outcome == "advanced"
     assert (d.state.step_id, d.state.phase, d.state.visit) == ("welcome", Phase.send, 2)
@@ -118,7 +112,7 @@ def test_click_on_the_confirmation_confirms_and_moves_on_after_the_delay() -> No
 def test_reply_is_not_a_yes_where_the_step_asks_for_a_click() -> None:
     seq = journey()
     state = sent_state(seq, "confirm")
-    d = engine.on_yes(state, seq, Yes("reply", "confirm", 1), now=T0 + H)
+    d = engine.on_yes(state, seq, Yes(YesBy.reply, "confirm", 1), now=T0 + H)
     assert d.state == state and d.actions == ()
     assert d.outcome == "ignored:step_wants_click"
 
@@ -126,17 +120,17 @@ def test_reply_is_not_a_yes_where_the_step_asks_for_a_click() -> None:
 def test_click_is_not_a_yes_where_the_step_asks_for_a_reply() -> None:
     seq = journey()
     state = sent_state(seq, "webinar")
-    assert engine.on_yes(state, seq, Yes("click", "webinar", 1), now=T0).state == state
-    d = engine.on_yes(state, seq, Yes("reply", "webinar", 1), now=T0)
+    assert engine.on_yes(state, seq, Yes(YesBy.click, "webinar", 1), now=T0).state == state
+    d = engine.on_yes(state, seq, Yes(YesBy.reply, "webinar", 1), now=T0)
     assert d.state.step_id == "offer"
 
 
 def test_events_on_an_older_step_are_recorded_but_never_advance_twice() -> None:
     seq = journey()
     state = sent_state(seq, "confirm")
-    first = engine.on_yes(state, seq, Yes("click", "confirm", 1), now=T0)
+    first = engine.on_yes(state, seq, Yes(YesBy.click, "confirm", 1), now=T0)
     sent = engine.on_due(first.state, seq, now=first.state.due_at, confirmed=True).state
-    again = engine.on_yes(sent, seq, Yes("click", "confirm", 1), now=T0 + H)
+    again = engine.on_yes(sent, seq, Yes(YesBy.click, "confirm", 1), now=T0 + H)
     assert again.state == sent and again.actions == ()
     assert again.outcome == "ignored:not_current_step"
 
@@ -144,8 +138,8 @@ def test_events_on_an_older_step_are_recorded_but_never_advance_twice() -> None:
 def test_duplicate_clicks_are_idempotent() -> None:
     seq = journey()
     state = sent_state(seq, "guide", visit=3)
-    once = engine.on_yes(state, seq, Yes("click", "guide", 3), now=T0)
-    twice = engine.on_yes(once.state, seq, Yes("click", "guide", 3), now=T0)
+    once = engine.on_yes(state, seq, Yes(YesBy.click, "guide", 3), now=T0)
+    twice = engine.on_yes(once.state, seq, Yes(YesBy.click, "guide", 3), now=T0)
     assert once.state.step_id == "webinar"
     assert twice.state == once.state and twice.actions == ()
 
@@ -153,7 +147,7 @@ def test_duplicate_clicks_are_idempotent() -> None:
 def test_a_click_from_an_earlier_visit_of_the_same_step_does_not_count() -> None:
     seq = journey()
     state = sent_state(seq, "guide", visit=5)  # came back here through a goto
-    d = engine.on_yes(state, seq, Yes("click", "guide", 3), now=T0)
+    d = engine.on_yes(state, seq, Yes(YesBy.click, "guide", 3), now=T0)
     assert d.state == state and d.outcome == "ignored:not_current_step"
 
 
@@ -161,7 +155,7 @@ def test_clicks_after_the_enrollment_left_are_recorded_only() -> None:
     seq = journey()
     for status in (Status.exited, Status.completed):
         state = replace(sent_state(seq, "offer"), status=status, due_at=None)
-        d = engine.on_yes(state, seq, Yes("click", "offer", 1), now=T0)
+        d = engine.on_yes(state, seq, Yes(YesBy.click, "offer", 1), now=T0)
         assert d.state == state and d.actions == ()
         assert d.outcome == f"ignored:{status.value}"
 
@@ -175,7 +169,7 @@ def test_reminders_then_timeout_exit() -> None:
         engine.on_due(state, seq, now=T0 + D - timedelta(seconds=1), confirmed=False).actions == ()
     )
     r = engine.on_due(state, seq, now=T0 + D, confirmed=False)
-    assert r.actions == (SendEmail("confirm", 1, "reminder1", reminder=0),)
+    assert r.actions == (SendEmail("confirm", 1, MessageKind(1)),)
     assert r.state.due_at == T0 + 3 * D
     t = engine.on_due(r.state, seq, now=T0 + 3 * D, confirmed=False)
     assert t.actions == ()
@@ -187,7 +181,7 @@ def test_after_downtime_only_the_latest_overdue_reminder_is_sent() -> None:
     seq = journey()
     state = sent_state(seq, "guide")
     d = engine.on_due(state, seq, now=T0 + 4 * D + H, confirmed=True)
-    assert d.actions == (SendEmail("guide", 1, "reminder2", reminder=1),)
+    assert d.actions == (SendEmail("guide", 1, MessageKind(2)),)
     assert d.state.reminders_sent == 2 and d.state.due_at == T0 + 5 * D
 
 
@@ -216,7 +210,7 @@ def test_timeout_goto_returns_to_the_named_step_with_a_new_visit() -> None:
 
 def test_yes_on_the_last_step_completes() -> None:
     seq = journey()
-    d = engine.on_yes(sent_state(seq, "offer", visit=5), seq, Yes("click", "offer", 5), now=T0)
+    d = engine.on_yes(sent_state(seq, "offer", visit=5), seq, Yes(YesBy.click, "offer", 5), now=T0)
     assert d.state.status is Status.completed and d.state.due_at is None
     assert d.outcome == "completed"
 
@@ -255,7 +249,7 @@ def run_month(seq: Sequence, behaviour: dict[str, str]) -> tuple[EnrollmentState
             sent.append(f"{a.step_id}:{a.kind}")
             answer = behaviour.get(a.step_id)
             if answer:
-                y = engine.on_yes(state, seq, Yes(answer, a.step_id, a.visit), now=now + H)
+                y = engine.on_yes(state, seq, Yes(YesBy(answer), a.step_id, a.visit), now=now + H)
                 confirmed = confirmed or any(isinstance(x, ConfirmSubscriber) for x in y.actions)
                 state = y.state
     return state, sent
@@ -322,7 +316,7 @@ def test_property_each_visit_of_a_step_advances_at_most_once(
             d = engine.on_due(state, seq, now=now, confirmed=confirmed)
         else:
             visit = max(1, state.visit - visit_offset % 3)
-            d = engine.on_yes(state, seq, Yes(what, state.step_id, visit), now=now)
+            d = engine.on_yes(state, seq, Yes(YesBy(what), state.step_id, visit), now=now)
             if d.outcome in ("advanced", "completed"):
                 assert before.visit not in advanced_from
                 assert before.status is Status.active and visit == before.visit
@@ -341,7 +335,9 @@ def test_property_each_visit_of_a_step_advances_at_most_once(
 @pytest.mark.parametrize("kind", ["click", "reply"])
 def test_click_or_reply_accepts_both(kind: str) -> None:
     seq = journey()
-    d = engine.on_yes(sent_state(seq, "welcome", visit=2), seq, Yes(kind, "welcome", 2), now=T0)
+    d = engine.on_yes(
+        sent_state(seq, "welcome", visit=2), seq, Yes(YesBy(kind), "welcome", 2), now=T0
+    )
     assert d.outcome == "advanced" and d.state.step_id == "guide"
 
 
@@ -372,7 +368,7 @@ def test_out_of_office_moves_the_wait_to_the_return_date() -> None:
     # nothing is sent while they are away; the timeout comes 5 days after their return
     assert engine.on_due(d.state, seq, now=T0 + 9 * D, confirmed=True).actions == ()
     later = engine.on_due(d.state, seq, now=back + 2 * D, confirmed=True)
-    assert later.actions == (SendEmail("guide", 1, "reminder1", reminder=0),)
+    assert later.actions == (SendEmail("guide", 1, MessageKind(1)),)
     past = engine.on_out_of_office(state, seq, back=T0, now=T0 + H)
     assert past.state == state
     done = replace(state, status=Status.completed)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pytest
 from jinja2.exceptions import SecurityError
-from support import DATA, REPO
+from support.paths import DATA, REPO
 
 from nurture.errors import SubscribeError
 from nurture.mail.compose import compose
@@ -22,6 +22,7 @@ from nurture.mail.render import Rendered, Renderer, html_to_text, make_environme
 from nurture.sequences import AdvanceOn, Sequence, Step, load_catalog
 from nurture.subscriptions import normalize_email
 from nurture.tokens import Signer, Token, TokenKind
+from nurture.vocabulary import Link, MessageKind
 
 BASE = "http://nurture.test"
 MESSAGE_ID = 42
@@ -51,8 +52,18 @@ def render(
     renderer: Renderer, seq: Sequence, step: str, kind: str = "step", **fields: str
 ) -> Rendered:
     return renderer.render(
-        seq, step, kind, message_id=MESSAGE_ID, email="bob@example.com", fields=fields
+        seq,
+        step,
+        MessageKind.parse(kind),
+        message_id=MESSAGE_ID,
+        email="bob@example.com",
+        fields=fields,
     )
+
+
+def pairs(out: Rendered) -> list[tuple[str, bool]]:
+    """(url, counts as the micro-yes) of each tracked link."""
+    return [(link.url, link.counts) for link in out.links]
 
 
 def hrefs(body: str) -> list[str]:
@@ -90,7 +101,7 @@ def render_adhoc(adhoc: tuple[Path, Renderer], files: dict[str, str], **fields: 
     return rend.render(
         one_step("t.html"),
         "only",
-        "step",
+        MessageKind.STEP,
         message_id=MESSAGE_ID,
         email="bob@example.com",
         fields=fields,
@@ -121,10 +132,10 @@ def test_every_link_is_tracked_and_decodes_to_its_target(
     out = render(renderer, journey, step, kind)
     *tracked, unsubscribe = hrefs(out.html)
     assert unsubscribe == unsubscribe_url()
-    assert [url for url, _ in out.links] == targets
+    assert [link.url for link in out.links] == targets
     for index, url in enumerate(tracked):
         assert click_of(url) == Token(TokenKind.click, MESSAGE_ID, index)
-        assert out.links[index][0] == targets[index]
+        assert out.links[index].url == targets[index]
     assert len(tracked) == len(targets)
     for target in targets:  # no original URL is left in the HTML
         assert target not in html.unescape(out.html)
@@ -132,8 +143,8 @@ def test_every_link_is_tracked_and_decodes_to_its_target(
 
 def test_html_entities_in_links_are_unescaped(renderer: Renderer, journey: Sequence) -> None:
     out = render(renderer, journey, "confirm")
-    assert ("https://acme.example/about?a=1&b=2", False) in out.links
-    assert not any("&amp;" in url for url, _ in out.links)
+    assert ("https://acme.example/about?a=1&b=2", False) in pairs(out)
+    assert not any("&amp;" in link.url for link in out.links)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +163,7 @@ def test_only_marked_links_count_when_a_template_marks_some(
     renderer: Renderer, journey: Sequence
 ) -> None:
     out = render(renderer, journey, "confirm")
-    assert out.links == [
+    assert pairs(out) == [
         ("http://nurture.test/confirmed", True),
         ("https://acme.example/about?a=1&b=2", False),
     ]
@@ -164,7 +175,7 @@ def test_every_tracked_link_counts_when_none_is_marked(
 ) -> None:
     out = render(renderer, journey, step)
     assert out.links
-    assert all(counts for _, counts in out.links)
+    assert all(link.counts for link in out.links)
 
 
 def test_unsubscribe_link_is_not_tracked(renderer: Renderer, journey: Sequence) -> None:
@@ -174,7 +185,7 @@ def test_unsubscribe_link_is_not_tracked(renderer: Renderer, journey: Sequence) 
     assert renderer.unsubscribe_url(MESSAGE_ID) == unsub
     token = unsub.removeprefix(BASE + "/u/")
     assert SIGNER.read(token, TokenKind.unsubscribe).message_id == MESSAGE_ID
-    assert unsub not in [url for url, _ in out.links]
+    assert unsub not in [link.url for link in out.links]
     assert unsub in out.text
 
 
@@ -229,7 +240,7 @@ def test_link_variants(adhoc: tuple[Path, Renderer]) -> None:
             )
         },
     )
-    assert out.links == [
+    assert pairs(out) == [
         ("https://x.example/single", True),  # marked on its second occurrence
         ("https://x.example/bare", False),
         ("https://x.example/yes", True),
@@ -248,7 +259,7 @@ def test_link_variants(adhoc: tuple[Path, Renderer]) -> None:
 
 def test_generated_text_has_no_link_the_html_does_not_have(adhoc: tuple[Path, Renderer]) -> None:
     out = render_adhoc(adhoc, {"t.html": '<p><a href="https://x.example/a">a</a></p>\n'})
-    assert out.links == [("https://x.example/a", True)]
+    assert pairs(out) == [("https://x.example/a", True)]
     assert hrefs(out.html)[0] in out.text
 
 
@@ -262,7 +273,7 @@ def test_text_only_urls_stay_as_they_are(adhoc: tuple[Path, Renderer]) -> None:
             "t.txt": "Yes: https://x.example/yes.\nMore (https://x.example/more), bye\n",
         },
     )
-    assert out.links == [("https://x.example/yes", True)]
+    assert pairs(out) == [("https://x.example/yes", True)]
     yes = f"{BASE}/c/{SIGNER.make(TokenKind.click, MESSAGE_ID, 0)}"
     assert out.text == f"Yes: {yes}.\nMore (https://x.example/more), bye\n"
 
@@ -281,7 +292,7 @@ def test_a_url_in_a_subscriber_field_is_never_tracked(
     if twin:
         files["t.txt"] = "Hi {{ subscriber.first_name }}, yes: https://x.example/yes\n"
     out = render_adhoc(adhoc, files, first_name=evil)
-    assert out.links == [("https://x.example/yes", True)]
+    assert pairs(out) == [("https://x.example/yes", True)]
     [tracked] = hrefs(out.html)
     assert click_of(tracked) == Token(TokenKind.click, MESSAGE_ID, 0)
     assert f"<p>Hi {evil}, " in out.html
@@ -307,7 +318,7 @@ def test_subject_is_one_line_and_not_html_escaped(adhoc: tuple[Path, Renderer]) 
     out = rend.render(
         seq,
         "only",
-        "step",
+        MessageKind.STEP,
         message_id=1,
         email="b@example.com",
         fields={"first_name": "Jerry\r\nBcc: x@evil.example"},
@@ -398,11 +409,16 @@ def test_shipped_templates_render_every_step_and_reminder() -> None:
             for kind in kinds:
                 for fields in ({}, {"first_name": "Ada"}):
                     out = rend.render(
-                        seq, step.id, kind, message_id=7, email="bob@example.com", fields=fields
+                        seq,
+                        step.id,
+                        MessageKind.parse(kind),
+                        message_id=7,
+                        email="bob@example.com",
+                        fields=fields,
                     )
                     assert out.subject and "{{" not in out.subject
                     assert unsubscribe_url(7) in out.html and unsubscribe_url(7) in out.text
-                    assert any(counts for _, counts in out.links)
+                    assert any(link.counts for link in out.links)
                     rendered += 1
     assert rendered >= 2
 
@@ -519,7 +535,10 @@ def test_a_field_value_inside_another_attribute_is_never_taken_for_the_link() ->
         links,
         skip="",
     )
-    assert links.items == [["https://acme.example/a", False], ["https://acme.example/b", True]]
+    assert links.items == [
+        ["https://acme.example/a", False, False],
+        ["https://acme.example/b", True, False],
+    ]
     assert marked
     assert "evil.example" in html and 'href="https://nurture.test/c/0"' in html
     assert 'title="a>b"' in html and "data-micro-yes>" not in html
@@ -528,20 +547,25 @@ def test_a_field_value_inside_another_attribute_is_never_taken_for_the_link() ->
 def test_the_open_pixel_goes_just_before_the_end_of_the_body(
     renderer: Renderer, journey: Sequence
 ) -> None:
-    out = renderer.render(journey, "read", "step", message_id=42, email="a@example.com", fields={})
+    out = renderer.render(
+        journey, "read", MessageKind.STEP, message_id=42, email="a@example.com", fields={}
+    )
     pixel = re.search(r'<img src="(http://nurture\.test/o/([^"]+))" width="1" height="1"', out.html)
     assert pixel is not None
     assert SIGNER.read(pixel.group(2), TokenKind.open).message_id == 42
     assert out.html.index(pixel.group(0)) < out.html.lower().rindex("</body>")
-    assert pixel.group(1) not in [url for url, _ in out.links]  # opens are never a micro-yes
+    assert pixel.group(1) not in [link.url for link in out.links]  # opens are never a micro-yes
 
 
 def test_every_html_part_carries_an_invisible_honeypot_link(
     journey: Sequence, env: jinja2.Environment
 ) -> None:
     rend = Renderer(env, SIGNER, BASE)
-    out = rend.render(journey, "read", "step", message_id=7, email="a@example.com", fields={})
-    assert out.links[-1] == (f"{BASE}/hp", False)  # never a micro-yes
+    out = rend.render(
+        journey, "read", MessageKind.STEP, message_id=7, email="a@example.com", fields={}
+    )
+    assert out.links[-1] == Link(f"{BASE}/hp", False, honeypot=True)  # never a micro-yes
+    assert not any(link.honeypot for link in out.links[:-1])
     token = SIGNER.make(TokenKind.click, 7, len(out.links) - 1)
     trap = re.search(rf'<a href="{BASE}/c/{token}"[^>]*>', out.html)
     assert trap is not None and 'style="display:none"' in trap.group(0)

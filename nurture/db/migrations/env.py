@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 
 from nurture.config import load_settings
+from nurture.db.connect import connect_database, normalize_url
 from nurture.db.models import Base
-from nurture.db.session import make_engine, normalize_url
 
 config = context.config
 url = config.attributes.get("url")
@@ -18,43 +20,30 @@ if url is None:
         fileConfig(config.config_file_name)
     url = normalize_url(load_settings().database_url)
 
-target_metadata = Base.metadata
+options: dict[str, Any] = {
+    "target_metadata": Base.metadata,
+    # SQLite alters a table by copying it: batch mode does that.
+    "render_as_batch": url.startswith("sqlite"),
+}
 
 
 def run_migrations_offline() -> None:
-    context.configure(
-        url=url,
-        target_metadata=target_metadata,
-        literal_binds=True,
-        render_as_batch=url.startswith("sqlite"),
-    )
+    context.configure(url=url, literal_binds=True, **options)
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=url.startswith("sqlite"),
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        return
-    engine = make_engine(url)
+    given = config.attributes.get("connection")
+    database = None if given is not None else connect_database(url)
     try:
-        with engine.connect() as conn:
-            context.configure(
-                connection=conn,
-                target_metadata=target_metadata,
-                render_as_batch=url.startswith("sqlite"),
-            )
+        with nullcontext(given) if given is not None else database.connect() as conn:  # type: ignore[union-attr]
+            context.configure(connection=conn, **options)
             with context.begin_transaction():
                 context.run_migrations()
     finally:
-        engine.dispose()
+        if database is not None:
+            database.dispose()
 
 
 if context.is_offline_mode():

@@ -1,0 +1,163 @@
+"""The enrollments table: where each person stands in each sequence, and the claim of the
+enrollments whose next thing is due (the tick's main query)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nurture.db.dialect import claim, lock
+from nurture.db.models import ENROLLMENTS, SUBSCRIBERS
+from nurture.engine import EnrollmentState
+from nurture.vocabulary import EnrollmentStatus, ExitReason, Phase, SubscriberStatus
+
+__all__ = ["EnrollmentRow", "DueRow", "EnrollmentStore", "claim_due_query"]
+
+E = ENROLLMENTS.c
+S = SUBSCRIBERS.c
+
+
+@dataclass(frozen=True)
+class EnrollmentRow:
+    id: int
+    subscriber_id: int
+    sequence_id: str
+    state: EnrollmentState
+    subscriber_status: SubscriberStatus
+
+
+@dataclass(frozen=True)
+class DueRow:
+    """An enrollment claimed because something fell due, with what sending to it needs."""
+
+    enrollment: EnrollmentRow
+    email: str
+    fields: dict[str, Any]
+
+
+def _state(r: Any) -> EnrollmentState:
+    return EnrollmentState(
+        status=EnrollmentStatus(r.status),
+        step_id=r.step_id,
+        phase=Phase(r.phase),
+        visit=r.visit,
+        due_at=r.due_at,
+        step_sent_at=r.step_sent_at,
+        reminders_sent=r.reminders_sent,
+        exit_reason=ExitReason(r.exit_reason) if r.exit_reason else None,
+    )
+
+
+def _row(r: Any) -> EnrollmentRow:
+    return EnrollmentRow(
+        r.id, r.subscriber_id, r.sequence_id, _state(r), SubscriberStatus(r.subscriber_status)
+    )
+
+
+def _values(state: EnrollmentState, now: datetime) -> dict[str, Any]:
+    return {
+        "status": state.status.value,
+        "step_id": state.step_id,
+        "phase": state.phase.value,
+        "visit": state.visit,
+        "due_at": state.due_at,
+        "step_sent_at": state.step_sent_at,
+        "reminders_sent": state.reminders_sent,
+        "exit_reason": state.exit_reason.value if state.exit_reason else None,
+        "updated_at": now,
+    }
+
+
+_STATE_COLUMNS = (
+    "status",
+    "step_id",
+    "phase",
+    "visit",
+    "due_at",
+    "step_sent_at",
+    "reminders_sent",
+    "exit_reason",
+    "updated_at",
+)
+_SAVE = (
+    update(ENROLLMENTS)
+    .where(E.id == bindparam("_id"))
+    .values({c: bindparam(c) for c in _STATE_COLUMNS})
+)
+
+
+def _with_subscriber() -> Select[Any]:
+    return select(*ENROLLMENTS.c, S.status.label("subscriber_status")).join(
+        SUBSCRIBERS, S.id == E.subscriber_id
+    )
+
+
+def claim_due_query(now: datetime, limit: int) -> Select[Any]:
+    """Active enrollments whose due_at has come, oldest first, with their subscriber's address
+    and fields; each worker skips the rows another one holds."""
+    q = (
+        select(
+            *ENROLLMENTS.c,
+            S.status.label("subscriber_status"),
+            S.email,
+            S.fields,
+        )
+        .join(SUBSCRIBERS, S.id == E.subscriber_id)
+        .where(E.status == EnrollmentStatus.active.value, E.due_at <= now)
+        .order_by(E.due_at)
+        .limit(limit)
+    )
+    return claim(q, of=ENROLLMENTS)
+
+
+class EnrollmentStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def of(self, subscriber_id: int, sequence_id: str) -> EnrollmentRow | None:
+        q = _with_subscriber().where(E.subscriber_id == subscriber_id, E.sequence_id == sequence_id)
+        row = self._conn.execute(q).first()
+        return _row(row) if row else None
+
+    def get(self, enrollment_id: int) -> EnrollmentRow:
+        """One enrollment, locked: its state is about to be decided on and written."""
+        return _row(self._conn.execute(lock(_with_subscriber().where(E.id == enrollment_id))).one())
+
+    def of_subscriber(self, subscriber_id: int) -> list[EnrollmentRow]:
+        """Every enrollment of a person, locked, oldest first."""
+        q = _with_subscriber().where(E.subscriber_id == subscriber_id).order_by(E.id)
+        return [_row(r) for r in self._conn.execute(lock(q))]
+
+    def create(
+        self, subscriber_id: int, sequence_id: str, state: EnrollmentState, *, now: datetime
+    ) -> int | None:
+        """Insert an enrollment; None if the subscriber is already in that sequence."""
+        values = {
+            "subscriber_id": subscriber_id,
+            "sequence_id": sequence_id,
+            "created_at": now,
+            **_values(state, now),
+        }
+        try:
+            with self._conn.begin_nested():
+                key = self._conn.execute(insert(ENROLLMENTS).values(values)).inserted_primary_key
+        except IntegrityError:
+            return None
+        assert key is not None
+        return int(key[0])
+
+    def save(self, states: Sequence[tuple[int, EnrollmentState]], *, now: datetime) -> None:
+        """Write new states: one statement for a whole batch."""
+        if states:
+            self._conn.execute(_SAVE, [{"_id": i, **_values(s, now)} for i, s in states])
+
+    def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
+        return [
+            DueRow(_row(r), r.email, r.fields or {})
+            for r in self._conn.execute(claim_due_query(now, limit))
+        ]

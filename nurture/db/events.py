@@ -1,0 +1,140 @@
+"""The events table: what subscribers did or what happened to their mail, and the clicks
+waiting for their verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from nurture.db.dialect import claim
+from nurture.db.models import EVENTS
+from nurture.vocabulary import EventKind, Verdict
+
+__all__ = ["PendingClick", "EventRow", "EventStore"]
+
+V = EVENTS.c
+
+
+@dataclass(frozen=True)
+class PendingClick:
+    id: int
+    message_id: int
+    at: datetime
+    link: int
+    detail: dict[str, Any]
+
+    @property
+    def reasons(self) -> list[str]:
+        return list(self.detail.get("reasons", []))
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    subscriber_id: int
+    enrollment_id: int | None
+    message_id: int | None
+    kind: EventKind
+    outcome: str
+    verdict: Verdict | None
+    detail: dict[str, Any]
+    at: datetime
+
+
+class EventStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def add(
+        self,
+        *,
+        subscriber_id: int,
+        kind: EventKind,
+        outcome: str,
+        now: datetime,
+        enrollment_id: int | None = None,
+        message_id: int | None = None,
+        detail: dict[str, Any] | None = None,
+        verdict: Verdict | None = None,
+        evaluate_at: datetime | None = None,
+    ) -> None:
+        self._conn.execute(
+            insert(EVENTS).values(
+                subscriber_id=subscriber_id,
+                enrollment_id=enrollment_id,
+                message_id=message_id,
+                kind=kind.value,
+                outcome=outcome[:48],
+                detail=detail or {},
+                verdict=verdict.value if verdict is not None else None,
+                evaluate_at=evaluate_at,
+                created_at=now,
+            )
+        )
+
+    def of_subscriber(self, subscriber_id: int, *, kind: EventKind | None = None) -> list[EventRow]:
+        """A person's events, oldest first."""
+        q = select(EVENTS).where(V.subscriber_id == subscriber_id)
+        if kind is not None:
+            q = q.where(V.kind == kind.value)
+        return [
+            EventRow(
+                r.id,
+                r.subscriber_id,
+                r.enrollment_id,
+                r.message_id,
+                EventKind(r.kind),
+                r.outcome,
+                Verdict(r.verdict) if r.verdict else None,
+                dict(r.detail or {}),
+                r.created_at,
+            )
+            for r in self._conn.execute(q.order_by(V.id))
+        ]
+
+    def pending_clicks(self, now: datetime, limit: int) -> list[PendingClick]:
+        """Clicks whose burst window has closed, locked for deciding."""
+        q = (
+            select(V.id, V.message_id, V.created_at, V.detail)
+            .where(V.verdict == Verdict.pending.value, V.evaluate_at <= now)
+            .order_by(V.evaluate_at)
+            .limit(limit)
+        )
+        return [
+            PendingClick(
+                r.id,
+                int(r.message_id or 0),
+                r.created_at,
+                int((r.detail or {}).get("link", -1)),
+                dict(r.detail or {}),
+            )
+            for r in self._conn.execute(claim(q, of=EVENTS))
+        ]
+
+    def links_clicked(self, message_id: int, start: datetime, end: datetime) -> list[int]:
+        """The link numbers clicked on a message between two times (one per click, any
+        verdict)."""
+        q = select(V.detail).where(
+            V.message_id == message_id,
+            V.kind == EventKind.click.value,
+            V.created_at >= start,
+            V.created_at <= end,
+        )
+        return [int((d or {}).get("link", -1)) for d in self._conn.scalars(q)]
+
+    def decide_click(
+        self, click: PendingClick, *, verdict: Verdict, outcome: str, reasons: list[str]
+    ) -> None:
+        self._conn.execute(
+            update(EVENTS)
+            .where(V.id == click.id)
+            .values(
+                verdict=verdict.value,
+                outcome=outcome[:48],
+                detail={**click.detail, "reasons": reasons},
+                evaluate_at=None,
+            )
+        )

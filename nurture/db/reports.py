@@ -1,0 +1,51 @@
+"""Counts for `nurture status` and /healthz: read-only aggregates over the other tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, select
+
+from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
+from nurture.vocabulary import EventKind
+
+__all__ = ["StatusRow", "ReportStore"]
+
+E = ENROLLMENTS.c
+M = MESSAGES.c
+V = EVENTS.c
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    sequence_id: str
+    step_id: str
+    status: str
+    exit_reason: str | None
+    count: int
+
+
+class ReportStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def status_counts(self) -> list[StatusRow]:
+        """Enrollments per sequence, step, status and exit reason."""
+        keys = (E.sequence_id, E.step_id, E.status, E.exit_reason)
+        q = select(*keys, func.count()).group_by(*keys)
+        return [StatusRow(*r) for r in self._conn.execute(q)]
+
+    def message_counts(self) -> dict[str, int]:
+        q = select(M.status, func.count()).group_by(M.status)
+        return {status: n for status, n in self._conn.execute(q)}
+
+    def click_counts(self) -> list[tuple[str, str, str, int]]:
+        """(sequence, step, verdict, clicks) for every click with a verdict."""
+        keys = (M.sequence_id, M.step_id, V.verdict)
+        q = (
+            select(*keys, func.count())
+            .join(MESSAGES, M.id == V.message_id)
+            .where(V.kind == EventKind.click.value, V.verdict.is_not(None))
+            .group_by(*keys)
+        )
+        return [(a, b, str(c), int(n)) for a, b, c, n in self._conn.execute(q)]

@@ -1,0 +1,103 @@
+"""The subscribers table: people, their fields and their status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nurture.db.dialect import lock_keys_kept, lock_shared
+from nurture.db.models import SUBSCRIBERS
+from nurture.vocabulary import SubscriberStatus
+
+__all__ = ["SubscriberRow", "SubscriberStore"]
+
+S = SUBSCRIBERS.c
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    id: int
+    email: str
+    fields: dict[str, Any]
+    status: SubscriberStatus
+
+    @property
+    def confirmed(self) -> bool:
+        return self.status is SubscriberStatus.confirmed
+
+
+def _row(r: Any) -> SubscriberRow:
+    return SubscriberRow(r.id, r.email, dict(r.fields or {}), SubscriberStatus(r.status))
+
+
+_COLUMNS = (S.id, S.email, S.fields, S.status)
+
+
+class SubscriberStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def by_email(self, email: str, *, lock: bool = False) -> SubscriberRow | None:
+        q = select(*_COLUMNS).where(S.email == email)
+        row = self._conn.execute(lock_keys_kept(q) if lock else q).first()
+        return _row(row) if row else None
+
+    def get(self, subscriber_id: int, *, lock: bool = False) -> SubscriberRow:
+        q = select(*_COLUMNS).where(S.id == subscriber_id)
+        return _row(self._conn.execute(lock_keys_kept(q) if lock else q).one())
+
+    def create(
+        self, email: str, fields: dict[str, Any], *, status: SubscriberStatus, now: datetime
+    ) -> SubscriberRow:
+        """A new subscriber; if a concurrent request created the same address first (a form
+        submitted twice), that one, locked."""
+        values = {
+            "email": email,
+            "fields": fields,
+            "status": status.value,
+            "created_at": now,
+            "confirmed_at": now if status is SubscriberStatus.confirmed else None,
+        }
+        try:
+            with self._conn.begin_nested():
+                new_id = self._conn.execute(insert(SUBSCRIBERS).values(values)).inserted_primary_key
+        except IntegrityError:
+            existing = self.by_email(email, lock=True)
+            if existing is None:
+                raise
+            return existing
+        assert new_id is not None
+        return SubscriberRow(int(new_id[0]), email, dict(fields), status)
+
+    def merge_fields(self, subscriber_id: int, fields: dict[str, Any]) -> None:
+        """Add or replace fields; the others are kept."""
+        if not fields:
+            return
+        current = self.get(subscriber_id, lock=True)
+        self._conn.execute(
+            update(SUBSCRIBERS)
+            .where(S.id == subscriber_id)
+            .values(fields={**current.fields, **fields})
+        )
+
+    def set_status(self, subscriber_id: int, status: SubscriberStatus, *, now: datetime) -> None:
+        """Store a new status, with when they confirmed or left."""
+        values: dict[str, Any] = {"status": status.value}
+        if status is SubscriberStatus.confirmed:
+            values["confirmed_at"] = now
+        elif not status.sendable:
+            values["left_at"] = now
+        self._conn.execute(update(SUBSCRIBERS).where(S.id == subscriber_id).values(values))
+
+    def confirmed_among(self, subscriber_ids: Sequence[int]) -> set[int]:
+        """Which of these subscribers are confirmed, waiting for any transaction that is
+        confirming one of them right now, so that its outcome is seen."""
+        q = select(S.id).where(
+            S.id.in_(subscriber_ids), S.status == SubscriberStatus.confirmed.value
+        )
+        return set(self._conn.scalars(lock_shared(q)))

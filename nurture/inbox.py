@@ -1,0 +1,337 @@
+"""The inbox: every inbound message, from any path (the ``POST /inbound`` webhook, the IMAP
+mailbox, the outbox's reply form), recognised once and acted on.
+
+Each message is deduplicated on its identity and classified (``nurture.mail.classify``); a
+person's reply to the current step is the micro-yes; an out-of-office moves the wait to the
+return date; a permanent bounce or an abuse report stops the person's mail; what cannot be
+read is set aside, visible in ``nurture inbound``, and never blocks the messages after it.
+``poll`` reads the IMAP mailbox (``nurture.mail.imap`` speaks the protocol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from nurture.clock import Clock
+from nurture.db.outbox import MessageRow
+from nurture.db.store import Store, Tx
+from nurture.errors import TokenError
+from nurture.journey import Journey
+from nurture.mail.classify import InboundKind
+from nurture.mail.imap import ImapFolder, ImapMailbox
+from nurture.mail.inbound import MAX_INBOUND_BYTES, InboundMail, parse_inbound
+from nurture.sequences import Catalog
+from nurture.tokens import Signer, TokenKind
+from nurture.vocabulary import (
+    EnrollmentStatus,
+    EventKind,
+    ExitReason,
+    InboundSource,
+    InboundStatus,
+    Phase,
+    SubscriberStatus,
+    YesBy,
+)
+
+__all__ = ["Inbox", "InboundResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    status: InboundStatus
+    outcome: str = ""
+    message_id: int | None = None
+
+
+# What a report does to the people it is about: (subscriber status, exit reason, event outcome).
+_STOPS = {
+    InboundKind.bounce: (SubscriberStatus.bounced, ExitReason.bounced, "bounced"),
+    InboundKind.complaint: (SubscriberStatus.complained, ExitReason.complained, "unsubscribed"),
+}
+_REPORTS = (InboundKind.bounce, InboundKind.delay, InboundKind.complaint, InboundKind.report)
+
+
+class Inbox:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        catalog: Catalog,
+        journey: Journey,
+        signer: Signer,
+        reply_address: str | None = None,
+        max_bytes: int = MAX_INBOUND_BYTES,
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.journey = journey
+        self.signer = signer
+        self.max_bytes = max_bytes
+        self._reply_pattern = _reply_regex(reply_address) if reply_address else None
+
+    def receive(
+        self, raw: bytes, *, now: datetime, source: InboundSource, trusted: bool = False
+    ) -> InboundResult:
+        """Handle one inbound message. ``trusted`` (IMAP, or a webhook whose shared secret was
+        checked) also allows matching by the sender's address; otherwise only a token or a
+        Message-ID nurture signed can tie a message to anyone."""
+        try:
+            mail = parse_inbound(raw, today=now.date(), max_bytes=self.max_bytes)
+        except ValueError as exc:
+            return self.set_aside(raw, str(exc), now=now, source=source)
+        kind = mail.classification.kind
+        with self.store.transaction() as tx:
+            inbound_id = tx.inbound.record(
+                digest=mail.identity,
+                header_message_id=mail.message_id,
+                sender=mail.sender,
+                now=now,
+                source=source,
+                kind=kind.value,
+            )
+            if inbound_id is None:
+                return InboundResult(InboundStatus.duplicate)
+            if kind in _REPORTS:
+                result = self._report(tx, mail, now=now, trusted=trusted)
+            else:
+                result = self._reply(tx, mail, now=now, source=source, trusted=trusted)
+            tx.inbound.finish(
+                inbound_id, status=result.status, matched=result.message_id, note=result.outcome
+            )
+        log.info(
+            "inbound %s from %s: %s %s",
+            kind.value,
+            source.value,
+            result.status.value,
+            result.outcome,
+            extra={"action": "inbound", "kind": kind.value, "status": result.status.value},
+        )
+        return result
+
+    def set_aside(
+        self,
+        raw: bytes,
+        why: str,
+        *,
+        now: datetime,
+        source: InboundSource,
+        identity: str | None = None,
+    ) -> InboundResult:
+        """Keep what cannot be read (capped), visible in `nurture inbound`; never raise.
+        ``identity`` names a message whose bytes are not kept (its hash is stored)."""
+        log.warning(
+            "inbound message from %s set aside: %s",
+            source.value,
+            why,
+            extra={"action": "inbound_malformed"},
+        )
+        digest = hashlib.sha256(identity.encode() if identity is not None else raw).hexdigest()
+        with self.store.transaction() as tx:
+            tx.inbound.record(
+                digest=digest,
+                header_message_id=None,
+                sender=None,
+                now=now,
+                source=source,
+                status=InboundStatus.malformed,
+                raw=raw[: self.max_bytes] or None,
+                note=why,
+            )
+        return InboundResult(InboundStatus.malformed, why)
+
+    # -- the IMAP mailbox ----------------------------------------------------------------
+
+    def poll(self, mailbox: ImapMailbox, *, clock: Clock, batch: int = 200) -> int:
+        """Handle every message of the mailbox's folder not handled yet (by UID, remembered
+        per folder and UIDVALIDITY); returns how many. A crash between handling a message
+        and remembering its UID only means it is fetched again: ``receive`` recognises it."""
+        with mailbox.open() as folder:
+            with self.store.transaction() as tx:
+                last = tx.mailboxes.last_uid(folder.name, folder.uidvalidity)
+            handled = 0
+            for uid in folder.uids_after(last)[:batch]:
+                self._take(folder, uid, now=clock.now())
+                with self.store.transaction() as tx:
+                    tx.mailboxes.set_last_uid(folder.name, folder.uidvalidity, uid, now=clock.now())
+                handled += 1
+            folder.finish()
+        return handled
+
+    def _take(self, folder: ImapFolder, uid: int, *, now: datetime) -> None:
+        size = folder.size(uid)
+        if size > self.max_bytes:
+            # Far too large to be a reply. Its bytes are not kept, so it stays on the server
+            # as it is (not flagged, moved or deleted) for a person to look at.
+            self.set_aside(
+                b"",
+                f"IMAP {folder.name} UID {uid}: {size} bytes, over {self.max_bytes}; "
+                "left on the server untouched",
+                now=now,
+                source=InboundSource.imap,
+                identity=f"imap:{folder.name}:{folder.uidvalidity}:{uid}:{size}",
+            )
+            return
+        raw = folder.fetch(uid)
+        try:
+            result = self.receive(raw, now=now, source=InboundSource.imap, trusted=True)
+            log.debug("IMAP UID %s: %s", uid, result.status.value)
+        except Exception as exc:  # noqa: BLE001 - one message must never block the rest
+            log.exception("IMAP UID %s could not be handled; set aside", uid)
+            self.set_aside(
+                raw,
+                f"could not be handled: {type(exc).__name__}: {exc}",
+                now=now,
+                source=InboundSource.imap,
+            )
+        folder.mark_handled(uid)
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _reply(
+        self, tx: Tx, mail: InboundMail, *, now: datetime, source: InboundSource, trusted: bool
+    ) -> InboundResult:
+        message, how = self._match(tx, mail, trusted=trusted)
+        if message is None:
+            return InboundResult(
+                InboundStatus.unmatched, "no token, known Message-ID or waiting sender"
+            )
+        c = mail.classification
+        if c.kind is InboundKind.auto_reply:
+            status = InboundStatus.automatic
+            outcome = f"ignored:automatic ({c.reason})"
+            if c.return_date is not None:
+                outcome = self.journey.extend(tx, message, c.return_date, now=now)
+        else:
+            status = InboundStatus.matched
+            outcome = self.journey.answer(tx, message, YesBy.reply, now=now)
+        tx.events.add(
+            subscriber_id=message.subscriber_id,
+            enrollment_id=message.enrollment_id,
+            message_id=message.id,
+            kind=EventKind.reply if c.kind is InboundKind.human else EventKind.auto_reply,
+            outcome=outcome,
+            detail={
+                "matched_by": how,
+                "source": source.value,
+                "subject": mail.subject[:200],
+                "why": c.reason,
+                "back": c.return_date.isoformat() if c.return_date else None,
+            },
+            now=now,
+        )
+        return InboundResult(status, outcome, message.id)
+
+    def _match(self, tx: Tx, mail: InboundMail, *, trusted: bool) -> tuple[MessageRow | None, str]:
+        if self._reply_pattern is not None:
+            for address in mail.recipients:
+                found = self._reply_pattern.fullmatch(address)
+                if not found:
+                    continue
+                try:
+                    token = self.signer.read(found.group(1), TokenKind.reply)
+                except TokenError:
+                    continue
+                message = tx.outbox.get(token.message_id)
+                if message is not None:
+                    return message, "reply_address"
+        for header_id in mail.in_reply_to:
+            number = self.signer.read_message_id(header_id)
+            if number is not None and (message := tx.outbox.get(number)) is not None:
+                return message, "in_reply_to"
+        if trusted and mail.sender:
+            return self._match_sender(tx, mail.sender), "sender_address"
+        return None, ""
+
+    def _match_sender(self, tx: Tx, sender: str) -> MessageRow | None:
+        """Last resort: the sender's address, when exactly one of their enrollments waits for
+        a reply (headers rewritten or stripped and no reply address configured)."""
+        sub = tx.subscribers.by_email(sender)
+        if sub is None:
+            return None
+        candidates = []
+        for row in tx.enrollments.of_subscriber(sub.id):
+            state = row.state
+            if state.status is not EnrollmentStatus.active or state.phase is not Phase.wait:
+                continue
+            found = self.catalog.locate(row.sequence_id, state.step_id)
+            if found is None or not found[1].advance_on.accepts(YesBy.reply):
+                continue
+            message = tx.outbox.step_email(row.id, state.visit)
+            if message is not None:
+                candidates.append(message)
+        if len(candidates) != 1:
+            return None
+        log.warning(
+            "reply from %s matched by its sender address alone (last resort)",
+            sender,
+            extra={"action": "reply_matched_by_sender", "message_id": candidates[0].id},
+        )
+        return candidates[0]
+
+    # -- reports -------------------------------------------------------------------------
+
+    def _report(self, tx: Tx, mail: InboundMail, *, now: datetime, trusted: bool) -> InboundResult:
+        """A delivery report or an abuse report: find whom it is about, then act."""
+        c = mail.classification
+        original = None
+        for header_id in c.original_ids + mail.in_reply_to:
+            number = self.signer.read_message_id(header_id)
+            if number is not None and (found := tx.outbox.get(number)) is not None:
+                original = found
+                break
+        named = set(c.permanent if c.kind is InboundKind.bounce else ())
+        if c.kind is InboundKind.complaint and c.complainant:
+            named.add(c.complainant)
+        targets: dict[int, str] = {}
+        if trusted:
+            for address in named:
+                sub = tx.subscribers.by_email(address)
+                if sub is not None:
+                    targets[sub.id] = address
+        if original is not None and not targets:
+            sub = tx.subscribers.get(original.subscriber_id)
+            if c.kind is InboundKind.complaint or sub.email in named or not named:
+                targets[sub.id] = sub.email
+        status = InboundStatus(c.kind.value)
+        if c.kind in _STOPS and not targets:
+            return InboundResult(
+                InboundStatus.unmatched, f"{c.kind.value} about no known subscriber"
+            )
+        message_id = original.id if original is not None else None
+        if c.kind in _STOPS:
+            subscriber_status, reason, outcome = _STOPS[c.kind]
+            for subscriber_id in targets:
+                self.journey.stop_person(
+                    tx, subscriber_id, status=subscriber_status, reason=reason, now=now
+                )
+                tx.events.add(
+                    subscriber_id=subscriber_id,
+                    message_id=message_id,
+                    kind=EventKind(c.kind.value),
+                    outcome=outcome,
+                    detail={"why": c.reason},
+                    now=now,
+                )
+            who = ", ".join(sorted(targets.values()))
+            return InboundResult(status, f"{subscriber_status.value}: {who}", message_id)
+        if original is not None:
+            tx.events.add(
+                subscriber_id=original.subscriber_id,
+                message_id=original.id,
+                kind=EventKind(c.kind.value),
+                outcome="recorded",
+                detail={"why": c.reason},
+                now=now,
+            )
+        return InboundResult(status, f"recorded: {c.reason}", message_id)
+
+
+def _reply_regex(pattern: str) -> re.Pattern[str]:
+    before, _, after = pattern.lower().partition("{token}")
+    return re.compile(re.escape(before) + r"([a-z2-7]{10,64})" + re.escape(after))

@@ -1,0 +1,241 @@
+"""The journey: applying the engine's decisions, in one place.
+
+Every change to where a person stands goes through here: load the enrollment (locked), find
+its sequence and step among the loaded files (``Catalog.locate``), ask the engine, store the
+new state and what it implies (the messages to send, a confirmation). The engine decides and
+does no I/O; the store stores and decides nothing; the dispatcher, tracking, the inbox and
+subscriptions call these methods inside their own transaction.
+
+Locks are taken in one order everywhere: a person's enrollments, then the person, then their
+messages, so that two of these on the same person wait for each other instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as Seq
+from datetime import UTC, date, datetime, time, timedelta
+
+from nurture import engine
+from nurture.db.enrollments import DueRow, EnrollmentRow
+from nurture.db.outbox import MessageRow, NewMessage
+from nurture.db.store import Tx
+from nurture.db.subscribers import SubscriberRow
+from nurture.engine import ConfirmSubscriber, Decision, SendEmail
+from nurture.sequences import Catalog, Sequence
+from nurture.vocabulary import EnrollmentStatus, ExitReason, SubscriberStatus, YesBy
+
+__all__ = ["Journey", "Planned", "ORPHAN_RETRY"]
+
+log = logging.getLogger(__name__)
+
+# An enrollment or message whose sequence or step the loaded files lack (renamed or removed
+# under a running deployment) is looked at again this much later, never failed.
+ORPHAN_RETRY = timedelta(hours=1)
+
+Planned = tuple[int, DueRow, SendEmail]  # (message id, the due enrollment, what to send)
+
+
+class Journey:
+    def __init__(self, catalog: Catalog, *, orphan_retry: timedelta = ORPHAN_RETRY) -> None:
+        self.catalog = catalog
+        self.orphan_retry = orphan_retry
+
+    # -- entering ------------------------------------------------------------------------
+
+    def start(
+        self, tx: Tx, subscriber: SubscriberRow, sequence: Sequence, *, now: datetime
+    ) -> int | None:
+        """Enroll a person at the first step; None if they are in that sequence already."""
+        state = engine.start(sequence, now=now, confirmed=subscriber.confirmed)
+        return tx.enrollments.create(subscriber.id, sequence.id, state, now=now)
+
+    def restart(
+        self, tx: Tx, enrollment: EnrollmentRow, sequence: Sequence, *, now: datetime
+    ) -> None:
+        """Someone taken back by an operator starts the sequence over, confirmation first."""
+        tx.enrollments.save(
+            [(enrollment.id, engine.restart(enrollment.state, sequence, now=now))], now=now
+        )
+
+    # -- due work ------------------------------------------------------------------------
+
+    def plan(
+        self, tx: Tx, due: Seq[DueRow], *, now: datetime, claim_until: datetime
+    ) -> list[Planned]:
+        """Decide for claimed due enrollments and record the messages decided on, claimed for
+        sending until ``claim_until``."""
+        decisions: list[tuple[EnrollmentRow, Decision]] = []
+        for item in due:
+            row = item.enrollment
+            found = self.catalog.locate(row.sequence_id, row.state.step_id)
+            if found is None:
+                log.error(
+                    "enrollment %s is in %s/%s, which the loaded sequences do not have; "
+                    "retrying in %s",
+                    row.id,
+                    row.sequence_id,
+                    row.state.step_id,
+                    self.orphan_retry,
+                    extra={"action": "enrollment_orphaned", "enrollment_id": row.id},
+                )
+                until = now + self.orphan_retry
+                decisions.append((row, engine.postpone(row.state, until=until, outcome="orphaned")))
+                continue
+            confirmed = row.subscriber_status is SubscriberStatus.confirmed
+            decisions.append(
+                (row, engine.on_due(row.state, found[0], now=now, confirmed=confirmed))
+            )
+        decisions = self._recheck_held(tx, decisions, now)
+        by_id = {item.enrollment.id: item for item in due}
+        made = self._apply(tx, decisions, now=now, claim_until=claim_until)
+        return [(message_id, by_id[row.id], send) for message_id, row, send in made]
+
+    def _recheck_held(
+        self, tx: Tx, decisions: list[tuple[EnrollmentRow, Decision]], now: datetime
+    ) -> list[tuple[EnrollmentRow, Decision]]:
+        """A person who confirmed (a click, in another transaction) after their status was
+        read would stay held for good: nothing releases an enrollment held after the
+        confirmation. Read their status again, waiting for such a transaction to finish."""
+        held = [r.subscriber_id for r, d in decisions if d.state.status is EnrollmentStatus.held]
+        if not held:
+            return decisions
+        confirmed = tx.subscribers.confirmed_among(held)
+        out = []
+        for row, decision in decisions:
+            if decision.state.status is EnrollmentStatus.held and row.subscriber_id in confirmed:
+                sequence = self.catalog.get(row.sequence_id)
+                assert sequence is not None  # it was located just before
+                decision = engine.on_due(row.state, sequence, now=now, confirmed=True)
+            out.append((row, decision))
+        return out
+
+    # -- what people do ------------------------------------------------------------------
+
+    def answer(self, tx: Tx, message: MessageRow, by: YesBy, *, now: datetime) -> str:
+        """A click judged human on a counting link, or a person's reply, to ``message``: the
+        micro-yes if it answers the current ask. Returns the outcome, for the event."""
+        enrollment = tx.enrollments.get(message.enrollment_id)
+        found = self.catalog.locate(enrollment.sequence_id, enrollment.state.step_id)
+        if found is None:
+            return "ignored:sequence_not_loaded"
+        yes = engine.Yes(by, message.step_id, message.visit)
+        decision = engine.on_yes(enrollment.state, found[0], yes, now=now)
+        if decision.state != enrollment.state or decision.actions:
+            self._apply(tx, [(enrollment, decision)], now=now)
+            log.info(
+                "enrollment %s: %s by %s on %s",
+                enrollment.id,
+                decision.outcome,
+                by.value,
+                message.step_id,
+                extra={
+                    "action": "micro_yes",
+                    "enrollment_id": enrollment.id,
+                    "outcome": decision.outcome,
+                },
+            )
+        return decision.outcome
+
+    def extend(self, tx: Tx, message: MessageRow, back: date, *, now: datetime) -> str:
+        """An out-of-office answer to ``message`` names the day the person is back: the wait
+        of the current step counts from then."""
+        enrollment = tx.enrollments.get(message.enrollment_id)
+        state = enrollment.state
+        found = self.catalog.locate(enrollment.sequence_id, state.step_id)
+        if found is None or (message.step_id, message.visit) != (state.step_id, state.visit):
+            return "ignored:automatic (not the current step)"
+        returns = datetime.combine(back, time(0, 0), tzinfo=UTC)
+        decision = engine.on_out_of_office(state, found[0], back=returns, now=now)
+        if decision.state != state:
+            self._apply(tx, [(enrollment, decision)], now=now)
+        return f"{decision.outcome} until {back.isoformat()}"
+
+    def confirm(self, tx: Tx, subscriber_id: int, *, now: datetime) -> bool:
+        """Double opt-in done: the person is confirmed and their held enrollments, and those
+        waiting at another sequence's confirmation, move on. False if they were not pending."""
+        rows = tx.enrollments.of_subscriber(subscriber_id)
+        if tx.subscribers.get(subscriber_id, lock=True).status is not SubscriberStatus.pending:
+            return False
+        tx.subscribers.set_status(subscriber_id, SubscriberStatus.confirmed, now=now)
+        changed = []
+        for row in rows:
+            sequence = self.catalog.get(row.sequence_id)
+            if sequence is None or not sequence.has_step(row.state.step_id):
+                continue  # the tick looks at it once its sequence is back
+            new = engine.on_confirmed(row.state, sequence, now=now)
+            if new != row.state:
+                changed.append((row.id, new))
+        tx.enrollments.save(changed, now=now)
+        return True
+
+    # -- leaving -------------------------------------------------------------------------
+
+    def stop(self, tx: Tx, enrollment_id: int, reason: ExitReason, *, now: datetime) -> bool:
+        """One enrollment leaves for good (a goal reached, an email that cannot be sent) and
+        its mail not sent yet is cancelled. False if it had finished already."""
+        row = tx.enrollments.get(enrollment_id)
+        new = engine.stop(row.state, reason)
+        if new == row.state:
+            return False
+        tx.enrollments.save([(row.id, new)], now=now)
+        tx.outbox.cancel_open(enrollment_id=enrollment_id, why=f"enrollment {reason.value}")
+        return True
+
+    def stop_person(
+        self,
+        tx: Tx,
+        subscriber_id: int,
+        *,
+        status: SubscriberStatus,
+        reason: ExitReason,
+        now: datetime,
+    ) -> int:
+        """A person leaves (unsubscribe, bounce, complaint): every enrollment stops at once
+        and their mail not sent yet is cancelled. A status that says more is never replaced
+        by one that says less (an unsubscribe keeps ``bounced``). Returns how many
+        enrollments were stopped."""
+        rows = tx.enrollments.of_subscriber(subscriber_id)
+        current = tx.subscribers.get(subscriber_id, lock=True).status
+        if status.weight > current.weight:
+            tx.subscribers.set_status(subscriber_id, status, now=now)
+        stopped = []
+        for row in rows:
+            new = engine.stop(row.state, reason)
+            if new != row.state:
+                stopped.append((row.id, new))
+        tx.enrollments.save(stopped, now=now)
+        tx.outbox.cancel_open(subscriber_id=subscriber_id, why=f"subscriber {status.value}")
+        return len(stopped)
+
+    # -- storing a decision --------------------------------------------------------------
+
+    def _apply(
+        self,
+        tx: Tx,
+        decisions: Seq[tuple[EnrollmentRow, Decision]],
+        *,
+        now: datetime,
+        claim_until: datetime | None = None,
+    ) -> list[tuple[int, EnrollmentRow, SendEmail]]:
+        """Store decisions: each enrollment's new state, a message row per email to send
+        (record before send), then the confirmations they carry."""
+        tx.enrollments.save([(row.id, d.state) for row, d in decisions], now=now)
+        sends = [
+            (row, action)
+            for row, d in decisions
+            for action in d.actions
+            if isinstance(action, SendEmail)
+        ]
+        ids = tx.outbox.add(
+            [
+                NewMessage(row.id, row.subscriber_id, row.sequence_id, a.step_id, a.visit, a.kind)
+                for row, a in sends
+            ],
+            now=now,
+            claim_until=claim_until,
+        )
+        for row, d in decisions:
+            if any(isinstance(a, ConfirmSubscriber) for a in d.actions):
+                self.confirm(tx, row.subscriber_id, now=now)
+        return [(i, row, a) for i, (row, a) in zip(ids, sends, strict=True)]

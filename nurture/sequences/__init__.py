@@ -1,0 +1,21 @@
+"""Sequences: what marketers write (YAML files and their templates), checked and loaded into
+frozen domain objects. ``model`` holds the objects, ``schema`` the keys a file may have,
+``checks`` the rules across keys and templates, ``loader`` reading the files."""
+
+from __future__ import annotations
+
+from nurture.sequences.checks import TEMPLATE_NAMES
+from nurture.sequences.loader import load_catalog, load_sequence_file
+from nurture.sequences.model import AdvanceOn, Catalog, Reminder, Sequence, Step, Timeout
+
+__all__ = [
+    "AdvanceOn",
+    "Reminder",
+    "Timeout",
+    "Step",
+    "Sequence",
+    "Catalog",
+    "TEMPLATE_NAMES",
+    "load_catalog",
+    "load_sequence_file",
+]

@@ -1,0 +1,246 @@
+"""Loading sequence files: YAML -> pydantic models -> frozen domain objects.
+
+Every mistake a marketer can make is reported at once, each as a ``Problem`` with the file, the
+line and a plain sentence. Each step is validated on its own, so one broken step never hides
+the problems of the others. Nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import yaml
+from pydantic import ValidationError
+
+from nurture.errors import Problem, SequenceError
+from nurture.sequences.checks import check_email, check_goto, check_step
+from nurture.sequences.model import Catalog, Reminder, Sequence, Step, Timeout
+from nurture.sequences.schema import GotoModel, Loc, SequenceModel, StepModel, clean_loc, sentence
+
+__all__ = ["load_catalog", "load_sequence_file"]
+
+
+def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc, int]:
+    """Map each key path of a YAML document to its 1-based line; report duplicate keys."""
+    lines: dict[Loc, int] = {}
+    active: set[int] = set()  # nodes on the current path: an alias may point back up
+
+    def walk(n: yaml.Node, path: Loc) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if id(n) in active:
+            problems.append(
+                Problem(
+                    source,
+                    n.start_mark.line + 1,
+                    "this alias refers to itself; write the value out",
+                )
+            )
+            return
+        active.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in n.value:
+                key = str(key_node.value)
+                if key in seen:
+                    problems.append(
+                        Problem(source, key_node.start_mark.line + 1, f"duplicate key '{key}'")
+                    )
+                seen.add(key)
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                walk(value_node, (*path, key))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+        active.discard(id(n))
+
+    walk(node, ())
+    return lines
+
+
+def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> Problem:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return Problem(source, None, f"YAML syntax error: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or "invalid YAML"
+    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+        what += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+    return Problem(source, mark.line + 1 if mark else None, f"YAML syntax error: {what}")
+
+
+def _timeout(model: Literal["exit", "next"] | GotoModel) -> Timeout:
+    if isinstance(model, GotoModel):
+        return Timeout("goto", model.goto)
+    return Timeout(model)
+
+
+def load_sequence_file(
+    path: Path, *, env: jinja2.Environment | None = None, problems: list[Problem]
+) -> Sequence | None:
+    """Load one file; append every problem found to ``problems``; None if it cannot be used."""
+    source = str(path)
+    found = len(problems)
+
+    def problem(loc: Loc, message: str) -> None:
+        problems.append(Problem(source, _line_for(lines, loc), message))
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(source, None, f"cannot read the file: {exc}"))
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.append(_yaml_problem(source, exc))
+        return None
+    if node is None or not isinstance(data, dict):
+        problems.append(
+            Problem(source, 1, "a sequence file must be a mapping with id, name, from and steps")
+        )
+        return None
+    lines = _line_map(node, source, problems)
+    if len(problems) > found and any("refers to itself" in p.message for p in problems[found:]):
+        return None
+
+    header: SequenceModel | None = None
+    try:
+        header = SequenceModel.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = clean_loc(tuple(err["loc"]))
+            problem(loc, sentence(err, loc))
+    raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
+    raw_ids = [s.get("id") if isinstance(s, dict) else None for s in raw_steps]
+
+    def label(i: int) -> str:
+        step_id = raw_ids[i]
+        return f"step '{step_id}'" if isinstance(step_id, str) else f"step {i + 1}"
+
+    first_use: dict[str, int] = {}
+    for i, step_id in enumerate(raw_ids):
+        if not isinstance(step_id, str):
+            continue
+        if step_id in first_use:
+            problem(
+                ("steps", i, "id"),
+                f"duplicate step id '{step_id}' (step {first_use[step_id] + 1} has it already)",
+            )
+        else:
+            first_use[step_id] = i
+
+    steps: list[StepModel | None] = []
+    for i, raw in enumerate(raw_steps):
+        here: Loc = ("steps", i)
+        bad_timeout = False
+        try:
+            steps.append(StepModel.model_validate(raw))
+        except ValidationError as exc:
+            steps.append(None)
+            for err in exc.errors():
+                loc = clean_loc(tuple(err["loc"]))
+                if loc[:1] == ("on_timeout",):
+                    # Each branch of the union reports its own error: say it once.
+                    if bad_timeout:
+                        continue
+                    bad_timeout = True
+                problem((*here, *loc), f"{label(i)}: {sentence(err, loc)}")
+        if isinstance(raw, dict) and not bad_timeout:
+            check_goto(raw, here, label(i), list(first_use), problem)
+        if env is not None and isinstance(raw, dict):
+            check_email(env, raw, here, label(i), problem)
+            for r, reminder in enumerate(raw.get("reminders") or []):
+                if isinstance(reminder, dict):
+                    check_email(
+                        env,
+                        reminder,
+                        (*here, "reminders", r),
+                        f"{label(i)}, reminder {r + 1}",
+                        problem,
+                    )
+
+    for i, step in enumerate(steps):
+        if step is not None:
+            check_step(step, i, len(steps), problem)
+    if header is not None and not _address_ok(header.sender):
+        problem(
+            ("from",), f'from {header.sender!r} is not an address like "Ada <ada@acme.example>"'
+        )
+
+    if len(problems) > found or header is None:
+        return None
+    built = tuple(
+        Step(
+            id=s.id,
+            subject=s.subject,
+            template=s.template,
+            advance_on=s.advance_on,
+            wait=s.wait,
+            delay=s.delay,
+            reminders=tuple(Reminder(r.after, r.subject, r.template) for r in s.reminders),
+            on_timeout=_timeout(s.on_timeout),
+            confirms=s.confirms,
+            line=_line_for(lines, ("steps", i)),
+        )
+        for i, s in enumerate(steps)
+        if s is not None
+    )
+    return Sequence(
+        id=header.id,
+        name=header.name,
+        sender=header.sender,
+        steps=built,
+        source=source,
+        goals=tuple(header.goals),
+        line=_line_for(lines, ("id",)),
+    )
+
+
+def _address_ok(sender: str) -> bool:
+    """Exactly one address, with a local part and a dotted domain."""
+    found = getaddresses([sender])
+    if len(found) != 1:
+        return False
+    local, _, domain = found[0][1].partition("@")
+    return bool(local) and "." in domain and not domain.startswith(".")
+
+
+def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:
+    """Load every ``*.yaml``/``*.yml`` file; raise SequenceError listing all problems."""
+    problems: list[Problem] = []
+    if not sequences_dir.is_dir():
+        raise SequenceError(
+            [Problem(str(sequences_dir), None, "the sequences directory does not exist")]
+        )
+    files = sorted([*sequences_dir.glob("*.yaml"), *sequences_dir.glob("*.yml")])
+    if not files:
+        raise SequenceError([Problem(str(sequences_dir), None, "no sequence files (*.yaml) found")])
+    sequences: dict[str, Sequence] = {}
+    for path in files:
+        seq = load_sequence_file(path, env=env, problems=problems)
+        if seq is None:
+            continue
+        if seq.id in sequences:
+            problems.append(
+                Problem(
+                    seq.source,
+                    seq.line,
+                    f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}",
+                )
+            )
+            continue
+        sequences[seq.id] = seq
+    if problems:
+        problems.sort(key=lambda p: (p.file, p.line or 0))
+        raise SequenceError(problems)
+    return Catalog(sequences)

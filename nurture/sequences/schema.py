@@ -1,0 +1,101 @@
+"""The marketer's contract: the keys a sequence file may have, as pydantic models (extra
+keys forbidden: a typo is an error), and each validation error as a plain sentence."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from nurture.durations import parse_duration
+from nurture.sequences.model import AdvanceOn
+
+__all__ = ["Loc", "StepModel", "SequenceModel", "GotoModel", "clean_loc", "path_text", "sentence"]
+
+Loc = tuple[str | int, ...]
+
+
+def _duration(value: Any) -> timedelta:
+    return parse_duration(value)
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ReminderModel(_Model):
+    after: Duration
+    subject: str
+    template: str
+
+
+class GotoModel(_Model):
+    goto: StepId
+
+
+class StepModel(_Model):
+    id: StepId
+    subject: str
+    template: str
+    advance_on: AdvanceOn = AdvanceOn.click
+    wait: Duration
+    delay: Duration = timedelta(0)
+    reminders: list[ReminderModel] = []
+    on_timeout: Literal["exit", "next"] | GotoModel = "exit"
+    confirms: bool = False
+
+
+class SequenceModel(_Model):
+    """The file's top level; each step is validated on its own so that one broken step does
+    not hide the problems of the others."""
+
+    id: StepId
+    name: str
+    sender: str = Field(alias="from")
+    steps: list[Any] = Field(min_length=1)
+    goals: list[str] = []
+
+
+def clean_loc(loc: Loc) -> Loc:
+    # pydantic names union branches in loc ("GotoModel", "literal['exit','next']"): drop them.
+    return tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+
+
+def path_text(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def sentence(err: Any, loc: Loc) -> str:
+    """One pydantic error as a sentence; ``loc`` is relative to the step or the file."""
+    kind = err["type"]
+    name = path_text(loc)
+    parent = path_text(loc[:-1])
+    if loc and loc[0] == "on_timeout" and kind != "extra_forbidden":
+        return f"on_timeout must be exit, next or {{goto: STEP_ID}} (got {err.get('input')!r})"
+    if kind == "extra_forbidden":
+        return f"unknown key '{loc[-1]}'" + (f" in {parent}" if parent else "")
+    if kind == "missing":
+        return f"missing required key '{loc[-1]}'" + (f" in {parent}" if parent else "")
+    if kind in ("value_error", "assertion_error"):
+        return f"{name}: {err.get('ctx', {}).get('error', err['msg'])}"
+    if kind in ("enum", "literal_error"):
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{name} must be one of {expected} (got {err.get('input')!r})"
+    if kind == "string_pattern_mismatch":
+        return (
+            f"{name} {err.get('input')!r} may hold only letters, digits, '_', '-' and '.' "
+            "(at most 64)"
+        )
+    if kind == "too_short" and loc == ("steps",):
+        return "a sequence needs at least one step"
+    if kind == "model_type" or kind == "dict_type":
+        return f"{name or 'this'} must be a mapping of keys and values"
+    return f"{name}: {err['msg'][:1].lower()}{err['msg'][1:]}"

@@ -1,0 +1,158 @@
+"""What the marketer's site and app, mail providers and operators call: the subscribe form
+and endpoint, goal events, the inbound-mail webhook, the health check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+
+from nurture.errors import SubscribeError
+from nurture.mail.inbound import MAX_INBOUND_BYTES
+from nurture.vocabulary import InboundSource, InboundStatus
+from nurture.web.body import BodyError, read_body, read_payload
+from nurture.web.links import services
+from nurture.web.pages import page
+
+__all__ = ["index", "healthz", "subscribe_form", "subscribe_post", "events", "inbound"]
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in request.headers.get("content-type", "") or (
+        "application/json" in accept and "text/html" not in accept
+    )
+
+
+def _bearer(request: Request) -> str:
+    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+
+
+def _same(supplied: str, secret: str) -> bool:
+    return hmac.compare_digest(supplied.encode(), secret.encode())
+
+
+async def index(request: Request) -> Response:
+    if request.app.state.outbox is not None:
+        return RedirectResponse("/outbox", status_code=302)
+    return PlainTextResponse("nurture\n")
+
+
+async def healthz(request: Request) -> Response:
+    s = services(request)
+
+    def check() -> dict[str, Any]:
+        with s.store.transaction() as tx:
+            return {"ok": True, "messages": tx.reports.message_counts()}
+
+    return JSONResponse(await run_in_threadpool(check))
+
+
+def _form_page(request: Request, *, status: int = 200, **context: Any) -> HTMLResponse:
+    catalog = services(request).catalog
+    outbox = request.app.state.outbox is not None
+    html = page(
+        "subscribe.html", title="Subscribe", sequences=list(catalog), outbox=outbox, **context
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+async def subscribe_form(request: Request) -> Response:
+    return _form_page(request)
+
+
+async def subscribe_post(request: Request) -> Response:
+    s = services(request)
+    as_json = _wants_json(request)
+    data: dict[str, Any] = {}
+    try:
+        data = await read_payload(request)
+        fields = {k: v for k, v in data.items() if k not in ("email", "sequence")}
+        result = await run_in_threadpool(
+            lambda: s.subscriptions.subscribe(
+                email=data.get("email"),
+                sequence_id=data.get("sequence"),
+                fields=fields,
+                now=s.clock.now(),
+            )
+        )
+    except (SubscribeError, BodyError) as exc:
+        if as_json:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return _form_page(
+            request,
+            status=exc.status,
+            error=str(exc),
+            email=data.get("email"),
+            first_name=data.get("first_name"),
+        )
+    status = 201 if result.created else 200
+    if as_json:
+        body = {
+            "subscriber_id": result.subscriber_id,
+            "enrollment_id": result.enrollment_id,
+            "created": result.created,
+            "status": result.status.value,
+        }
+        return JSONResponse(body, status_code=status)
+    text = "Check your inbox: we sent you an email."
+    if request.app.state.outbox is not None:
+        text += " (It is in the outbox.)"
+    return HTMLResponse(page("message.html", title="Almost there", text=text), status_code=status)
+
+
+async def events(request: Request) -> Response:
+    s = services(request)
+    token = s.settings.api_token
+    if not token or not _same(_bearer(request), token):
+        error = {"error": "a valid API token is required (NURTURE_API_TOKEN)"}
+        return JSONResponse(error, status_code=401)
+    try:
+        data = await read_payload(request)
+        converted = await run_in_threadpool(
+            lambda: s.subscriptions.goal(
+                email=data.get("email"),
+                event=data.get("event"),
+                sequence_id=data.get("sequence"),
+                now=s.clock.now(),
+            )
+        )
+    except (SubscribeError, BodyError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"converted": converted})
+
+
+async def inbound(request: Request) -> Response:
+    s = services(request)
+    secret = s.settings.inbound_secret
+    trusted = False
+    if secret:
+        supplied = (
+            request.headers.get("x-nurture-secret")
+            or _bearer(request)
+            or request.query_params.get("secret", "")
+        )
+        if not _same(supplied, secret):
+            return JSONResponse({"error": "a valid secret is required"}, status_code=401)
+        trusted = True
+    try:
+        raw = await read_body(request, limit=MAX_INBOUND_BYTES)
+    except BodyError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    result = await run_in_threadpool(
+        lambda: s.inbox.receive(
+            raw, now=s.clock.now(), source=InboundSource.webhook, trusted=trusted
+        )
+    )
+    code = 400 if result.status is InboundStatus.malformed else 200
+    body = {"status": result.status.value, "outcome": result.outcome}
+    return JSONResponse(body, status_code=code)
