@@ -14,6 +14,7 @@ of a batch.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import threading
@@ -130,6 +131,14 @@ class Dispatcher:
         self.policy = policy
         self.rng = rng or random.Random()
         self.timings: defaultdict[str, float] = defaultdict(float)
+
+    def with_transport(self, transport: Transport) -> Dispatcher:
+        """Another dispatcher on the same parts, sending through ``transport`` (a second
+        worker in a test), with timings of its own."""
+        other = copy.copy(self)
+        other.transport = transport
+        other.timings = defaultdict(float)
+        return other
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:

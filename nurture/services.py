@@ -27,7 +27,6 @@ __all__ = [
     "build_services",
     "build_renderer",
     "build_transport",
-    "build_dispatcher",
     "load_sequences",
 ]
 
@@ -45,20 +44,6 @@ class Services:
     inbox: Inbox
     subscriptions: Subscriptions
     dispatcher: Dispatcher
-
-    def dispatcher_for(self, transport: Transport) -> Dispatcher:
-        """Another dispatcher on the same parts, sending through ``transport`` (a second
-        worker in a test, a benchmark's own pool)."""
-        return build_dispatcher(
-            self.settings,
-            store=self.store,
-            catalog=self.catalog,
-            journey=self.journey,
-            renderer=self.renderer,
-            signer=self.signer,
-            clock=self.clock,
-            transport=transport,
-        )
 
     async def close(self) -> None:
         """Close the SMTP connections, then the database's."""
@@ -93,29 +78,6 @@ def build_transport(settings: Settings, smtp: SmtpTarget | None = None) -> Trans
     return SmtpPool(smtp, size=settings.smtp_connections)
 
 
-def build_dispatcher(
-    settings: Settings,
-    *,
-    store: Store,
-    catalog: Catalog,
-    journey: Journey,
-    renderer: Renderer,
-    signer: Signer,
-    clock: Clock,
-    transport: Transport,
-) -> Dispatcher:
-    return Dispatcher(
-        store=store,
-        catalog=catalog,
-        journey=journey,
-        renderer=renderer,
-        signer=signer,
-        transport=transport,
-        clock=clock,
-        policy=DispatchPolicy.from_settings(settings),
-    )
-
-
 def build_services(
     settings: Settings,
     *,
@@ -137,15 +99,15 @@ def build_services(
         window_seconds=settings.click_window_seconds,
         burst_links=settings.click_burst_links,
     )
-    dispatcher = build_dispatcher(
-        settings,
+    dispatcher = Dispatcher(
         store=store,
         catalog=catalog,
         journey=journey,
         renderer=renderer,
         signer=signer,
-        clock=clock,
         transport=transport or build_transport(settings, smtp),
+        clock=clock,
+        policy=DispatchPolicy.from_settings(settings),
     )
     return Services(
         settings=settings,

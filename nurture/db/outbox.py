@@ -249,24 +249,15 @@ class OutboxStore:
 
     def lease(self, message_ids: Sequence[int], *, until: datetime) -> None:
         """Claimed messages become 'sending' until ``until``, one more attempt counted."""
+        status = MessageStatus.sending.value
+        self._set(message_ids, status=status, next_attempt_at=until, attempts=M.attempts + 1)
+
+    def _set(self, message_ids: Sequence[int], **values: Any) -> None:
         if message_ids:
-            self._conn.execute(
-                update(MESSAGES)
-                .where(M.id.in_(message_ids))
-                .values(
-                    status=MessageStatus.sending.value,
-                    next_attempt_at=until,
-                    attempts=M.attempts + 1,
-                )
-            )
+            self._conn.execute(update(MESSAGES).where(M.id.in_(message_ids)).values(values))
 
     def cancel(self, message_ids: Sequence[int], *, why: str) -> None:
-        if message_ids:
-            self._conn.execute(
-                update(MESSAGES)
-                .where(M.id.in_(message_ids))
-                .values(status=MessageStatus.cancelled.value, last_error=why)
-            )
+        self._set(message_ids, status=MessageStatus.cancelled.value, last_error=why)
 
     def cancel_open(
         self, *, why: str, subscriber_id: int | None = None, enrollment_id: int | None = None
@@ -295,17 +286,8 @@ class OutboxStore:
         return set(self._conn.scalars(q))
 
     def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
-        if message_ids:
-            self._conn.execute(
-                update(MESSAGES)
-                .where(M.id.in_(message_ids))
-                .values(
-                    status=MessageStatus.sent.value,
-                    sent_at=now,
-                    next_attempt_at=None,
-                    last_error=None,
-                )
-            )
+        status = MessageStatus.sent.value
+        self._set(message_ids, status=status, sent_at=now, next_attempt_at=None, last_error=None)
 
     def mark_retry(self, message_id: int, *, at: datetime, error: str) -> None:
         # Only a message still claimed: one cancelled meanwhile stays cancelled.
@@ -316,13 +298,8 @@ class OutboxStore:
         )
 
     def mark_failed(self, message_id: int, *, error: str) -> MessageRow:
-        self._conn.execute(
-            update(MESSAGES)
-            .where(M.id == message_id)
-            .values(
-                status=MessageStatus.failed.value, next_attempt_at=None, last_error=error[:2000]
-            )
-        )
+        status = MessageStatus.failed.value
+        self._set([message_id], status=status, next_attempt_at=None, last_error=error[:2000])
         found = self.get(message_id)
         assert found is not None
         return found

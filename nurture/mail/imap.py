@@ -13,7 +13,9 @@ import contextlib
 import imaplib
 import re
 import select
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,6 +104,8 @@ class ImapFolder:
 class ImapMailbox:
     def __init__(self, imap: ImapSettings) -> None:
         self.imap = imap
+        self._idling: imaplib.IMAP4 | None = None
+        self._lock = threading.Lock()
 
     def _connect(self) -> imaplib.IMAP4:
         c = self.imap
@@ -129,8 +133,7 @@ class ImapMailbox:
             uidvalidity = int(validity if isinstance(validity, bytes) else validity[0])
             yield ImapFolder(conn, self.imap, uidvalidity)
         finally:
-            with contextlib.suppress(imaplib.IMAP4.error, OSError):
-                conn.logout()
+            _close(conn)
 
     def wait_for_mail(self, timeout: float) -> bool | None:
         """IMAP IDLE (RFC 2177): block until the server announces new mail (True) or the
@@ -139,6 +142,8 @@ class ImapMailbox:
         later, IDLE stays on. Python's imaplib has no IDLE before 3.14, so the exchange is
         written out here."""
         conn = self._connect()
+        with self._lock:
+            self._idling = conn
         try:
             if "IDLE" not in conn.capabilities:
                 return None
@@ -176,8 +181,25 @@ class ImapMailbox:
                     break
             return news
         finally:
-            with contextlib.suppress(imaplib.IMAP4.error, OSError):
-                conn.logout()
+            with self._lock:
+                self._idling = None
+            _close(conn)
+
+    def interrupt(self) -> None:
+        """End a ``wait_for_mail`` in another thread now (it raises there): shutdown."""
+        with self._lock:
+            if self._idling is not None:
+                with contextlib.suppress(OSError):
+                    self._idling.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close(conn: imaplib.IMAP4) -> None:
+    """Log out; if the server is gone, still close the socket."""
+    try:
+        conn.logout()
+    except (imaplib.IMAP4.error, OSError):
+        with contextlib.suppress(OSError):
+            conn.shutdown()
 
 
 def _announces_mail(line: bytes) -> bool:

@@ -230,3 +230,107 @@ def test_db_upgrade(empty_database_url: str, tmp_path: Path) -> None:
     r = run("db", "upgrade", cwd=tmp_path, env={"NURTURE_DATABASE_URL": empty_database_url})
     assert r.returncode == 0, r.stderr
     assert "database upgraded to head" in r.stdout
+
+
+def preview(*extra: str, env: dict[str, str] | None = None, cwd: Path) -> str:
+    r = run(
+        "preview",
+        "starter",
+        "welcome",
+        "--sequences",
+        str(REPO / "sequences"),
+        "--templates",
+        str(REPO / "templates"),
+        *extra,
+        cwd=cwd,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_the_preview_is_what_is_sent(tmp_path: Path) -> None:
+    """B5: preview built its own renderer and ignored NURTURE_OPEN_TRACKING and
+    NURTURE_HONEYPOT, so it showed a pixel and a trap link that were not sent (or the
+    reverse)."""
+    sent = preview(cwd=tmp_path)
+    assert "/o/" in sent and "(hidden honeypot)" in sent
+    off = {"NURTURE_OPEN_TRACKING": "false", "NURTURE_HONEYPOT": "false"}
+    bare = preview(cwd=tmp_path, env=off)
+    assert "/o/" not in bare and "honeypot" not in bare and "/hp" not in bare
+
+
+def test_status_of_one_sequence(database_url: str, tmp_path: Path) -> None:
+    """`--sequence X` was read as `--sequences X` (argparse abbreviations)."""
+    env = {
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_SEQUENCES_DIR": str(DATA / "sequences"),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+    }
+    assert (
+        run("subscribe", "a@example.com", "--sequence", "second", cwd=tmp_path, env=env).returncode
+        == 0
+    )
+    r = run("status", "--sequence", "second", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "second: 1 enrollments" in r.stdout and "journey:" not in r.stdout
+    r = run("status", "--sequence", "nope", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "unknown sequence 'nope'" in r.stderr
+    r = run("status", "--seq", "second", cwd=tmp_path, env=env)
+    assert r.returncode == 2  # no abbreviations at all
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://nobody@127.0.0.1:9/nowhere", "cannot connect to the database"),
+        ("foo://x", "NURTURE_DATABASE_URL foo://x cannot be used"),
+        ("not a url", "NURTURE_DATABASE_URL 'not a url' cannot be used"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status"], ["run"], ["db", "upgrade"]])
+def test_a_database_that_cannot_be_used_is_one_line(
+    tmp_path: Path, url: str, says: str, command: list[str]
+) -> None:
+    r = run(*command, cwd=tmp_path, env={"NURTURE_DATABASE_URL": url, **SHIPPED})
+    assert r.returncode == 1
+    lines = [x for x in r.stderr.strip().splitlines() if "unknown setting" not in x]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+SHIPPED = {
+    "NURTURE_SEQUENCES_DIR": str(REPO / "sequences"),
+    "NURTURE_TEMPLATES_DIR": str(REPO / "templates"),
+}
+
+
+def test_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"NURTURE_HTTP_PORT": str(port), **SHIPPED}
+        r = run("run", cwd=tmp_path, env=env)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"configuration error: cannot listen on 127.0.0.1:{port}"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_an_unknown_setting_is_named_at_start_up(tmp_path: Path) -> None:
+    """A typo such as NURTURE_SMTP_HOTS was ignored without a word, and mail quietly went to
+    the built-in catcher."""
+    (tmp_path / ".env").write_text("NURTURE_CLICK_WINDOW_SECOND=20\n")
+    env = {"NURTURE_SMTP_HOTS": "mail.example.com", "NURTURE_TEST_DATABASE_URL": "x", **SHIPPED}
+    r = run("validate", cwd=tmp_path, env=env)
+    assert r.returncode == 0
+    assert (
+        "unknown setting NURTURE_SMTP_HOTS is ignored; did you mean NURTURE_SMTP_HOST?" in r.stderr
+    )
+    assert "NURTURE_CLICK_WINDOW_SECOND is ignored; did you mean NURTURE_CLICK_WINDOW_SECONDS?" in (
+        r.stderr
+    )
+    assert "NURTURE_TEST_DATABASE_URL" not in r.stderr  # the test suite's own variable

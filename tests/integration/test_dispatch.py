@@ -16,7 +16,7 @@ from support.world import World
 from nurture.errors import SubscribeError
 from nurture.tokens import TokenKind
 from nurture.vocabulary import EnrollmentStatus as Status
-from nurture.vocabulary import ExitReason, Phase
+from nurture.vocabulary import EventKind, ExitReason, Phase, SubscriberStatus
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
 
@@ -349,3 +349,39 @@ def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(
     assert len(world.smtp.to("vic@example.com")) == 1
     world.tick()
     assert len(world.smtp.to("vic@example.com")) == 1
+
+
+def test_confirming_keeps_the_delay_of_the_next_step(world: World) -> None:
+    """B1: confirming re-read the enrollments through the ORM after a Core update in the same
+    transaction; a stale object left in the session skipped the next step's delay."""
+    world.subscribe("del@example.com", sequence="delayed")
+    world.tick()
+    [confirm] = world.smtp.to("del@example.com")
+    world.click(links(confirm)[0])
+    confirmed_at = world.clock.now()
+    state = world.state("del@example.com", "delayed")
+    assert (state.step_id, state.phase) == ("later", Phase.send)
+    assert state.due_at == confirmed_at + timedelta(minutes=10)
+    world.tick()
+    assert len(world.smtp.to("del@example.com")) == 1
+    world.clock.advance(minutes=10)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("del@example.com")] == [
+        "Confirm the delayed list",
+        "Ten minutes later",
+    ]
+
+
+def test_an_unsubscribe_never_hides_a_bounce(world: World) -> None:
+    """B4: unsubscribing someone who bounced overwrote 'bounced' with 'unsubscribed'."""
+    world.smtp.refuse["zed@example.com"] = (550, "5.1.1 no such user")
+    result = world.subscribe("zed@example.com", confirmed=True)
+    world.tick()
+    subscriptions = world.services.subscriptions
+    assert not subscriptions.unsubscribe(result.subscriber_id, now=world.clock.now())
+    assert not subscriptions.unsubscribe_address("zed@example.com", now=world.clock.now())
+    with world.services.store.transaction() as tx:
+        sub = tx.subscribers.get(result.subscriber_id)
+        assert sub.status is SubscriberStatus.bounced
+        assert tx.events.of_subscriber(sub.id, kind=EventKind.unsubscribe) == []
+    assert world.state("zed@example.com").exit_reason is ExitReason.bounced

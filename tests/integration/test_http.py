@@ -282,3 +282,126 @@ def test_over_long_inbound_headers_are_set_aside_not_a_500(http: httpx.Client) -
     msg.set_content("hi")
     r = http.post("/inbound", content=msg.as_bytes())
     assert r.status_code == 200 and r.json()["status"] == "unmatched"
+
+
+# -- what a POST to a tracked link is (B10) -------------------------------------------------
+
+
+def test_a_post_to_a_link_is_judged_like_any_click(world: World, http: httpx.Client) -> None:
+    """B10: a POST to any counting /c/ link was an instant micro-yes that skipped the click
+    judgement. Only a confirmation's button is pressed; anything else is an ordinary click."""
+    world.subscribe("pip@example.com", confirmed=True)
+    world.tick()
+    [read] = world.smtp.to("pip@example.com")
+    world.clock.advance(minutes=2)
+    r = http.post(path(visible_links(read.part("html"))[0]), headers=BROWSER)
+    assert r.status_code == 303 and r.headers["location"] == "https://acme.example/post"
+    assert world.state("pip@example.com").step_id == "read"  # not at once
+    world.settle()
+    assert world.state("pip@example.com").step_id == "ask"  # a person's click, once judged
+
+
+def test_a_sandbox_pressing_the_confirmation_button_confirms_nobody(
+    world: World, http: httpx.Client
+) -> None:
+    """Mail security sandboxes (Defender Safe Links detonation) run scripts and submit forms:
+    the press is judged like a click (timing, headers, scanner networks)."""
+    world.subscribe("sam@example.com")
+    world.subscribe("sue@example.com")
+    world.tick()
+    sandbox = {"User-Agent": BROWSER["User-Agent"], "Accept": "*/*"}  # no browser headers
+    [sam] = world.smtp.to("sam@example.com")
+    r = http.post(
+        path(visible_links(sam.part("html"))[0]), data={"confirm": "yes"}, headers=sandbox
+    )
+    assert r.status_code == 303  # answered as usual: a scanner learns nothing
+    # Browser headers, but from Exchange Online Protection's network.
+    [sue] = world.smtp.to("sue@example.com")
+    from_microsoft = {**BROWSER, "X-Forwarded-For": "40.107.12.34"}
+    http.post(
+        path(visible_links(sue.part("html"))[0]), data={"confirm": "yes"}, headers=from_microsoft
+    )
+    world.settle()
+    assert world.state("sam@example.com").step_id == "confirm"
+    assert world.state("sue@example.com").step_id == "confirm"
+    presses = rows(world.services.store, EVENTS, kind="click")
+    assert [(e.verdict, e.detail["method"]) for e in presses] == [("bot", "POST"), ("bot", "POST")]
+
+
+# -- bodies and their limits (B9) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["/subscribe", "/events"])
+def test_json_nested_thousands_deep_is_a_400_not_a_500(http: httpx.Client, endpoint: str) -> None:
+    body = b"[" * 5000 + b"]" * 5000
+    r = http.post(
+        endpoint,
+        content=body,
+        headers={"content-type": "application/json", "authorization": "Bearer test-api-token"},
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+
+@pytest.mark.parametrize("endpoint", ["/subscribe", "/events", "/inbound", "/u/TOKEN"])
+def test_a_body_declared_too_large_is_refused_before_it_is_read(
+    world: World, http: httpx.Client, endpoint: str
+) -> None:
+    """B9: four parallel 250 MB POSTs took the daemon from 81 to 1,459 MB: each body was read
+    whole before its size was checked. A Content-Length over the limit is refused at once."""
+    import socket
+
+    if endpoint == "/u/TOKEN":
+        world.subscribe("ula@example.com")
+        world.tick()
+        [mail] = world.smtp.to("ula@example.com")
+        endpoint = path(mail.message["List-Unsubscribe"].strip("<>"))
+    host, port = str(http.base_url).removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            f"POST {endpoint} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Authorization: Bearer test-api-token\r\n"
+            "Content-Length: 262144000\r\n\r\n".encode()
+        )
+        answer = conn.recv(4096)  # no body was sent: an answer now means it was not awaited
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    if "/u/" in endpoint:
+        assert world.state("ula@example.com").status is Status.active
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "limit"), [("/inbound", 10 * 1024 * 1024), ("/subscribe", 64 * 1024)]
+)
+def test_a_streamed_body_is_cut_off_at_the_limit(world: World, endpoint: str, limit: int) -> None:
+    """Without a Content-Length (chunked), the body is counted as it arrives and refused as
+    soon as it passes the limit: the app never holds more than the limit."""
+    import asyncio
+
+    app = create_app(world.services)
+    chunk = b"x" * 65536
+    pulled = 0
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}  # never ends
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": endpoint,
+        "raw_path": endpoint.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"x")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=30))
+    assert sent[0]["status"] == 413
+    assert pulled * len(chunk) <= limit + len(chunk)

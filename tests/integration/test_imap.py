@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from support.dovecot import Dovecot
 from support.mail import reply
+from support.smtp import Caught
 from support.world import World
 
 from nurture.mail.imap import ImapMailbox
@@ -90,14 +91,84 @@ def test_idle_wakes_up_when_mail_arrives(world: World, dovecot: Dovecot) -> None
     p = poller(world, dovecot)
     assert p.wait_for_mail(timeout=0.5) is False  # nothing came
     result: list[bool | None] = []
-    waiter = threading.Thread(target=lambda: result.append(p.wait_for_mail(timeout=30)))
+    waiter = threading.Thread(target=lambda: result.append(p.wait_for_mail(timeout=60)))
     waiter.start()
-    # Give the waiter time to enter IDLE, then deliver.
-    import time
-
-    time.sleep(1)
-    dovecot.append(
-        b"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <i@example.com>\r\n\r\nhi\r\n"
-    )
-    waiter.join(35)
+    # The waiter may not be in IDLE yet when a message lands (then that one is not news to
+    # it): deliver one a second until it wakes up, or the deadline passes.
+    for n in range(30):
+        head = f"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <i{n}@example.com>\r\n"
+        dovecot.append(head.encode() + b"\r\nhi\r\n")
+        waiter.join(1)
+        if not waiter.is_alive():
+            break
+    waiter.join(65)
     assert result == [True]
+
+
+def big(to: Caught, size: int) -> bytes:
+    return reply(to, "x" * size)
+
+
+def test_a_message_over_the_size_limit_is_left_on_the_server_untouched(
+    world: World, dovecot: Dovecot
+) -> None:
+    """B2: a message too large to read was flagged, moved or deleted although its bytes were
+    never kept. It stays on the server, unflagged, and is noted once."""
+    ask = world.at_ask("ivo@example.com")
+    world.services.inbox.max_bytes = 4000  # the real limit is 10 MiB: a smaller one here
+    dovecot.append(big(ask, 6000))
+    dovecot.append(reply(ask, "Yes, subject lines."))
+    deleting = poller(world, dovecot, delete_processed=True)
+    assert deleting.poll_once() == 2
+    assert deleting.poll_once() == 0  # noted once, not at every poll
+    flags = dovecot.flags()
+    assert len(flags) == 1  # the reply was handled and deleted; the big one is still there
+    assert "$NurtureProcessed" not in flags[0] and "\\Seen" not in flags[0]
+    assert world.state("ivo@example.com").step_id == "offer"
+    with world.services.store.transaction() as tx:
+        [noted, _] = sorted(tx.inbound.newest(10), key=lambda r: r.status.value)
+        assert noted.status == "malformed" and "left on the server" in (noted.note or "")
+        assert not noted.kept
+
+
+def test_a_folder_with_a_long_name_is_read(world: World, dovecot: Dovecot) -> None:
+    """B3: the identity of a message too large to read held the folder's name and overflowed
+    its 64-character column on PostgreSQL, failing every poll of that folder."""
+    ask = world.at_ask("lea@example.com")
+    folder = "Replies from the spring newsletter campaign for the EMEA region 2026"
+    dovecot.create(folder)
+    world.services.inbox.max_bytes = 4000
+    dovecot.append(big(ask, 6000), folder=folder)
+    dovecot.append(reply(ask, "Count me in"), folder=folder)
+    assert poller(world, dovecot, folder=folder).poll_once() == 2
+    assert world.state("lea@example.com").step_id == "offer"
+    with world.services.store.transaction() as tx:
+        assert tx.inbound.counts() == {"malformed": 1, "matched": 1}
+
+
+def test_idle_reads_untagged_data_sent_before_the_continuation() -> None:
+    """B8: any first line after IDLE other than '+' switched IDLE off for good. A server may
+    announce new mail before its continuation: that is news, not "no IDLE"."""
+    from support.imap import ScriptedImap
+
+    from nurture.config import SmtpTls
+    from nurture.mail.imap import ImapSettings
+
+    with ScriptedImap(lambda tag: b"* 1 EXISTS\r\n+ idling\r\n") as server:
+        mailbox = ImapMailbox(ImapSettings("127.0.0.1", server.port, "u", "p", SmtpTls.none))
+        assert mailbox.wait_for_mail(timeout=5) is True
+        assert "DONE" in server.commands  # IDLE was ended properly
+
+
+def test_an_idle_refused_once_is_an_error_to_retry_not_the_end_of_idle() -> None:
+    import imaplib
+
+    from support.imap import ScriptedImap
+
+    from nurture.config import SmtpTls
+    from nurture.mail.imap import ImapSettings
+
+    with ScriptedImap(lambda tag: f"{tag} NO try later\r\n".encode()) as server:
+        mailbox = ImapMailbox(ImapSettings("127.0.0.1", server.port, "u", "p", SmtpTls.none))
+        with pytest.raises(imaplib.IMAP4.error, match="IDLE refused"):
+            mailbox.wait_for_mail(timeout=5)

@@ -204,3 +204,25 @@ def test_unreadable_messages_are_kept_aside(world: World) -> None:
     assert (row.status, row.raw) == ("malformed", raw)
     with world.services.store.transaction() as tx:
         assert tx.inbound.counts() == {"malformed": 1}
+
+
+def test_a_complaint_after_an_unsubscribe_is_remembered_as_a_complaint(world: World) -> None:
+    """A status that says more replaces one that says less, never the other way round."""
+    world.subscribe("vi@example.com", confirmed=True)
+    world.tick()
+    [mail] = world.smtp.to("vi@example.com")
+    subscriber_id = world.subscriber_id("vi@example.com")
+    assert world.services.subscriptions.unsubscribe(subscriber_id, now=world.clock.now())
+    result = world.services.inbox.receive(
+        arf(mail), now=world.clock.now(), source=InboundSource.webhook
+    )
+    assert result.status == "complaint"
+    with world.services.store.transaction() as tx:
+        assert tx.subscribers.get(subscriber_id).status == "complained"
+    # ... and a bounce reported after the complaint does not hide it.
+    world.services.inbox.receive(
+        dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source=InboundSource.webhook
+    )
+    with world.services.store.transaction() as tx:
+        assert tx.subscribers.get(subscriber_id).status == "complained"
+    assert world.state("vi@example.com").exit_reason is ExitReason.unsubscribed

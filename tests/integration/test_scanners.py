@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from support.db import EVENTS, rows
 from support.smtp import Caught
 from support.web import BROWSER, CHROME, ServedApp
-from support.world import World
+from support.world import MakeWorld, World
 
 from nurture.tokens import TokenKind
 from nurture.tracking import ClickRequest
@@ -219,3 +219,35 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
         assert (state.state.step_id == "ask") == bool(advanced)
     finally:
         services.store.dispose()
+
+
+def test_the_honeypot_of_mail_sent_under_an_older_base_url_still_counts(
+    make_world: MakeWorld,
+) -> None:
+    """B6: honeypot hits were recognised by comparing with the current NURTURE_BASE_URL, so
+    after it changed, the honeypot of every email already sent stopped giving scanners away.
+    The honeypot is marked in the stored links; links stored before that mark are read by
+    their place and path."""
+    before = make_world()
+    mail = at_read(before, "old@example.com")
+    _, honeypot = paths(mail)
+    token = honeypot.rsplit("/", 1)[1]
+    after = make_world(base_url="https://links.acme.example")  # same database, new base URL
+    after.clock.current = before.clock.now() + timedelta(minutes=5)
+    person = ClickRequest(method="GET", user_agent=CHROME, has_browser_headers=True)
+    after.services.tracker.click(token, now=after.clock.now(), request=person)
+    [(verdict, outcome)] = verdicts(after)
+    assert (verdict, outcome) == ("bot", "bot")
+    # A row written before the mark existed: [url, counts] pairs only.
+    from sqlalchemy import update
+
+    from nurture.db.models import MESSAGES
+
+    with after.services.store.database.begin() as conn:
+        stored = conn.execute(MESSAGES.select()).one()
+        legacy = [[url, counts] for url, counts, *_ in stored.links]
+        conn.execute(update(MESSAGES).values(links=legacy))
+    after.services.tracker.click(token, now=after.clock.now(), request=person)
+    assert verdicts(after)[-1] == ("bot", "bot")
+    [event] = rows(after.services.store, EVENTS, kind="click")[-1:]
+    assert event.detail["reasons"] == ["honeypot link"]

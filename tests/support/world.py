@@ -55,7 +55,7 @@ class World:
     def new_dispatcher(self) -> Dispatcher:
         """A second worker on the same database and SMTP server."""
         pool = SmtpPool(SmtpTarget("127.0.0.1", self.server.port), size=2)
-        return self.services.dispatcher_for(pool)
+        return self.services.dispatcher.with_transport(pool)
 
     def click(self, url: str) -> str:
         """A person clicks a link of an email in their browser (and, on a confirmation ask,

@@ -373,3 +373,39 @@ def test_out_of_office_moves_the_wait_to_the_return_date() -> None:
     assert past.state == state
     done = replace(state, status=Status.completed)
     assert engine.on_out_of_office(done, seq, back=back, now=T0).state == done
+
+
+def test_confirming_elsewhere_makes_a_wait_at_a_confirmation_due_and_nothing_else() -> None:
+    seq = journey()
+    waiting = sent_state(seq, "confirm")
+    due = engine.on_confirmed(waiting, seq, now=T0 + H)
+    assert due == replace(waiting, due_at=T0 + H)
+    moved = engine.on_due(due, seq, now=T0 + H, confirmed=True)
+    assert moved.state.step_id == "welcome" and moved.actions == ()  # no "please confirm"
+    # Waiting at any other step, or about to send: unchanged.
+    for state in (
+        sent_state(seq, "welcome", visit=2),
+        EnrollmentState(Status.active, "welcome", Phase.send, 2, T0 + D),
+        EnrollmentState(Status.exited, "confirm", Phase.wait, 1, None),
+    ):
+        assert engine.on_confirmed(state, seq, now=T0 + H) == state
+
+
+def test_a_restart_is_a_new_visit_of_the_first_step() -> None:
+    seq = journey()
+    left = EnrollmentState(Status.exited, "guide", Phase.wait, 4, None, T0, 1, ExitReason.timeout)
+    again = engine.restart(left, seq, now=T0 + D)
+    assert (again.status, again.step_id, again.phase, again.visit) == (
+        Status.active,
+        "confirm",
+        Phase.send,
+        5,
+    )
+    assert again.due_at == T0 + D and again.exit_reason is None
+
+
+def test_postpone_only_moves_the_due_time() -> None:
+    state = sent_state(journey(), "welcome", visit=2)
+    later = engine.postpone(state, until=T0 + H, outcome="orphaned")
+    assert later.state == replace(state, due_at=T0 + H) and later.actions == ()
+    assert later.outcome == "orphaned"
