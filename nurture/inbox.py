@@ -57,23 +57,18 @@ _STOPS = {
 _REPORTS = (InboundKind.bounce, InboundKind.delay, InboundKind.complaint, InboundKind.report)
 
 
+@dataclass(kw_only=True)
 class Inbox:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        catalog: Catalog,
-        journey: Journey,
-        signer: Signer,
-        reply_address: str | None = None,
-        max_bytes: int = MAX_INBOUND_BYTES,
-    ) -> None:
-        self.store = store
-        self.catalog = catalog
-        self.journey = journey
-        self.signer = signer
-        self.max_bytes = max_bytes
-        self._reply_pattern = _reply_regex(reply_address) if reply_address else None
+    store: Store
+    catalog: Catalog
+    journey: Journey
+    signer: Signer
+    reply_address: str | None = None  # e.g. replies+{token}@acme.example
+    max_bytes: int = MAX_INBOUND_BYTES
+
+    def __post_init__(self) -> None:
+        pattern = self.reply_address
+        self._reply_pattern = _reply_regex(pattern) if pattern else None
 
     def receive(
         self, raw: bytes, *, now: datetime, source: InboundSource, trusted: bool = False

@@ -11,7 +11,7 @@ sandboxes run scripts and submit forms too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,21 +44,13 @@ class Click:
     confirm_page: bool = False  # show the one-button confirmation page instead of redirecting
 
 
+@dataclass(frozen=True, kw_only=True)
 class Tracker:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        catalog: Catalog,
-        journey: Journey,
-        signer: Signer,
-        policy: ClickPolicy | None = None,
-    ) -> None:
-        self.store = store
-        self.catalog = catalog
-        self.journey = journey
-        self.signer = signer
-        self.policy = policy or ClickPolicy()
+    store: Store
+    catalog: Catalog
+    journey: Journey
+    signer: Signer
+    policy: ClickPolicy = field(default_factory=ClickPolicy)
 
     def click(self, token: str, *, now: datetime, request: ClickRequest | None = None) -> Click:
         """Record a click and say where it goes. TokenError if the token is forged or names no

@@ -14,10 +14,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Dialect, Select, Table
+from sqlalchemy import Connection, DateTime, Dialect, Select, Table, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UtcDateTime", "claim", "lock", "lock_keys_kept", "lock_shared"]
+__all__ = ["UtcDateTime", "claim", "lock", "lock_keys_kept", "lock_shared", "insert_new"]
 
 Q = TypeVar("Q", bound=Select[Any])
 
@@ -64,3 +65,15 @@ def lock_shared(query: Q) -> Q:
     """Rows read to decide something, held so no one changes them meanwhile (``FOR SHARE``);
     it waits for a transaction that is changing them to finish, so its outcome is seen."""
     return query.with_for_update(read=True)
+
+
+def insert_new(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
+    """Insert one row; its id, or None when a unique key says it is there already (the
+    transaction goes on: the attempt ran in a savepoint)."""
+    try:
+        with conn.begin_nested():
+            key = conn.execute(insert(table).values(values)).inserted_primary_key
+    except IntegrityError:
+        return None
+    assert key is not None
+    return int(key[0])

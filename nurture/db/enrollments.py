@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Select, bindparam, select, update
 
-from nurture.db.dialect import claim, lock
+from nurture.db.dialect import claim, insert_new, lock
 from nurture.db.models import ENROLLMENTS, SUBSCRIBERS
 from nurture.engine import EnrollmentState
 from nurture.vocabulary import EnrollmentStatus, ExitReason, Phase, SubscriberStatus
@@ -143,13 +142,7 @@ class EnrollmentStore:
             "created_at": now,
             **_values(state, now),
         }
-        try:
-            with self._conn.begin_nested():
-                key = self._conn.execute(insert(ENROLLMENTS).values(values)).inserted_primary_key
-        except IntegrityError:
-            return None
-        assert key is not None
-        return int(key[0])
+        return insert_new(self._conn, ENROLLMENTS, values)
 
     def save(self, states: Sequence[tuple[int, EnrollmentState]], *, now: datetime) -> None:
         """Write new states: one statement for a whole batch."""

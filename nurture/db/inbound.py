@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
-from nurture.db.dialect import lock
+from nurture.db.dialect import insert_new, lock
 from nurture.db.models import IMAP_STATE, INBOUND
 from nurture.vocabulary import InboundSource, InboundStatus
 
@@ -60,13 +59,7 @@ class InboundStore:
             "note": note[:2000] if note else None,
             "received_at": now,
         }
-        try:
-            with self._conn.begin_nested():
-                key = self._conn.execute(insert(INBOUND).values(values)).inserted_primary_key
-        except IntegrityError:
-            return None
-        assert key is not None
-        return int(key[0])
+        return insert_new(self._conn, INBOUND, values)
 
     def finish(
         self, inbound_id: int, *, status: InboundStatus, matched: int | None, note: str

@@ -36,20 +36,6 @@ OPEN = [s.value for s in MessageStatus.open()]
 
 
 @dataclass(frozen=True)
-class MessageRow:
-    id: int
-    enrollment_id: int
-    subscriber_id: int
-    sequence_id: str
-    step_id: str
-    visit: int
-    kind: MessageKind
-    status: MessageStatus
-    links: tuple[Link, ...]
-    sent_at: datetime | None
-
-
-@dataclass(frozen=True)
 class NewMessage:
     """A message the journey decided to send: recorded (and claimed) before any SMTP."""
 
@@ -59,6 +45,16 @@ class NewMessage:
     step_id: str
     visit: int
     kind: MessageKind
+
+
+@dataclass(frozen=True)
+class MessageRow(NewMessage):
+    """A recorded message: what was decided, and what became of it."""
+
+    id: int
+    status: MessageStatus
+    links: tuple[Link, ...]
+    sent_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select, update
 
-from nurture.db.dialect import lock_keys_kept, lock_shared
+from nurture.db.dialect import insert_new, lock_keys_kept, lock_shared
 from nurture.db.models import SUBSCRIBERS
 from nurture.vocabulary import SubscriberStatus
 
@@ -63,16 +62,12 @@ class SubscriberStore:
             "created_at": now,
             "confirmed_at": now if status is SubscriberStatus.confirmed else None,
         }
-        try:
-            with self._conn.begin_nested():
-                new_id = self._conn.execute(insert(SUBSCRIBERS).values(values)).inserted_primary_key
-        except IntegrityError:
-            existing = self.by_email(email, lock=True)
-            if existing is None:
-                raise
-            return existing
-        assert new_id is not None
-        return SubscriberRow(int(new_id[0]), email, dict(fields), status)
+        new_id = insert_new(self._conn, SUBSCRIBERS, values)
+        if new_id is not None:
+            return SubscriberRow(new_id, email, dict(fields), status)
+        existing = self.by_email(email, lock=True)
+        assert existing is not None  # the unique key was the address
+        return existing
 
     def merge_fields(self, subscriber_id: int, fields: dict[str, Any]) -> None:
         """Add or replace fields; the others are kept."""

@@ -13,11 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support.daemon import NURTURE, Daemon, clean_env, press
+from support.daemon import NURTURE, Daemon, e2e_env, press
 from support.dovecot import Dovecot
 from support.mail import reply, visible_links
 from support.net import wait_for
-from support.paths import DATA
 from support.smtp import Caught, RecordingHandler, recording_smtp
 
 from nurture.mail.catcher import SmtpServerThread
@@ -31,14 +30,10 @@ def smtp() -> Iterator[SmtpServerThread]:
 
 @pytest.fixture
 def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
-    env = clean_env(
-        NURTURE_DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
-        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
-        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
-        NURTURE_TICK_SECONDS="0.2",
+    env = e2e_env(
+        tmp_path,
         NURTURE_RETRY_BASE_SECONDS="1",
         NURTURE_SEND_LEASE_SECONDS="6",
-        NURTURE_CLICK_WINDOW_SECONDS="1",
         NURTURE_SMTP_TIMEOUT="1",
         NURTURE_SMTP_HOST="127.0.0.1",
         NURTURE_SMTP_PORT=str(smtp.port),

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.daemon import Daemon, clean_env
-from support.paths import DATA, REPO
+from support.daemon import Daemon, e2e_env
+from support.paths import REPO
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,14 +32,7 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 @pytest.fixture
 def catcher_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    env = clean_env(
-        NURTURE_DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
-        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
-        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
-        NURTURE_TICK_SECONDS="0.2",
-        NURTURE_CLICK_WINDOW_SECONDS="1",
-    )
-    d = Daemon(tmp_path, env)
+    d = Daemon(tmp_path, e2e_env(tmp_path))
     d.start_module()
     yield d
     d.stop()

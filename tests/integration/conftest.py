@@ -6,14 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from support.clock import FixedClock
 from support.settings import make_settings
 from support.smtp import RecordingHandler
+from support.web import ServedApp
 from support.world import MakeWorld, World
 
 from nurture.mail.catcher import SmtpServerThread
 from nurture.services import build_services
+from nurture.web.app import create_app
 
 
 @pytest.fixture
@@ -43,3 +46,12 @@ def make_world(database_url: str, tmp_path: Path) -> Iterator[MakeWorld]:
 @pytest.fixture
 def world(make_world: MakeWorld) -> World:
     return make_world()
+
+
+@pytest.fixture
+def http(world: World) -> Iterator[httpx.Client]:
+    with (
+        ServedApp(create_app(world.services)) as base,
+        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
+    ):
+        yield client

@@ -14,6 +14,8 @@ from support.paths import DATA, REPO
 from nurture.cli import main
 
 NURTURE = Path(sys.executable).parent / "nurture"
+# The shipped sequences and templates, named on the command line.
+SHIPPED_ARGS = ("--sequences", str(REPO / "sequences"), "--templates", str(REPO / "templates"))
 
 
 def run(
@@ -29,10 +31,7 @@ def run(
 def test_validate_the_shipped_sequences(tmp_path: Path) -> None:
     r = run(
         "validate",
-        "--sequences",
-        str(REPO / "sequences"),
-        "--templates",
-        str(REPO / "templates"),
+        *SHIPPED_ARGS,
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -87,10 +86,7 @@ def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixt
             "confirm",
             "--field",
             "first_name=Grace",
-            "--sequences",
-            str(REPO / "sequences"),
-            "--templates",
-            str(REPO / "templates"),
+            *SHIPPED_ARGS,
         ]
     )
     out = capsys.readouterr().out
@@ -106,10 +102,7 @@ def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixt
             "guide",
             "--reminder",
             "1",
-            "--sequences",
-            str(REPO / "sequences"),
-            "--templates",
-            str(REPO / "templates"),
+            *SHIPPED_ARGS,
         ]
     )
     assert code == 0
@@ -118,10 +111,7 @@ def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixt
             "preview",
             "starter",
             "nope",
-            "--sequences",
-            str(REPO / "sequences"),
-            "--templates",
-            str(REPO / "templates"),
+            *SHIPPED_ARGS,
         ]
     )
     assert code == 1
@@ -150,15 +140,8 @@ def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> 
     assert "already in journey; nothing changed" in r.stdout
     r = run("subscribe", "not-an-address", "--sequence", "journey", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "not a valid email address" in r.stderr
-    r = run(
-        "subscribe",
-        "ben@example.com",
-        "--sequence",
-        "journey",
-        "--confirmed",
-        cwd=tmp_path,
-        env=env,
-    )
+    ben = ("subscribe", "ben@example.com", "--sequence", "journey", "--confirmed")
+    r = run(*ben, cwd=tmp_path, env=env)
     assert r.returncode == 0
     r = run("status", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
@@ -176,15 +159,8 @@ def test_subscribe_status_and_unsubscribe(database_url: str, tmp_path: Path) -> 
     assert "unsubscribed 1" in r.stdout
     r = run("subscribe", "amy@example.com", "--sequence", "journey", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "unsubscribed" in r.stderr
-    r = run(
-        "subscribe",
-        "amy@example.com",
-        "--sequence",
-        "journey",
-        "--resubscribe",
-        cwd=tmp_path,
-        env=env,
-    )
+    again = ("subscribe", "amy@example.com", "--sequence", "journey", "--resubscribe")
+    r = run(*again, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
 
 
@@ -213,10 +189,7 @@ def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
             "-m",
             "nurture",
             "validate",
-            "--sequences",
-            str(REPO / "sequences"),
-            "--templates",
-            str(REPO / "templates"),
+            *SHIPPED_ARGS,
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -237,10 +210,7 @@ def preview(*extra: str, env: dict[str, str] | None = None, cwd: Path) -> str:
         "preview",
         "starter",
         "welcome",
-        "--sequences",
-        str(REPO / "sequences"),
-        "--templates",
-        str(REPO / "templates"),
+        *SHIPPED_ARGS,
         *extra,
         cwd=cwd,
         env=env,

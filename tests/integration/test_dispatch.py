@@ -58,9 +58,7 @@ def _rows(world: World) -> list[Any]:
 
 
 def test_click_journey_to_completion(world: World) -> None:
-    world.subscribe("bo@example.com")
-    world.tick()
-    [confirm] = world.smtp.to("bo@example.com")
+    confirm = world.first_email("bo@example.com")
     confirm_link, about_link = links(confirm)
     # A link that is not the ask is recorded but does not confirm.
     assert world.click(about_link) == "https://acme.example/about?a=1&b=2"
@@ -129,9 +127,7 @@ def test_a_malformed_address_is_refused(world: World, bad: object) -> None:
 
 
 def test_unsubscribe_stops_everything_for_good(world: World) -> None:
-    world.subscribe("ed@example.com")
-    world.tick()
-    [confirm] = world.smtp.to("ed@example.com")
+    confirm = world.first_email("ed@example.com")
     token = confirm.message["List-Unsubscribe"].strip("<>").rsplit("/u/", 1)[1]
     subscriptions = world.services.subscriptions
     for _ in range(2):
@@ -296,9 +292,7 @@ def test_held_enrollment_waits_for_confirmation_elsewhere(world: World) -> None:
     world.tick()
     assert world.smtp.to("oz@example.com") == []
     assert world.state("oz@example.com", "noconfirm").status is Status.held
-    world.subscribe("oz@example.com")
-    world.tick()
-    [confirm] = world.smtp.to("oz@example.com")
+    confirm = world.first_email("oz@example.com")
     world.click(links(confirm)[0])
     world.tick()
     subjects = sorted(m.subject for m in world.smtp.to("oz@example.com"))
@@ -354,9 +348,7 @@ def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(
 def test_confirming_keeps_the_delay_of_the_next_step(world: World) -> None:
     """B1: confirming re-read the enrollments through the ORM after a Core update in the same
     transaction; a stale object left in the session skipped the next step's delay."""
-    world.subscribe("del@example.com", sequence="delayed")
-    world.tick()
-    [confirm] = world.smtp.to("del@example.com")
+    confirm = world.first_email("del@example.com", sequence="delayed")
     world.click(links(confirm)[0])
     confirmed_at = world.clock.now()
     state = world.state("del@example.com", "delayed")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from urllib.parse import quote
@@ -24,15 +23,6 @@ from nurture.vocabulary import ExitReason
 from nurture.web.app import create_app
 
 TRACKED = re.compile(r'href="(http://nurture\.test/c/[^"]+)"')
-
-
-@pytest.fixture
-def http(world: World) -> Iterator[httpx.Client]:
-    with (
-        ServedApp(create_app(world.services)) as base,
-        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
-    ):
-        yield client
 
 
 def path(url: str) -> str:
@@ -78,9 +68,7 @@ def test_subscribe_json_form_and_errors(world: World, http: httpx.Client) -> Non
 
 
 def test_click_redirects_to_the_stored_url_and_advances(world: World, http: httpx.Client) -> None:
-    world.subscribe("dan@example.com")
-    world.tick()
-    [mail] = world.smtp.to("dan@example.com")
+    mail = world.first_email("dan@example.com")
     confirm_url, about_url = visible_links(mail.part("html"))
     r = http.get(path(about_url))
     assert r.status_code == 302 and r.headers["location"] == "https://acme.example/about?a=1&b=2"
@@ -124,9 +112,7 @@ def test_junk_tokens_get_404(http: httpx.Client, token: str) -> None:
 def test_forged_and_truncated_tokens_get_404_never_a_redirect(
     world: World, http: httpx.Client
 ) -> None:
-    world.subscribe("eve@example.com")
-    world.tick()
-    [mail] = world.smtp.to("eve@example.com")
+    mail = world.first_email("eve@example.com")
     good = path(visible_links(mail.part("html"))[0])
     token = good.rsplit("/", 1)[1]
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
@@ -230,9 +216,7 @@ def test_inbound_reply_advances_once_and_auto_replies_never(
 def test_the_open_pixel_always_answers_with_the_image_and_never_advances(
     world: World, http: httpx.Client
 ) -> None:
-    world.subscribe("opal@example.com")
-    world.tick()
-    [mail] = world.smtp.to("opal@example.com")
+    mail = world.first_email("opal@example.com")
     pixel = re.search(r'src="http://nurture\.test(/o/[^"]+)"', mail.part("html"))
     assert pixel is not None
     for url in (pixel.group(1), "/o/forged-token-xyz", "/o/" + "A" * 31):
@@ -290,9 +274,7 @@ def test_over_long_inbound_headers_are_set_aside_not_a_500(http: httpx.Client) -
 def test_a_post_to_a_link_is_judged_like_any_click(world: World, http: httpx.Client) -> None:
     """B10: a POST to any counting /c/ link was an instant micro-yes that skipped the click
     judgement. Only a confirmation's button is pressed; anything else is an ordinary click."""
-    world.subscribe("pip@example.com", confirmed=True)
-    world.tick()
-    [read] = world.smtp.to("pip@example.com")
+    read = world.first_email("pip@example.com", confirmed=True)
     world.clock.advance(minutes=2)
     r = http.post(path(visible_links(read.part("html"))[0]), headers=BROWSER)
     assert r.status_code == 303 and r.headers["location"] == "https://acme.example/post"
@@ -351,9 +333,7 @@ def test_a_body_declared_too_large_is_refused_before_it_is_read(
     import socket
 
     if endpoint == "/u/TOKEN":
-        world.subscribe("ula@example.com")
-        world.tick()
-        [mail] = world.smtp.to("ula@example.com")
+        mail = world.first_email("ula@example.com")
         endpoint = path(mail.message["List-Unsubscribe"].strip("<>"))
     host, port = str(http.base_url).removeprefix("http://").rstrip("/").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:

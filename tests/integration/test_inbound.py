@@ -70,9 +70,7 @@ def arf(original: Caught) -> bytes:
 
 
 def test_a_permanent_bounce_stops_the_person(world: World) -> None:
-    world.subscribe("bob@example.com", confirmed=True)
-    world.tick()
-    [mail] = world.smtp.to("bob@example.com")
+    mail = world.first_email("bob@example.com", confirmed=True)
     result = world.services.inbox.receive(
         dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source=InboundSource.webhook
     )
@@ -85,9 +83,7 @@ def test_a_permanent_bounce_stops_the_person(world: World) -> None:
 
 
 def test_a_delay_report_is_recorded_only(world: World) -> None:
-    world.subscribe("dee@example.com", confirmed=True)
-    world.tick()
-    [mail] = world.smtp.to("dee@example.com")
+    mail = world.first_email("dee@example.com", confirmed=True)
     result = world.services.inbox.receive(
         dsn(mail, "4.4.1", "delayed"), now=world.clock.now(), source=InboundSource.webhook
     )
@@ -96,9 +92,7 @@ def test_a_delay_report_is_recorded_only(world: World) -> None:
 
 
 def test_an_abuse_report_unsubscribes_and_marks_complained(world: World) -> None:
-    world.subscribe("cy@example.com", confirmed=True)
-    world.tick()
-    [mail] = world.smtp.to("cy@example.com")
+    mail = world.first_email("cy@example.com", confirmed=True)
     result = world.services.inbox.receive(
         arf(mail), now=world.clock.now(), source=InboundSource.webhook
     )
@@ -109,9 +103,7 @@ def test_an_abuse_report_unsubscribes_and_marks_complained(world: World) -> None
 
 
 def test_a_forged_bounce_without_our_message_id_changes_nothing(world: World) -> None:
-    world.subscribe("eve@example.com", confirmed=True)
-    world.tick()
-    [mail] = world.smtp.to("eve@example.com")
+    mail = world.first_email("eve@example.com", confirmed=True)
     forged = dsn(mail, "5.1.1", "failed").replace(
         mail.message["Message-ID"].encode(), b"<1.0000000000000000@acme.example>"
     )
@@ -208,9 +200,7 @@ def test_unreadable_messages_are_kept_aside(world: World) -> None:
 
 def test_a_complaint_after_an_unsubscribe_is_remembered_as_a_complaint(world: World) -> None:
     """A status that says more replaces one that says less, never the other way round."""
-    world.subscribe("vi@example.com", confirmed=True)
-    world.tick()
-    [mail] = world.smtp.to("vi@example.com")
+    mail = world.first_email("vi@example.com", confirmed=True)
     subscriber_id = world.subscriber_id("vi@example.com")
     assert world.services.subscriptions.unsubscribe(subscriber_id, now=world.clock.now())
     result = world.services.inbox.receive(

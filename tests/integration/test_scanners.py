@@ -8,7 +8,6 @@ profiles must advance, the quick one once its window has closed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,26 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.db import EVENTS, rows
 from support.smtp import Caught
-from support.web import BROWSER, CHROME, ServedApp
+from support.web import BROWSER, CHROME
 from support.world import MakeWorld, World
 
 from nurture.tokens import TokenKind
 from nurture.tracking import ClickRequest
-from nurture.web.app import create_app
 
 ANCHOR = re.compile(r'<a href="http://nurture\.test(/c/[^"]+)"([^>]*)>')
 
 PERSON = BROWSER
 HEADLESS = {"User-Agent": CHROME, "Accept": "*/*"}  # a browser agent, no browser headers
-
-
-@pytest.fixture
-def app(world: World) -> Iterator[httpx.Client]:
-    with (
-        ServedApp(create_app(world.services)) as base,
-        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as http,
-    ):
-        yield http
 
 
 def at_read(world: World, email: str) -> Caught:
@@ -92,7 +81,7 @@ SCANNERS = {
 
 
 @pytest.mark.parametrize("profile", sorted(SCANNERS))
-def test_no_scanner_profile_advances_anyone(world: World, app: httpx.Client, profile: str) -> None:
+def test_no_scanner_profile_advances_anyone(world: World, http: httpx.Client, profile: str) -> None:
     mail = at_read(world, "scan@example.com")
     visible, honeypot = paths(mail)
     sent = world.clock.now()
@@ -101,7 +90,7 @@ def test_no_scanner_profile_advances_anyone(world: World, app: httpx.Client, pro
         world.clock.current = sent + timedelta(seconds=seconds)
         targets = {"all": [*visible, honeypot], "ask": visible[:1], "honeypot": [honeypot]}
         for path in targets[which]:
-            r = app.request(method, path, headers=headers)
+            r = http.request(method, path, headers=headers)
             assert r.status_code in (200, 302)
     settle(world)
     assert world.state("scan@example.com").step_id == "read"
@@ -109,11 +98,11 @@ def test_no_scanner_profile_advances_anyone(world: World, app: httpx.Client, pro
     assert {v for v, _ in verdicts(world)} == {"bot"}
 
 
-def test_a_person_who_clicks_a_minute_later_advances(world: World, app: httpx.Client) -> None:
+def test_a_person_who_clicks_a_minute_later_advances(world: World, http: httpx.Client) -> None:
     mail = at_read(world, "pat@example.com")
     visible, _ = paths(mail)
     world.clock.advance(seconds=60)
-    assert app.get(visible[0], headers=PERSON).status_code == 302
+    assert http.get(visible[0], headers=PERSON).status_code == 302
     assert world.state("pat@example.com").step_id == "read"  # decided when the window closes
     settle(world)
     assert world.state("pat@example.com").step_id == "ask"
@@ -121,12 +110,12 @@ def test_a_person_who_clicks_a_minute_later_advances(world: World, app: httpx.Cl
 
 
 def test_a_person_who_clicks_3_seconds_after_delivery_advances_once_the_window_closes(
-    world: Any, app: httpx.Client
+    world: Any, http: httpx.Client
 ) -> None:
     mail = at_read(world, "quick@example.com")
     visible, _ = paths(mail)
     world.clock.advance(seconds=3)
-    assert app.get(visible[0], headers=PERSON).status_code == 302
+    assert http.get(visible[0], headers=PERSON).status_code == 302
     world.tick()
     assert world.state("quick@example.com").step_id == "read"
     settle(world)
@@ -135,12 +124,12 @@ def test_a_person_who_clicks_3_seconds_after_delivery_advances_once_the_window_c
     assert (verdict, outcome) == ("human", "advanced")
 
 
-def test_status_shows_human_and_bot_clicks_per_step(world: World, app: httpx.Client) -> None:
+def test_status_shows_human_and_bot_clicks_per_step(world: World, http: httpx.Client) -> None:
     mail = at_read(world, "mix@example.com")
     visible, honeypot = paths(mail)
-    app.get(honeypot, headers=HEADLESS)
+    http.get(honeypot, headers=HEADLESS)
     world.clock.advance(seconds=120)
-    app.get(visible[0], headers=PERSON)
+    http.get(visible[0], headers=PERSON)
     settle(world)
     with world.services.store.transaction() as tx:
         counts = tx.reports.click_counts()

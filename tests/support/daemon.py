@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from support.net import free_port, wait_for
+from support.paths import DATA
 from support.web import BROWSER
 
 NURTURE = Path(sys.executable).parent / "nurture"
@@ -21,6 +22,19 @@ def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     env.update(values)
     return env
+
+
+def e2e_env(workdir: Path, **values: str) -> dict[str, str]:
+    """The acceptance tests' daemon: SQLite in ``workdir``, the real-time e2e sequence (waits
+    in seconds), a fast tick and a one-second click window; plus ``values``."""
+    return clean_env(
+        NURTURE_DATABASE_URL=f"sqlite:///{workdir / 'nurture.db'}",
+        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
+        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
+        NURTURE_TICK_SECONDS="0.2",
+        NURTURE_CLICK_WINDOW_SECONDS="1",
+        **values,
+    )
 
 
 class Daemon:

@@ -41,6 +41,13 @@ class World:
             email=email, sequence_id=sequence, fields=fields, now=self.clock.now(), **kw
         )
 
+    def first_email(self, email: str, sequence: str = "journey", **kw: Any) -> Caught:
+        """Subscribe someone, run a tick, and return the one email it sent them."""
+        self.subscribe(email, sequence, **kw)
+        self.tick()
+        [mail] = self.smtp.to(email)
+        return mail
+
     def tick(self, dispatcher: Dispatcher | None = None) -> tuple[int, int]:
         return asyncio.run(self._tick(dispatcher or self.dispatcher))
 
