@@ -116,18 +116,13 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
     wait_for(f"the journeys to end as {final}", lambda: statuses() == final)
     time.sleep(1)  # a few more ticks: nothing else may be sent
 
-    assert [m.subject for m in mails("ann")] == [
-        "Confirm, Ann",
-        "Read this, Ann",
-        "Tell me by reply",
-        "The offer",
-    ]
-    assert [m.subject for m in mails("cat")] == [
-        "Confirm, Cat",
-        "Read this, Cat",
-        "Tell me by reply",
-        "The offer",
-    ]
+    def steps(who: str) -> list[str]:
+        # A person slower than the 3-second reminder (a busy machine) may get it: that is
+        # the sequence working, not a repeat.
+        return [m.subject for m in mails(who) if m.subject != "Reminder: please confirm"]
+
+    assert steps("ann") == ["Confirm, Ann", "Read this, Ann", "Tell me by reply", "The offer"]
+    assert steps("cat") == ["Confirm, Cat", "Read this, Cat", "Tell me by reply", "The offer"]
     assert [m.subject for m in mails("bob")] == ["Confirm, Bob", "Reminder: please confirm"]
     ids = Counter(m.message["Message-ID"] for m in server.caught)
     assert max(ids.values()) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.daemon import Daemon, e2e_env
-from support.paths import REPO
+from support.paths import DATA, REPO
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -32,7 +32,8 @@ from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 @pytest.fixture
 def catcher_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path, e2e_env(tmp_path))
+    # Its own sequence: a browser on a busy machine may take seconds per page.
+    d = Daemon(tmp_path, e2e_env(tmp_path, NURTURE_SEQUENCES_DIR=str(DATA / "browser")))
     d.start_module()
     yield d
     d.stop()

@@ -27,14 +27,14 @@ def clean_env(**values: str) -> dict[str, str]:
 def e2e_env(workdir: Path, **values: str) -> dict[str, str]:
     """The acceptance tests' daemon: SQLite in ``workdir``, the real-time e2e sequence (waits
     in seconds), a fast tick and a one-second click window; plus ``values``."""
-    return clean_env(
-        NURTURE_DATABASE_URL=f"sqlite:///{workdir / 'nurture.db'}",
-        NURTURE_SEQUENCES_DIR=str(DATA / "e2e"),
-        NURTURE_TEMPLATES_DIR=str(DATA / "templates"),
-        NURTURE_TICK_SECONDS="0.2",
-        NURTURE_CLICK_WINDOW_SECONDS="1",
-        **values,
-    )
+    env = {
+        "NURTURE_DATABASE_URL": f"sqlite:///{workdir / 'nurture.db'}",
+        "NURTURE_SEQUENCES_DIR": str(DATA / "e2e"),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+        "NURTURE_TICK_SECONDS": "0.2",
+        "NURTURE_CLICK_WINDOW_SECONDS": "1",
+    }
+    return clean_env(**{**env, **values})
 
 
 class Daemon:
