@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_tls: SmtpTls = SmtpTls.none
-    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_timeout: float = Field(default=30.0, gt=0)  # each command but the end of DATA
+    smtp_data_timeout: float = Field(default=600.0, gt=0)  # the final dot (RFC 5321: 10 min)
     smtp_connections: int = Field(default=4, ge=1, le=100)
     catcher_port: int = Field(default=0, ge=0, le=65535)
 
@@ -99,7 +100,12 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
     retry_max_attempts: int = Field(default=12, ge=1)
-    send_lease_seconds: float = Field(default=300.0, gt=0)
+    unknown_retry_seconds: float = Field(default=600.0, ge=0)  # resend after no known outcome
+    worker_timeout_seconds: float = Field(default=30.0, gt=0)  # silent this long: gone
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0)  # for the mail on the wire
+    breaker_failures: int = Field(default=20, ge=2)  # the same refusal in a row: pause
+    pause_seconds: float = Field(default=300.0, gt=0)  # first pause; doubles while it recurs
+    pause_max_seconds: float = Field(default=3600.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("base_url")
@@ -115,17 +121,6 @@ class Settings(BaseSettings):
     def _default_base_url(self) -> Settings:
         if self.base_url is None:
             object.__setattr__(self, "base_url", f"http://{self.http_host}:{self.http_port}")
-        return self
-
-    @model_validator(mode="after")
-    def _lease_covers_a_send(self) -> Settings:
-        # A claimed message is started at most SEND_LEASE - 5 x SMTP_TIMEOUT after its claim,
-        # so that the slowest SMTP transaction still ends before another worker may take it.
-        if self.send_lease_seconds < 6 * self.smtp_timeout:
-            raise ValueError(
-                f"NURTURE_SEND_LEASE_SECONDS must be at least 6 x NURTURE_SMTP_TIMEOUT "
-                f"({6 * self.smtp_timeout:g})"
-            )
         return self
 
     @property
@@ -154,6 +149,11 @@ class Settings(BaseSettings):
     def uses_catcher(self) -> bool:
         """No SMTP server configured: mail goes to the built-in catcher and /outbox exists."""
         return not self.smtp_host
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a worker says it is alive: six times per worker timeout."""
+        return self.worker_timeout_seconds / 6
 
     @property
     def secret_key_file(self) -> Path:

@@ -3,27 +3,39 @@ mailbox is configured and (without an SMTP server) the built-in mail catcher. It
 business logic: the tick asks tracking and the dispatcher to do one unit of work each; the
 database says what is due.
 
-``Daemon.start`` builds everything (a busy port or an unreachable database is one clear error
-before anything runs), ``serve`` answers HTTP until SIGTERM or SIGINT, ``stop`` lets the work
-in flight finish (the tick's current batch, an IMAP poll), then closes the connections.
+``Daemon.start`` builds everything (a busy port, an unreachable database or, on SQLite, a
+second daemon on the same file is one clear error before anything runs), ``serve`` answers
+HTTP until SIGTERM or SIGINT, ``stop`` stops claiming, lets the mail already on the wire finish
+(at most ``NURTURE_SHUTDOWN_TIMEOUT_SECONDS``) and every outcome be recorded, puts back what
+was claimed but not started (due at once for the next worker), then closes the connections.
+A second signal exits at once; what it leaves claimed is taken over by the next worker.
+
+The worker says it is alive every ``NURTURE_WORKER_TIMEOUT_SECONDS / 6``; with each heartbeat
+it also takes over the mail of workers silent for longer than the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.engine import make_url
 
 from nurture.config import Settings
+from nurture.db.connect import is_sqlite, normalize_url
 from nurture.db.migrate import ensure_schema
 from nurture.errors import ConfigError
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
@@ -72,11 +84,16 @@ class Daemon:
         self._mailbox: ImapMailbox | None = None
         self._idler: threading.Thread | None = None
         self._scheduler_started = False
+        self._file_lock: IO[str] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._registered = False
+        self._signals = 0
 
     # -- start ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         settings = self.settings
+        self._file_lock = _lock_sqlite_file(settings.database_url)
         ensure_schema(settings.database_url)
         self._socket = _listen(settings.http_host, settings.http_port)
         outbox = None
@@ -84,8 +101,10 @@ class Daemon:
         if settings.uses_catcher:
             outbox, smtp = self._start_catcher()
         self.services = build_services(settings, smtp=smtp)
+        await asyncio.to_thread(self._register)
         settle_heap()
         self._schedule("tick", self.tick, settings.tick_seconds)
+        self._schedule("heartbeat", self.heartbeat, settings.heartbeat_seconds)
         if settings.imap_host:
             self._start_imap()
         self._server = _Server(
@@ -150,33 +169,65 @@ class Daemon:
             extra={"action": "imap_enabled"},
         )
 
+    def _register(self) -> None:
+        assert self.services is not None
+        taken = self.services.dispatcher.register(only_worker=self._file_lock is not None)
+        if taken:
+            log.warning(
+                "took over %d messages from the daemon that ran before this one",
+                taken,
+                extra={"action": "mail_reclaimed", "messages": taken},
+            )
+        self._registered = True
+
     # -- the jobs ------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """Decide the clicks whose window closed, then plan and send what is due."""
         if self._ticking.locked() or self._stopping.is_set():
             return
+        async with self._ticking:
+            self._tick_task = asyncio.ensure_future(self._tick())
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._tick_task)
+
+    async def _tick(self) -> None:
         assert self.services is not None
         tracker, dispatcher, clock = (
             self.services.tracker,
             self.services.dispatcher,
             self.services.clock,
         )
-        async with self._ticking:
-            try:
-                await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
-                planned, sent = await dispatcher.run_once(stop=self._stopping)
-            except Exception:
-                log.exception(
-                    "tick failed; the next one tries again", extra={"action": "tick_failed"}
-                )
-                return
+        try:
+            await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
+            planned, sent = await dispatcher.run_once()
+        except Exception:
+            log.exception("tick failed; the next one tries again", extra={"action": "tick_failed"})
+            return
         if planned or sent:
             log.info(
                 "tick: %d enrollments decided, %d emails attempted",
                 planned,
                 sent,
                 extra={"action": "tick", "planned": planned, "sent": sent},
+            )
+
+    async def heartbeat(self) -> None:
+        """Say this worker is alive; take over the mail of workers silent too long."""
+        assert self.services is not None
+        dispatcher = self.services.dispatcher
+        timeout = timedelta(seconds=self.settings.worker_timeout_seconds)
+        try:
+            gone, taken = await asyncio.to_thread(lambda: dispatcher.heartbeat(timeout=timeout))
+        except Exception:
+            log.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
+            return
+        if gone or taken:
+            log.warning(
+                "took over %d messages from %d silent workers",
+                taken,
+                len(gone),
+                extra={"action": "mail_reclaimed", "messages": taken, "workers": gone},
             )
 
     async def poll(self) -> None:
@@ -241,20 +292,36 @@ class Daemon:
                 loop.remove_signal_handler(signum)
 
     def request_stop(self) -> None:
-        if self._server is not None and not self._server.should_exit:
-            log.info("stopping: finishing the work in flight", extra={"action": "daemon_stopping"})
+        self._signals += 1
+        if self._signals > 1:
+            log.warning(
+                "second signal: exiting now; what this worker claimed is taken over by the next",
+                extra={"action": "daemon_killed"},
+            )
+            logging.shutdown()
+            os._exit(1)
+        log.info("stopping: finishing the mail on the wire", extra={"action": "daemon_stopping"})
+        if self._server is not None:
             self._server.should_exit = True
         self._stopping.set()
+        if self.services is not None:
+            self.services.dispatcher.stopping.set()
 
     async def stop(self) -> None:
-        """Let the tick's current batch and an IMAP poll in flight finish, then close the
-        SMTP connections, the catcher and the database, in that order."""
+        """Stop claiming; let the mail on the wire finish (bounded by the shutdown timeout)
+        and an IMAP poll in flight end; put back what was claimed and not started; then close
+        the SMTP connections, the catcher and the database, in that order."""
         self._stopping.set()
+        if self.services is not None:
+            self.services.dispatcher.stopping.set()
         if self._mailbox is not None:
             self._mailbox.interrupt()  # the IDLE thread ends instead of waiting 25 minutes
+        await self._finish_tick()
         async with self._ticking, self._polling:
             if self._scheduler.running:
                 self._scheduler.shutdown(wait=False)
+        if self._registered:
+            await asyncio.to_thread(self._unregister)
         if self._idler is not None:
             await asyncio.to_thread(self._idler.join, 10)
         if self.services is not None:
@@ -263,8 +330,61 @@ class Daemon:
             self._catcher.stop()
         if self._socket is not None:
             self._socket.close()
+        if self._file_lock is not None:
+            self._file_lock.close()
         if self._scheduler_started:
             log.info("stopped", extra={"action": "daemon_stopped"})
+
+    async def _finish_tick(self) -> None:
+        task = self._tick_task
+        if task is None or task.done():
+            return
+        await asyncio.wait({task}, timeout=self.settings.shutdown_timeout_seconds)
+        if not task.done():
+            log.warning(
+                "the mail on the wire did not finish within %ss; leaving it to the next worker",
+                self.settings.shutdown_timeout_seconds,
+                extra={"action": "shutdown_timeout"},
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _unregister(self) -> None:
+        assert self.services is not None
+        released = self.services.dispatcher.unregister()
+        if released:
+            log.info(
+                "put back %d claimed messages not started",
+                released,
+                extra={"action": "claims_released", "messages": released},
+            )
+
+
+def _lock_sqlite_file(url: str) -> IO[str] | None:
+    """One daemon per SQLite file: a lock beside it, held while the daemon runs."""
+    if not is_sqlite(url):
+        return None
+    path = make_url(normalize_url(url)).database
+    if not path or path == ":memory:":
+        return None
+    lock_path = Path(path + ".lock")
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(
+            f"another nurture daemon is running on {path} (pid {holder}); stop it first "
+            "(one daemon per SQLite file; use PostgreSQL for several)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _listen(host: str, port: int) -> socket.socket:

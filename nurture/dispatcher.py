@@ -1,13 +1,15 @@
 """The dispatcher: one unit of work at a time.
 
 ``plan`` claims due enrollments and has the journey decide and record the messages to send
-(one committed row each, before any SMTP traffic). ``deliver`` claims queued messages (retries,
-sends a dead worker left), renders them, sends them over a few SMTP connections at once and
-records each outcome: sent, retry later (4xx, network), or failed for good (5xx; a refused
-recipient marks the subscriber bounced). One failing recipient never stops or repeats the rest
-of a batch.
+(one committed row each, claimed by this worker, before any SMTP traffic). ``deliver`` claims
+queued messages (retries, sends a gone worker left). Both are rendered, then sent over a few
+SMTP connections at once; between two messages each connection's worker writes the last
+outcome and hands off the next message in one step of the ledger (``nurture.ledger``), so
+every outcome is committed as its answer arrives. One failing recipient never stops or repeats
+the rest of a batch. When sending is paused (the relay refuses us) or the worker is stopping,
+no new message is started and what was claimed goes back to the queue, due at once.
 
-``timings`` adds up the wall time of each phase (claim, plan, render, smtp, record): a few
+``timings`` adds up the wall time of each phase (plan, claim, render, send, record): a few
 ``perf_counter`` calls per batch, read by ``bench/send.py``.
 """
 
@@ -16,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import random
+import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,18 +31,18 @@ from datetime import datetime, timedelta
 
 from nurture.clock import Clock
 from nurture.config import Settings
-from nurture.db.outbox import ClaimedRow, OutgoingRow
-from nurture.db.store import Store, Tx
-from nurture.errors import PermanentSendError, SendError
+from nurture.db.messages import OutgoingRow
+from nurture.db.store import Store
 from nurture.journey import ORPHAN_RETRY, Journey
+from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
 from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
-from nurture.mail.send import Bounce, NotStarted, Transport
+from nurture.mail.send import Transport
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, TokenKind
-from nurture.vocabulary import EventKind, ExitReason, Link, SubscriberStatus
+from nurture.vocabulary import Link
 
-__all__ = ["Dispatcher", "DispatchPolicy", "Composed", "backoff", "why_not_send"]
+__all__ = ["Dispatcher", "DispatchPolicy", "Composed"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,13 @@ class _NotLoaded(Exception):
 @dataclass(frozen=True)
 class DispatchPolicy:
     batch_size: int = 200
-    lease: timedelta = timedelta(minutes=5)
-    # How long after its claim a message may still be started: the rest of the lease is
-    # left for the slowest SMTP transaction, so no claim runs out while its mail is sent.
-    send_window: timedelta = timedelta(minutes=2, seconds=30)
     retry_base: timedelta = timedelta(seconds=30)
     retry_max: timedelta = timedelta(hours=1)
     max_attempts: int = 12
+    unknown_retry: timedelta = timedelta(minutes=10)
+    breaker_failures: int = 20
+    pause: timedelta = timedelta(minutes=5)
+    pause_max: timedelta = timedelta(hours=1)
     reply_address: str | None = None
     message_id_domain: str | None = None
 
@@ -64,11 +68,13 @@ class DispatchPolicy:
     def from_settings(cls, settings: Settings) -> DispatchPolicy:
         return cls(
             batch_size=settings.batch_size,
-            lease=timedelta(seconds=settings.send_lease_seconds),
-            send_window=timedelta(seconds=settings.send_lease_seconds - 5 * settings.smtp_timeout),
             retry_base=timedelta(seconds=settings.retry_base_seconds),
             retry_max=timedelta(seconds=settings.retry_max_seconds),
             max_attempts=settings.retry_max_attempts,
+            unknown_retry=timedelta(seconds=settings.unknown_retry_seconds),
+            breaker_failures=settings.breaker_failures,
+            pause=timedelta(seconds=settings.pause_seconds),
+            pause_max=timedelta(seconds=settings.pause_max_seconds),
             reply_address=settings.reply_address,
             message_id_domain=settings.message_id_domain,
         )
@@ -79,32 +85,12 @@ class Composed:
     """A message rendered and composed: the bytes that go on the wire."""
 
     id: int
+    enrollment_id: int
     sender: str
     recipient: str
     data: bytes
     attempts: int
-
-
-def backoff(attempts: int, policy: DispatchPolicy, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter: somewhere in [d/2, d], d = base * 2^(attempts-1)."""
-    ceiling = min(
-        policy.retry_max.total_seconds(),
-        policy.retry_base.total_seconds() * 2 ** max(0, attempts - 1),
-    )
-    return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
-
-
-def why_not_send(row: ClaimedRow) -> str | None:
-    """Why a message due for an attempt is no longer wanted, or None when it still is."""
-    if not row.subscriber_status.sendable:
-        return f"subscriber {row.subscriber_status.value}"
-    if row.enrollment_status.finished:
-        return f"enrollment {row.enrollment_status.value}"
-    if row.visit < row.enrollment_visit:
-        # Retried so long that the step timed out and the person moved on: an email for a
-        # step they are no longer at would only confuse them.
-        return "enrollment moved on"
-    return None
+    unknown_outcomes: int = 0
 
 
 class Dispatcher:
@@ -119,6 +105,7 @@ class Dispatcher:
         transport: Transport,
         clock: Clock,
         policy: DispatchPolicy,
+        worker: str,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -129,15 +116,20 @@ class Dispatcher:
         self.transport = transport
         self.clock = clock
         self.policy = policy
-        self.rng = rng or random.Random()
+        self.worker = worker
+        self.ledger = SendLedger(store, journey, clock, policy, worker, rng or random.Random())
         self.timings: defaultdict[str, float] = defaultdict(float)
+        self.stopping = threading.Event()
 
-    def with_transport(self, transport: Transport) -> Dispatcher:
-        """Another dispatcher on the same parts, sending through ``transport`` (a second
-        worker in a test), with timings of its own."""
+    def with_transport(self, transport: Transport, *, worker: str) -> Dispatcher:
+        """Another worker on the same parts, sending through ``transport`` (a second worker
+        in a test), with a ledger and timings of its own."""
         other = copy.copy(self)
         other.transport = transport
+        other.worker = worker
+        other.ledger = SendLedger(self.store, self.journey, self.clock, self.policy, worker)
         other.timings = defaultdict(float)
+        other.stopping = threading.Event()
         return other
 
     @contextmanager
@@ -148,6 +140,47 @@ class Dispatcher:
         finally:
             self.timings[phase] += time.perf_counter() - began
 
+    # -- this worker's life ---------------------------------------------------------------
+
+    def register(self, *, only_worker: bool = False) -> int:
+        """Write this worker's row. ``only_worker`` (SQLite: one daemon holds the file): every
+        other row is a dead predecessor, whose mail is taken over at once. Returns how many
+        messages were taken over."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            tx.workers.register(self.worker, host=socket.gethostname(), pid=os.getpid(), now=now)
+            if not only_worker:
+                return 0
+            tx.workers.forget_all_but(self.worker)
+            return tx.outbox.reclaim(now=now)
+
+    def heartbeat(self, *, timeout: timedelta) -> tuple[list[str], int]:
+        """Say this worker is alive; forget workers silent for longer than ``timeout`` and take
+        over their mail. Returns (workers forgotten, messages taken over)."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            if not tx.workers.heartbeat(self.worker, now=now):
+                # Taken for dead (this process stalled longer than the timeout): its mail went
+                # to others; carry on as a new row.
+                log.error(
+                    "this worker was taken for dead by another; registering again",
+                    extra={"action": "worker_revived"},
+                )
+                host, pid = socket.gethostname(), os.getpid()
+                tx.workers.register(self.worker, host=host, pid=pid, now=now)
+            gone = tx.workers.forget_silent(since=now - timeout)
+            return gone, tx.outbox.reclaim(now=now)
+
+    def unregister(self) -> int:
+        """What this worker claimed and did not start goes back to the queue, due now; what
+        it handed to SMTP and never heard back about is taken over (resent) by the next.
+        Returns how many messages were put back."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            released = tx.outbox.release_claims(self.worker, now=now)
+            tx.workers.remove(self.worker)
+        return released
+
     # -- planning ------------------------------------------------------------------------
 
     def plan(self, now: datetime) -> tuple[int, list[OutgoingRow]]:
@@ -156,10 +189,11 @@ class Dispatcher:
         claimed and those messages, ready to render and send."""
         with self._timed("plan"), self.store.transaction() as tx:
             due = tx.enrollments.claim_due(now, self.policy.batch_size)
-            made = self.journey.plan(tx, due, now=now, claim_until=now + self.policy.lease)
+            made = self.journey.plan(tx, due, now=now, worker=self.worker)
         outgoing = [
             OutgoingRow(
                 message_id,
+                row.enrollment.id,
                 row.enrollment.sequence_id,
                 send.step_id,
                 send.kind,
@@ -174,8 +208,8 @@ class Dispatcher:
     # -- delivery ------------------------------------------------------------------------
 
     def _claim(self) -> list[OutgoingRow]:
-        """Messages due again (retries) or left by a worker that died mid-send; those no
-        longer wanted are cancelled here, at the last moment before sending."""
+        """Queued messages due (retries, and what a gone worker left); those no longer
+        wanted are cancelled here."""
         now = self.clock.now()
         with self._timed("claim"), self.store.transaction() as tx:
             claimed = tx.outbox.claim(now, self.policy.batch_size)
@@ -189,7 +223,7 @@ class Dispatcher:
                     unwanted.setdefault(why, []).append(row.outgoing.id)
             for why, ids in unwanted.items():
                 tx.outbox.cancel(ids, why=why)
-            tx.outbox.lease([o.id for o in wanted], until=now + self.policy.lease)
+            tx.outbox.lease([o.id for o in wanted], worker=self.worker, now=now)
         return wanted
 
     def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Composed, str, list[Link]]:
@@ -221,7 +255,15 @@ class Dispatcher:
             unsubscribe_url=rendered.unsubscribe_url,
             reply_to=reply_to,
         )
-        composed = Composed(row.id, envelope_from, row.email, data, row.attempts)
+        composed = Composed(
+            row.id,
+            row.enrollment_id,
+            envelope_from,
+            row.email,
+            data,
+            row.attempts,
+            row.unknown_outcomes,
+        )
         return composed, rendered.subject, rendered.links
 
     def _render(self, rows: Sequence[OutgoingRow]) -> list[Composed]:
@@ -275,107 +317,75 @@ class Dispatcher:
             with self.store.transaction() as tx:
                 still = tx.outbox.set_rendered(rendered)
                 for message_id, error in failed:
-                    self._fail(tx, message_id, error, now=now, bounce=False)
+                    self.ledger.fail(tx, message_id, error, now=now)
                 for message_id, error in postponed:
                     tx.outbox.mark_retry(message_id, at=now + ORPHAN_RETRY, error=error)
             # Mail cancelled since it was claimed (an unsubscribe, a goal) is not sent.
             ready = [o for o in ready if o.id in still]
         return ready
 
-    def _record(self, results: list[tuple[Composed, SendError | None]]) -> None:
-        now = self.clock.now()
-        with self._timed("record"), self.store.transaction() as tx:
-            tx.outbox.mark_sent([o.id for o, err in results if err is None], now=now)
-            for out, err in results:
-                if err is not None:
-                    self._failure(tx, out, err, now=now)
-
-    def _failure(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
-        if isinstance(err, PermanentSendError):
-            log.warning(
-                "message %s to %s refused for good: %s",
-                out.id,
-                out.recipient,
-                err,
-                extra={"action": "send_failed", "message_id": out.id},
-            )
-            self._fail(tx, out.id, str(err), now=now, bounce=isinstance(err, Bounce))
-        elif err.code is not None and out.attempts >= self.policy.max_attempts:
-            # Only a recipient's 4xx runs out of attempts; an unreachable server is retried
-            # until it comes back, so a dead SMTP server loses nothing.
-            log.error(
-                "message %s: giving up after %d attempts: %s",
-                out.id,
-                out.attempts,
-                err,
-                extra={"action": "send_gave_up", "message_id": out.id},
-            )
-            error = f"gave up after {out.attempts} attempts: {err}"
-            self._fail(tx, out.id, error, now=now, bounce=False)
-        elif isinstance(err, NotStarted):
-            tx.outbox.mark_retry(out.id, at=now, error=str(err))
-        else:
-            delay = backoff(out.attempts, self.policy, self.rng)
-            log.info(
-                "message %s: temporary failure (%s); retry in %.0fs",
-                out.id,
-                err,
-                delay.total_seconds(),
-                extra={"action": "send_retry", "message_id": out.id},
-            )
-            tx.outbox.mark_retry(out.id, at=now + delay, error=str(err))
-
-    def _fail(self, tx: Tx, message_id: int, error: str, *, now: datetime, bounce: bool) -> None:
-        message = tx.outbox.mark_failed(message_id, error=error)
-        if bounce:
-            self.journey.stop_person(
-                tx,
-                message.subscriber_id,
-                status=SubscriberStatus.bounced,
-                reason=ExitReason.bounced,
-                now=now,
-            )
-        else:
-            self.journey.stop(tx, message.enrollment_id, ExitReason.failed, now=now)
-        tx.events.add(
-            subscriber_id=message.subscriber_id,
-            enrollment_id=message.enrollment_id,
-            message_id=message_id,
-            kind=EventKind.bounce if bounce else EventKind.failed,
-            outcome="bounced" if bounce else "failed",
-            detail={"error": error[:500]},
-            now=now,
-        )
+    def _halted(self) -> bool:
+        return self.stopping.is_set() or self.ledger.paused
 
     async def _send(self, rows: Sequence[OutgoingRow]) -> int:
-        """Render, send and record claimed messages (claimed just before this is called);
-        returns how many were attempted."""
-        loop = asyncio.get_running_loop()
-        claimed = loop.time()
+        """Render, send and record claimed messages; returns how many were handed to SMTP."""
         ready = await asyncio.to_thread(self._render, rows)
-        if ready:
-            window = self.policy.send_window.total_seconds() - (loop.time() - claimed)
-            began = time.perf_counter()
-            errors = await self.transport.send_many(
-                [(o.sender, o.recipient, o.data) for o in ready], within=window
-            )
-            self.timings["smtp"] += time.perf_counter() - began
-            await asyncio.to_thread(self._record, list(zip(ready, errors, strict=True)))
-        return len(ready)
+        if not ready:
+            return 0
+        waiting = deque(ready)
+        ledger = GroupCommit(self.ledger.write)
+        handed = 0
+
+        async def work() -> None:
+            nonlocal handed
+            async with self.transport.connection() as connection:
+                done: Outcome | None = None
+                while True:
+                    nxt = waiting.popleft() if waiting and not self._halted() else None
+                    allowed = await ledger.step(Step(done, nxt))
+                    done = None
+                    if nxt is None:
+                        return
+                    if allowed:
+                        handed += 1
+                        error = await connection.send(nxt.sender, nxt.recipient, nxt.data)
+                        done = Outcome(nxt, error)
+
+        recorded = self.ledger.seconds
+        with self._timed("send"):
+            await asyncio.gather(*(work() for _ in range(min(self.transport.size, len(ready)))))
+        self.timings["record"] += self.ledger.seconds - recorded
+        if waiting:  # stopping, or paused: what was not started goes back, due at once
+            await asyncio.to_thread(self._release, [o.id for o in waiting])
+        return handed
+
+    def _release(self, message_ids: list[int]) -> None:
+        with self.store.transaction() as tx:
+            tx.outbox.release(message_ids, now=self.clock.now())
 
     async def deliver(self) -> int:
         """Claim (retries, resumed sends), render, send and record up to one batch."""
         rows = await asyncio.to_thread(self._claim)
         return await self._send(rows) if rows else 0
 
-    async def run_once(
-        self, *, max_batches: int = 50, stop: threading.Event | None = None
-    ) -> tuple[int, int]:
-        """Plan and deliver until nothing is due (or ``max_batches``, or ``stop`` is set,
-        which is looked at between batches); one tick's work."""
+    def _sending_paused(self) -> bool:
+        """Read the deployment's pause; True while it lasts (then nothing is planned or
+        sent: enrollments wait, nobody is suppressed)."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            pause = tx.control.pause()
+        self.ledger.pause_exists = pause is not None
+        return pause is not None and pause.until > now
+
+    async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
+        """Plan and deliver until nothing is due (or ``max_batches``, or stopping, or
+        paused); one tick's work."""
         planned = sent = 0
+        if await asyncio.to_thread(self._sending_paused):
+            return 0, 0
+        self.ledger.paused = False  # a pause that ran out: try again (a success clears it)
         for _ in range(max_batches):
-            if stop is not None and stop.is_set():
+            if self._halted():
                 break
             n, fresh = await asyncio.to_thread(self.plan, self.clock.now())
             m = await self._send(fresh) if fresh else 0

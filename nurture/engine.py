@@ -1,9 +1,13 @@
 """The engine: pure decisions about one enrollment.
 
 Given an enrollment's state, its sequence and either ``now`` (something fell due) or an event
-(a micro-yes candidate), the engine says what the new state is and what to do (send which
-email, confirm the subscriber). It does no I/O and never reads the clock: ``now`` is always an
-argument, so a test can run a month of a sequence in a millisecond.
+(a micro-yes candidate, a delivery), the engine says what the new state is and what to do
+(send which email, confirm the subscriber). It does no I/O and never reads the clock: ``now``
+is always an argument, so a test can run a month of a sequence in a millisecond.
+
+A step's clock starts when its email is delivered (accepted by the relay), not when it is
+decided on: until ``on_delivered``, nothing of that step falls due, so a relay that is down
+for longer than a step's wait never makes anyone skip a step they never received.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "on_due",
     "on_yes",
     "on_confirmed",
+    "on_delivered",
     "on_out_of_office",
     "postpone",
     "stop",
@@ -117,20 +122,16 @@ def on_due(
         if not confirmed and not step.confirms:
             held = replace(state, status=EnrollmentStatus.held, due_at=None)
             return Decision(held, outcome="held:unconfirmed")
-        sent = replace(
-            state,
-            phase=Phase.wait,
-            step_sent_at=now,
-            reminders_sent=0,
-            due_at=_wait_due(step, now, 0),
-        )
+        # Nothing more falls due until the email is delivered (on_delivered).
+        sent = replace(state, phase=Phase.wait, step_sent_at=None, reminders_sent=0, due_at=None)
         return Decision(sent, (SendEmail(step.id, state.visit),), outcome="sent")
 
-    assert state.step_sent_at is not None
     if step.confirms and confirmed:
         # Confirmed elsewhere (another sequence's confirmation) while waiting here: the ask
         # is answered; no "please confirm" reminder, no timeout.
         return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="skipped")
+    if state.step_sent_at is None:
+        return Decision(replace(state, due_at=None))  # not delivered yet: nothing is due
     elapsed = now - state.step_sent_at
     if elapsed >= step.wait:
         return _timeout(state, sequence, step, now=now, confirmed=confirmed)
@@ -205,6 +206,23 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     return Decision(moved.state, actions, moved.outcome)
 
 
+def on_delivered(
+    state: EnrollmentState, sequence: Sequence, *, step_id: str, visit: int, at: datetime
+) -> EnrollmentState:
+    """The email of (step_id, visit) was accepted by the relay at ``at``: the step's reminders
+    and timeout count from then. A delivery for another step or visit, a second delivery, or
+    one for an enrollment that left changes nothing."""
+    if (
+        state.status is not EnrollmentStatus.active
+        or state.phase is not Phase.wait
+        or (state.step_id, state.visit) != (step_id, visit)
+        or state.step_sent_at is not None
+    ):
+        return state
+    step = sequence.step(step_id)
+    return replace(state, step_sent_at=at, due_at=_wait_due(step, at, state.reminders_sent))
+
+
 def on_out_of_office(
     state: EnrollmentState, sequence: Sequence, *, back: datetime, now: datetime
 ) -> Decision:
@@ -213,8 +231,7 @@ def on_out_of_office(
     Nothing changes for an older step's email or a date already past."""
     if state.status is not EnrollmentStatus.active or state.phase is not Phase.wait or back <= now:
         return Decision(state, outcome="ignored:out_of_office")
-    assert state.step_sent_at is not None
-    if back <= state.step_sent_at:
+    if state.step_sent_at is None or back <= state.step_sent_at:
         return Decision(state, outcome="ignored:out_of_office")
     step = sequence.step(state.step_id)
     moved = replace(state, step_sent_at=back, due_at=_wait_due(step, back, state.reminders_sent))

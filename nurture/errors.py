@@ -53,10 +53,13 @@ class SequenceError(NurtureError):
 
 
 class SendError(NurtureError):
-    """Sending failed; the dispatcher only asks whether it is temporary or permanent."""
+    """Sending failed; the dispatcher asks what kind (nurture.mail.send) and the server's code.
+    ``signature`` names the refusal without the address, so that the same refusal for many
+    people can be told (the circuit breaker)."""
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         self.code = code
+        self.signature: str | None = None
         super().__init__(message)
 
 

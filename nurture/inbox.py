@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from nurture.clock import Clock
-from nurture.db.outbox import MessageRow
+from nurture.db.messages import MessageRow
 from nurture.db.store import Store, Tx
 from nurture.errors import TokenError
 from nurture.journey import Journey

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from nurture import engine
 from nurture.db.enrollments import DueRow, EnrollmentRow
-from nurture.db.outbox import MessageRow, NewMessage
+from nurture.db.messages import Delivered, MessageRow, NewMessage
 from nurture.db.store import Tx
 from nurture.db.subscribers import SubscriberRow
 from nurture.engine import ConfirmSubscriber, Decision, SendEmail
@@ -60,11 +60,9 @@ class Journey:
 
     # -- due work ------------------------------------------------------------------------
 
-    def plan(
-        self, tx: Tx, due: Seq[DueRow], *, now: datetime, claim_until: datetime
-    ) -> list[Planned]:
+    def plan(self, tx: Tx, due: Seq[DueRow], *, now: datetime, worker: str) -> list[Planned]:
         """Decide for claimed due enrollments and record the messages decided on, claimed for
-        sending until ``claim_until``."""
+        sending by ``worker``."""
         decisions: list[tuple[EnrollmentRow, Decision]] = []
         for item in due:
             row = item.enrollment
@@ -88,7 +86,7 @@ class Journey:
             )
         decisions = self._recheck_held(tx, decisions, now)
         by_id = {item.enrollment.id: item for item in due}
-        made = self._apply(tx, decisions, now=now, claim_until=claim_until)
+        made = self._apply(tx, decisions, now=now, worker=worker)
         return [(message_id, by_id[row.id], send) for message_id, row, send in made]
 
     def _recheck_held(
@@ -169,6 +167,23 @@ class Journey:
         tx.enrollments.save(changed, now=now)
         return True
 
+    def delivered(self, tx: Tx, messages: Seq[Delivered], *, at: datetime) -> None:
+        """The relay accepted these messages at ``at``: each step email starts its step's
+        clock (reminders and timeout count from now). Their enrollments must be locked
+        already (``tx.enrollments.get_many``), before the messages were marked."""
+        steps = [m for m in messages if m.kind.is_step]
+        rows = tx.enrollments.get_many([m.enrollment_id for m in steps])
+        changed = []
+        for m in steps:
+            row = rows.get(m.enrollment_id)
+            found = self.catalog.locate(row.sequence_id, m.step_id) if row else None
+            if row is None or found is None:
+                continue
+            new = engine.on_delivered(row.state, found[0], step_id=m.step_id, visit=m.visit, at=at)
+            if new != row.state:
+                changed.append((row.id, new))
+        tx.enrollments.save(changed, now=at)
+
     # -- leaving -------------------------------------------------------------------------
 
     def stop(self, tx: Tx, enrollment_id: int, reason: ExitReason, *, now: datetime) -> bool:
@@ -216,7 +231,7 @@ class Journey:
         decisions: Seq[tuple[EnrollmentRow, Decision]],
         *,
         now: datetime,
-        claim_until: datetime | None = None,
+        worker: str | None = None,
     ) -> list[tuple[int, EnrollmentRow, SendEmail]]:
         """Store decisions: each enrollment's new state, a message row per email to send
         (record before send), then the confirmations they carry."""
@@ -233,7 +248,7 @@ class Journey:
                 for row, a in sends
             ],
             now=now,
-            claim_until=claim_until,
+            claimed_by=worker,
         )
         for row, d in decisions:
             if any(isinstance(a, ConfirmSubscriber) for a in d.actions):

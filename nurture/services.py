@@ -3,6 +3,7 @@ the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -108,6 +109,7 @@ def build_services(
         transport=transport or build_transport(settings, smtp),
         clock=clock,
         policy=DispatchPolicy.from_settings(settings),
+        worker=uuid.uuid4().hex,
     )
     return Services(
         settings=settings,

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.clicks import ClickFacts, ClickPolicy, decide, first_look
-from nurture.db.outbox import MessageRow
+from nurture.db.messages import MessageRow
 from nurture.db.store import Store
 from nurture.errors import TokenError
 from nurture.journey import Journey

@@ -127,6 +127,13 @@ class EnrollmentStore:
         """One enrollment, locked: its state is about to be decided on and written."""
         return _row(self._conn.execute(lock(_with_subscriber().where(E.id == enrollment_id))).one())
 
+    def get_many(self, enrollment_ids: Sequence[int]) -> dict[int, EnrollmentRow]:
+        """Enrollments by id, locked (in id order, so two of these never deadlock)."""
+        if not enrollment_ids:
+            return {}
+        q = _with_subscriber().where(E.id.in_(sorted(set(enrollment_ids)))).order_by(E.id)
+        return {r.id: _row(r) for r in self._conn.execute(lock(q))}
+
     def of_subscriber(self, subscriber_id: int) -> list[EnrollmentRow]:
         """Every enrollment of a person, locked, oldest first."""
         q = _with_subscriber().where(E.subscriber_id == subscriber_id).order_by(E.id)

@@ -33,12 +33,16 @@ __all__ = [
     "Event",
     "Inbound",
     "ImapState",
+    "Worker",
+    "Control",
     "SUBSCRIBERS",
     "ENROLLMENTS",
     "MESSAGES",
     "EVENTS",
     "INBOUND",
     "IMAP_STATE",
+    "WORKERS",
+    "CONTROL",
 ]
 
 NAMING = {
@@ -131,7 +135,12 @@ class Message(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(When)
-    sent_at: Mapped[datetime | None] = mapped_column(When)
+    sent_at: Mapped[datetime | None] = mapped_column(When)  # accepted by the relay
+    # The worker whose claim it is while 'sending' (workers.id); when it started the SMTP
+    # transaction of its current attempt; how many attempts ended with no known outcome.
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
+    handed_at: Mapped[datetime | None] = mapped_column(When)
+    unknown_outcomes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Event(Base):
@@ -184,6 +193,30 @@ class Inbound(Base):
     received_at: Mapped[datetime] = mapped_column(When)
 
 
+class Worker(Base):
+    """A running worker (a `nurture run` process) and its last sign of life: mail claimed by a
+    worker whose heartbeat stopped is taken over by any other."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(When)
+    heartbeat_at: Mapped[datetime] = mapped_column(When)
+
+
+class Control(Base):
+    """Deployment-wide switches every worker reads, by name: "sending" holds a pause (until
+    when, and why)."""
+
+    __tablename__ = "control"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(When)
+
+
 class ImapState(Base):
     """The last UID handled in an IMAP folder, valid while its UIDVALIDITY stays the same."""
 
@@ -201,3 +234,5 @@ MESSAGES = cast(Table, Message.__table__)
 EVENTS = cast(Table, Event.__table__)
 INBOUND = cast(Table, Inbound.__table__)
 IMAP_STATE = cast(Table, ImapState.__table__)
+WORKERS = cast(Table, Worker.__table__)
+CONTROL = cast(Table, Control.__table__)

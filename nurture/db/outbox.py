@@ -4,116 +4,28 @@ sending, its tracked links and its outcome."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Select, bindparam, insert, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, insert, or_, select, update
 
 from nurture.db.dialect import claim
-from nurture.db.models import ENROLLMENTS, MESSAGES, SUBSCRIBERS
-from nurture.vocabulary import (
-    HONEYPOT_PATH,
-    EnrollmentStatus,
-    Link,
-    MessageKind,
-    MessageStatus,
-    SubscriberStatus,
+from nurture.db.messages import (
+    ClaimedRow,
+    Delivered,
+    MessageRow,
+    NewMessage,
+    OutgoingRow,
+    links_to_json,
+    message_row,
 )
+from nurture.db.models import ENROLLMENTS, MESSAGES, SUBSCRIBERS, WORKERS
+from nurture.vocabulary import EnrollmentStatus, Link, MessageKind, MessageStatus, SubscriberStatus
 
-__all__ = [
-    "MessageRow",
-    "NewMessage",
-    "ClaimedRow",
-    "OutgoingRow",
-    "OutboxStore",
-    "claim_outgoing_query",
-]
+__all__ = ["OutboxStore", "claim_outgoing_query"]
 
 M = MESSAGES.c
 OPEN = [s.value for s in MessageStatus.open()]
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """A message the journey decided to send: recorded (and claimed) before any SMTP."""
-
-    enrollment_id: int
-    subscriber_id: int
-    sequence_id: str
-    step_id: str
-    visit: int
-    kind: MessageKind
-
-
-@dataclass(frozen=True)
-class MessageRow(NewMessage):
-    """A recorded message: what was decided, and what became of it."""
-
-    id: int
-    status: MessageStatus
-    links: tuple[Link, ...]
-    sent_at: datetime | None
-
-
-@dataclass(frozen=True)
-class OutgoingRow:
-    """A message claimed for sending, with what rendering it needs."""
-
-    id: int
-    sequence_id: str
-    step_id: str
-    kind: MessageKind
-    attempts: int  # this attempt included
-    email: str
-    fields: dict[str, Any]
-    resumed: bool = False  # a previous worker claimed it and vanished mid-send
-
-
-@dataclass(frozen=True)
-class ClaimedRow:
-    """A message due for an attempt, locked, with what tells whether it is still wanted."""
-
-    outgoing: OutgoingRow
-    visit: int
-    subscriber_status: SubscriberStatus
-    enrollment_status: EnrollmentStatus
-    enrollment_visit: int
-
-
-def _link(item: list[Any], *, last: bool) -> Link:
-    url, counts = str(item[0]), bool(item[1])
-    if len(item) > 2:
-        return Link(url, counts, honeypot=item[2] == "honeypot")
-    # Written before the honeypot was marked: it was always the last link, never counting,
-    # and went to /hp under whatever base URL was configured then.
-    legacy = last and not counts and urlsplit(url).path.endswith(HONEYPOT_PATH)
-    return Link(url, counts, honeypot=legacy)
-
-
-def links_from_json(items: list[Any] | None) -> tuple[Link, ...]:
-    items = items or []
-    return tuple(_link(item, last=i == len(items) - 1) for i, item in enumerate(items))
-
-
-def links_to_json(links: Sequence[Link]) -> list[list[Any]]:
-    return [[x.url, x.counts, "honeypot"] if x.honeypot else [x.url, x.counts] for x in links]
-
-
-def _message(r: Any) -> MessageRow:
-    return MessageRow(
-        id=r.id,
-        enrollment_id=r.enrollment_id,
-        subscriber_id=r.subscriber_id,
-        sequence_id=r.sequence_id,
-        step_id=r.step_id,
-        visit=r.visit,
-        kind=MessageKind.parse(r.kind),
-        status=MessageStatus(r.status),
-        links=links_from_json(r.links),
-        sent_at=r.sent_at,
-    )
 
 
 _MESSAGE_COLUMNS = (
@@ -135,18 +47,18 @@ _SET_RENDERED = (
 )
 
 
-def claim_outgoing_query(now: datetime, limit: int) -> Select[Any]:
-    """Messages due for an attempt (queued and due, or claimed by a worker whose lease ran
-    out), oldest first; each worker skips the rows another one holds."""
-    q = (
+def _claimable() -> Select[Any]:
+    return (
         select(
             M.id,
+            M.enrollment_id,
             M.sequence_id,
             M.step_id,
             M.kind,
-            M.status,
             M.attempts,
             M.visit,
+            M.handed_at,
+            M.unknown_outcomes,
             SUBSCRIBERS.c.email,
             SUBSCRIBERS.c.fields,
             SUBSCRIBERS.c.status.label("subscriber_status"),
@@ -155,11 +67,44 @@ def claim_outgoing_query(now: datetime, limit: int) -> Select[Any]:
         )
         .join(SUBSCRIBERS, SUBSCRIBERS.c.id == M.subscriber_id)
         .join(ENROLLMENTS, ENROLLMENTS.c.id == M.enrollment_id)
-        .where(M.status.in_(OPEN), M.next_attempt_at <= now)
+    )
+
+
+def claim_outgoing_query(now: datetime, limit: int) -> Select[Any]:
+    """Queued messages due for an attempt, oldest first, with what tells whether each is still
+    wanted; each worker skips the rows another one holds."""
+    q = (
+        _claimable()
+        .where(M.status == MessageStatus.queued.value, M.next_attempt_at <= now)
         .order_by(M.next_attempt_at)
         .limit(limit)
     )
     return claim(q, of=MESSAGES)
+
+
+def _claimed(r: Any) -> ClaimedRow:
+    return ClaimedRow(
+        OutgoingRow(
+            r.id,
+            r.enrollment_id,
+            r.sequence_id,
+            r.step_id,
+            MessageKind.parse(r.kind),
+            r.attempts + 1,
+            r.email,
+            dict(r.fields or {}),
+            resumed=r.handed_at is not None,
+            unknown_outcomes=r.unknown_outcomes,
+        ),
+        visit=r.visit,
+        subscriber_status=SubscriberStatus(r.subscriber_status),
+        enrollment_status=EnrollmentStatus(r.enrollment_status),
+        enrollment_visit=r.enrollment_visit,
+    )
+
+
+_SENDABLE = [s.value for s in SubscriberStatus if s.sendable]
+_UNFINISHED = [s.value for s in EnrollmentStatus if not s.finished]
 
 
 class OutboxStore:
@@ -168,7 +113,7 @@ class OutboxStore:
 
     def get(self, message_id: int) -> MessageRow | None:
         row = self._conn.execute(select(*_MESSAGE_COLUMNS).where(M.id == message_id)).first()
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     def step_email(self, enrollment_id: int, visit: int) -> MessageRow | None:
         """The step's own email of one visit of a step (not a reminder)."""
@@ -176,22 +121,22 @@ class OutboxStore:
             M.enrollment_id == enrollment_id, M.visit == visit, M.kind == str(MessageKind.STEP)
         )
         row = self._conn.execute(q.limit(1)).first()
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     def add(
-        self, messages: Sequence[NewMessage], *, now: datetime, claim_until: datetime | None
+        self, messages: Sequence[NewMessage], *, now: datetime, claimed_by: str | None = None
     ) -> list[int]:
         """Record messages (record before send: the caller commits before anything is sent);
-        their ids, in order. With ``claim_until`` they are claimed for sending at once, lease
-        included, so the caller sends them without looking for them again. Two statements
-        for a whole batch."""
+        their ids, in order. With ``claimed_by`` they are claimed for that worker at once, so
+        it sends them without looking for them again. Two statements for a whole batch."""
         if not messages:
             return []
-        claimed = claim_until is not None
+        claimed = claimed_by is not None
         common: dict[str, Any] = {
             "status": (MessageStatus.sending if claimed else MessageStatus.queued).value,
             "attempts": 1 if claimed else 0,
-            "next_attempt_at": claim_until if claimed else now,
+            "claimed_by": claimed_by,
+            "next_attempt_at": now,
             "links": [],
             "created_at": now,
         }
@@ -221,32 +166,32 @@ class OutboxStore:
         return [found[(m.enrollment_id, m.visit, str(m.kind))] for m in messages]
 
     def claim(self, now: datetime, limit: int) -> list[ClaimedRow]:
-        """Messages due for an attempt, locked for this transaction; ``lease`` or ``cancel``
-        each of them before it ends."""
-        return [
-            ClaimedRow(
-                OutgoingRow(
-                    r.id,
-                    r.sequence_id,
-                    r.step_id,
-                    MessageKind.parse(r.kind),
-                    r.attempts + 1,
-                    r.email,
-                    dict(r.fields or {}),
-                    r.status == MessageStatus.sending.value,
-                ),
-                visit=r.visit,
-                subscriber_status=SubscriberStatus(r.subscriber_status),
-                enrollment_status=EnrollmentStatus(r.enrollment_status),
-                enrollment_visit=r.enrollment_visit,
-            )
-            for r in self._conn.execute(claim_outgoing_query(now, limit))
-        ]
+        """Queued messages due for an attempt, locked for this transaction; ``lease`` or
+        ``cancel`` each of them before it ends."""
+        return [_claimed(r) for r in self._conn.execute(claim_outgoing_query(now, limit))]
 
-    def lease(self, message_ids: Sequence[int], *, until: datetime) -> None:
-        """Claimed messages become 'sending' until ``until``, one more attempt counted."""
-        status = MessageStatus.sending.value
-        self._set(message_ids, status=status, next_attempt_at=until, attempts=M.attempts + 1)
+    def held_by(self, worker: str, message_ids: Sequence[int]) -> list[ClaimedRow]:
+        """Those of these messages still claimed by ``worker``, with what tells whether each
+        is still wanted."""
+        if not message_ids:
+            return []
+        q = _claimable().where(
+            M.id.in_(message_ids),
+            M.status == MessageStatus.sending.value,
+            M.claimed_by == worker,
+        )
+        return [_claimed(r) for r in self._conn.execute(q)]
+
+    def lease(self, message_ids: Sequence[int], *, worker: str, now: datetime) -> None:
+        """Claimed messages become 'sending' for ``worker``, one more attempt counted."""
+        self._set(
+            message_ids,
+            status=MessageStatus.sending.value,
+            claimed_by=worker,
+            handed_at=None,
+            next_attempt_at=now,
+            attempts=M.attempts + 1,
+        )
 
     def _set(self, message_ids: Sequence[int], **values: Any) -> None:
         if message_ids:
@@ -258,14 +203,40 @@ class OutboxStore:
     def cancel_open(
         self, *, why: str, subscriber_id: int | None = None, enrollment_id: int | None = None
     ) -> None:
-        """Cancel a person's (or one enrollment's) mail not sent yet: queued, or claimed by a
-        worker that has not sent it yet (or died)."""
-        q = update(MESSAGES).where(M.status.in_(OPEN))
+        """Cancel a person's (or one enrollment's) mail not handed to SMTP yet: queued, or
+        claimed by a worker that has not started it. Mail on the wire at this instant goes."""
+        q = update(MESSAGES).where(M.status.in_(OPEN), M.handed_at.is_(None))
         if subscriber_id is not None:
             q = q.where(M.subscriber_id == subscriber_id)
         if enrollment_id is not None:
             q = q.where(M.enrollment_id == enrollment_id)
         self._conn.execute(q.values(status=MessageStatus.cancelled.value, last_error=why))
+
+    def hand_off(self, message_ids: Sequence[int], *, worker: str, now: datetime) -> set[int]:
+        """Mark messages as handed to SMTP now, those still claimed by ``worker`` whose person
+        may still be mailed and whose enrollment still wants them; the ids that may go. The
+        last check before the wire: an unsubscribe committed before it wins."""
+        if not message_ids:
+            return set()
+        s, e = SUBSCRIBERS.c, ENROLLMENTS.c
+        wanted = and_(
+            select(s.id).where(s.id == M.subscriber_id, s.status.in_(_SENDABLE)).exists(),
+            select(e.id)
+            .where(e.id == M.enrollment_id, e.status.in_(_UNFINISHED), e.visit <= M.visit)
+            .exists(),
+        )
+        q = (
+            update(MESSAGES)
+            .where(
+                M.id.in_(message_ids),
+                M.status == MessageStatus.sending.value,
+                M.claimed_by == worker,
+                wanted,
+            )
+            .values(handed_at=now)
+            .returning(M.id)
+        )
+        return set(self._conn.scalars(q))
 
     def set_rendered(self, rendered: Sequence[tuple[int, str, Sequence[Link]]]) -> set[int]:
         """Keep each message's subject and links (the only URLs /c/ will ever redirect to).
@@ -281,17 +252,104 @@ class OutboxStore:
         )
         return set(self._conn.scalars(q))
 
-    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
-        status = MessageStatus.sent.value
-        self._set(message_ids, status=status, sent_at=now, next_attempt_at=None, last_error=None)
+    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> list[Delivered]:
+        """Messages the relay accepted; only those still 'sending' (a cancelled row stays
+        cancelled). Returns what was marked."""
+        if not message_ids:
+            return []
+        q = (
+            update(MESSAGES)
+            .where(M.id.in_(message_ids), M.status == MessageStatus.sending.value)
+            .values(
+                status=MessageStatus.sent.value, sent_at=now, next_attempt_at=None, last_error=None
+            )
+            .returning(M.id, M.enrollment_id, M.step_id, M.visit, M.kind)
+        )
+        return [
+            Delivered(r.id, r.enrollment_id, r.step_id, r.visit, MessageKind.parse(r.kind))
+            for r in self._conn.execute(q)
+        ]
 
-    def mark_retry(self, message_id: int, *, at: datetime, error: str) -> None:
+    def _requeue(self, message_id: int, **values: Any) -> None:
         # Only a message still claimed: one cancelled meanwhile stays cancelled.
         self._conn.execute(
             update(MESSAGES)
             .where(M.id == message_id, M.status == MessageStatus.sending.value)
-            .values(status=MessageStatus.queued.value, next_attempt_at=at, last_error=error[:2000])
+            .values(status=MessageStatus.queued.value, claimed_by=None, handed_at=None, **values)
         )
+
+    def mark_retry(
+        self, message_id: int, *, at: datetime, error: str, uncount: bool = False
+    ) -> None:
+        """Send again at ``at``; ``uncount``: the attempt was not the message's (never
+        started, or refused because of us), so it does not count towards giving up."""
+        extra = {"attempts": M.attempts - 1} if uncount else {}
+        self._requeue(message_id, next_attempt_at=at, last_error=error[:2000], **extra)
+
+    def mark_unknown(self, message_id: int, *, at: datetime, error: str) -> None:
+        """No outcome is known (timed out after the data, connection lost in DATA): sent again
+        at ``at``, with the same Message-ID, and counted."""
+        self._requeue(
+            message_id,
+            next_attempt_at=at,
+            last_error=error[:2000],
+            unknown_outcomes=M.unknown_outcomes + 1,
+        )
+
+    def release(self, message_ids: Sequence[int], *, now: datetime) -> None:
+        """Claimed but never started (a shutdown, a pause): queued again, due now, the
+        attempt not counted."""
+        if message_ids:
+            self._conn.execute(
+                update(MESSAGES)
+                .where(
+                    M.id.in_(message_ids),
+                    M.status == MessageStatus.sending.value,
+                    M.handed_at.is_(None),
+                )
+                .values(
+                    status=MessageStatus.queued.value,
+                    claimed_by=None,
+                    next_attempt_at=now,
+                    attempts=M.attempts - 1,
+                )
+            )
+
+    def release_claims(self, worker: str, *, now: datetime) -> int:
+        """Everything ``worker`` claimed and did not start: queued again, due now (a
+        shutdown). What it had handed to SMTP stays claimed, for ``reclaim``."""
+        done = self._conn.execute(
+            update(MESSAGES)
+            .where(
+                M.status == MessageStatus.sending.value,
+                M.claimed_by == worker,
+                M.handed_at.is_(None),
+            )
+            .values(
+                status=MessageStatus.queued.value,
+                claimed_by=None,
+                next_attempt_at=now,
+                attempts=M.attempts - 1,
+            )
+        )
+        return int(done.rowcount)
+
+    def reclaim(self, *, now: datetime) -> int:
+        """Mail claimed by workers that are gone (no row in workers any more), or by a lease
+        of before there were workers that ran out: queued again, due now. A message one of
+        them had handed to SMTP keeps ``handed_at``: it is resent as resumed (its outcome was
+        never heard)."""
+        live = select(WORKERS.c.id)
+        orphaned = or_(
+            and_(M.claimed_by.is_(None), M.next_attempt_at <= now),
+            and_(M.claimed_by.is_not(None), M.claimed_by.not_in(live)),
+        )
+        done = self._conn.execute(
+            update(MESSAGES)
+            .where(M.status == MessageStatus.sending.value, orphaned)
+            .values(status=MessageStatus.queued.value, claimed_by=None, next_attempt_at=now)
+        )
+        return int(done.rowcount)
 
     def mark_failed(self, message_id: int, *, error: str) -> MessageRow:
         status = MessageStatus.failed.value

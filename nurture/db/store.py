@@ -1,8 +1,9 @@
 """The store: one database transaction at a time, with the queries of each table family.
 
 ``Store.transaction()`` yields a ``Tx``; ``tx.subscribers``, ``tx.enrollments``,
-``tx.outbox``, ``tx.events``, ``tx.inbound``, ``tx.mailboxes`` and ``tx.reports`` read and
-write inside that one transaction and hand back frozen rows. Every query is SQLAlchemy Core
+``tx.outbox``, ``tx.events``, ``tx.inbound``, ``tx.mailboxes``, ``tx.reports``,
+``tx.workers`` and ``tx.control`` read and write inside that one transaction and hand back
+frozen rows. Every query is SQLAlchemy Core
 on one connection: there is no ORM session whose cached objects could go stale after a bulk
 update. The store stores; what a change means is decided by the engine and applied by
 ``nurture.journey``.
@@ -21,6 +22,7 @@ from nurture.db.inbound import InboundStore, MailboxStore
 from nurture.db.outbox import OutboxStore
 from nurture.db.reports import ReportStore
 from nurture.db.subscribers import SubscriberStore
+from nurture.db.workers import ControlStore, WorkerStore
 
 __all__ = ["Store", "Tx"]
 
@@ -36,6 +38,8 @@ class Tx:
         self.inbound = InboundStore(conn)
         self.mailboxes = MailboxStore(conn)
         self.reports = ReportStore(conn)
+        self.workers = WorkerStore(conn)
+        self.control = ControlStore(conn)
 
 
 class Store:

@@ -1,16 +1,25 @@
-"""Sending over SMTP with aiosmtplib: a few reused connections, bounded concurrency.
+"""Sending over SMTP with aiosmtplib: a few kept-open connections, one transaction at a time on
+each, the outcome of every message told apart.
 
-SMTP failures are translated here, at the boundary, into the two errors the dispatcher knows:
-``TemporarySendError`` (4xx, refused or dropped connections, timeouts: retry later) and
-``PermanentSendError`` (5xx; ``bounce`` is set when the server refused the recipient).
+SMTP failures are translated here, at the boundary, by whose fault they are
+(``nurture.mail.replies``): ``Bounce`` (the address is bad for good), ``Rejected`` (this
+message was refused: spam, policy), ``RelayRefused`` (our relay, login, sender or IP: sending
+must pause), ``OutcomeUnknown`` (the data went out and no answer came: the message may have
+been delivered), and ``TemporarySendError`` (try later: with a code when the recipient's
+server said 4xx, without one when the server could not be reached).
+
+The end of DATA waits ``data_timeout`` (RFC 5321 4.5.3.2.6: ten minutes), every other command
+``timeout``: a slow server answering the final dot after a minute is not a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,30 +27,61 @@ import aiosmtplib
 
 from nurture.config import Settings, SmtpTls
 from nurture.errors import PermanentSendError, SendError, TemporarySendError
+from nurture.mail.replies import Fault, Stage, classify, signature
 
-__all__ = ["Transport", "SmtpTarget", "SmtpPool", "NoRelay", "Bounce", "NotStarted"]
+__all__ = [
+    "Transport",
+    "Connection",
+    "SmtpTarget",
+    "SmtpPool",
+    "NoRelay",
+    "Bounce",
+    "Rejected",
+    "RelayRefused",
+    "OutcomeUnknown",
+    "NotStarted",
+]
 
 log = logging.getLogger(__name__)
 
 
-class Transport(Protocol):
-    """What the dispatcher sends through."""
+class Bounce(PermanentSendError):
+    """The server refused the recipient's address for good."""
 
-    async def send_many(
-        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
-    ) -> list[SendError | None]:
-        """Send (sender, recipient, data) messages; each one's error, or None when sent."""
-        ...
 
-    async def close(self) -> None: ...
+class Rejected(PermanentSendError):
+    """The server refused this message (spam, policy, size): this email fails; the person is
+    not to blame."""
+
+
+class RelayRefused(TemporarySendError):
+    """The relay refused *us* (relaying denied, a login required or refused, our sender
+    refused, our IP on a block list): nobody's fault but ours; all sending pauses."""
+
+
+class OutcomeUnknown(TemporarySendError):
+    """The message's data went out and no answer came (a timeout after the final dot, a
+    connection lost during DATA): it may well have been delivered."""
 
 
 class NotStarted(TemporarySendError):
-    """Never attempted: its batch ran out of time. Sent again at once, not after a backoff."""
+    """Never attempted. Sent again at once, not after a backoff."""
 
 
-class Bounce(PermanentSendError):
-    """The server refused the recipient with a 5xx: the address is bad for good."""
+class Connection(Protocol):
+    async def send(self, sender: str, recipient: str, data: bytes) -> SendError | None:
+        """One SMTP transaction; its error, or None when the relay accepted the message."""
+        ...
+
+
+class Transport(Protocol):
+    """What the dispatcher sends through: ``size`` connections, each used by one worker."""
+
+    size: int
+
+    def connection(self) -> AbstractAsyncContextManager[Connection]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +92,7 @@ class SmtpTarget:
     password: str | None = None
     tls: SmtpTls = SmtpTls.none
     timeout: float = 30.0
+    data_timeout: float = 600.0
     tls_context: ssl.SSLContext | None = None
 
     @classmethod
@@ -64,121 +105,107 @@ class SmtpTarget:
             password=settings.smtp_password,
             tls=settings.smtp_tls,
             timeout=settings.smtp_timeout,
+            data_timeout=settings.smtp_data_timeout,
         )
 
 
-class SmtpPool:
-    """``size`` connections, each used by one send at a time and kept open between sends."""
+def _refusal(stage: Stage, code: int, message: str) -> SendError:
+    fault = classify(stage, code, message)
+    text = f"{code} {' '.join(message.split())}"
+    kind: type[SendError] = {
+        Fault.recipient: Bounce,
+        Fault.content: Rejected,
+        Fault.ours: RelayRefused,
+        Fault.temporary: TemporarySendError,
+    }[fault]
+    error = kind(text, code=code if fault is not Fault.ours else None)
+    error.signature = signature(stage, code, message)
+    return error
 
-    def __init__(self, target: SmtpTarget, *, size: int = 4) -> None:
+
+class _Client:
+    """One kept-open connection of the pool."""
+
+    def __init__(self, target: SmtpTarget) -> None:
         self.target = target
-        self.size = size
-        self._idle: asyncio.Queue[aiosmtplib.SMTP] | None = None
-
-    def _queue(self) -> asyncio.Queue[aiosmtplib.SMTP]:
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-            for _ in range(self.size):
-                self._idle.put_nowait(self._client())
-        return self._idle
-
-    def _client(self) -> aiosmtplib.SMTP:
-        t = self.target
-        return aiosmtplib.SMTP(
-            hostname=t.host,
-            port=t.port,
-            username=t.username,
-            password=t.password,
-            use_tls=t.tls is SmtpTls.tls,
-            start_tls=t.tls is SmtpTls.starttls,
-            timeout=t.timeout,
-            tls_context=t.tls_context,
+        self.smtp = aiosmtplib.SMTP(
+            hostname=target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            use_tls=target.tls is SmtpTls.tls,
+            start_tls=target.tls is SmtpTls.starttls,
+            timeout=target.timeout,
+            tls_context=target.tls_context,
         )
 
-    async def send_many(
-        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
-    ) -> list[SendError | None]:
-        """Send (sender, recipient, data) messages over the pool's connections, each one
-        draining the shared list in turn; returns each message's error, or None when sent.
-        One failing recipient never stops or repeats the others. No message is started
-        after ``within`` seconds: those come back as temporary errors, to be sent later."""
-        late = NotStarted("not started in time (the claim on it was running out)")
-        results: list[SendError | None] = [late] * len(messages)
-        pending = iter(range(len(messages)))
-        idle = self._queue()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within if within is not None else None
+    async def send(self, sender: str, recipient: str, data: bytes) -> SendError | None:
+        try:
+            await self._send(sender, recipient, data)
+        except SendError as exc:
+            return exc
+        except Exception as exc:  # a bug must not lose the others' outcomes
+            log.exception("unexpected error sending to %s", recipient)
+            await self.close()
+            return TemporarySendError(f"{type(exc).__name__}: {exc}")
+        return None
 
-        async def worker() -> None:
-            client = await idle.get()
-            try:
-                for i in pending:
-                    if deadline is not None and loop.time() > deadline:
-                        break
-                    results[i] = None
-                    try:
-                        await self._send_on(client, *messages[i])
-                    except SendError as exc:
-                        results[i] = exc
-                    except Exception as exc:  # a bug must not lose the others' outcomes
-                        log.exception("unexpected error sending to %s", messages[i][1])
-                        results[i] = TemporarySendError(f"{type(exc).__name__}: {exc}")
-            finally:
-                idle.put_nowait(client)
-
-        await asyncio.gather(*(worker() for _ in range(min(self.size, len(messages)))))
-        return results
-
-    async def _send_on(
-        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
-    ) -> None:
+    async def _send(self, sender: str, recipient: str, data: bytes) -> None:
+        smtp = self.smtp
         for attempt in (1, 2):
-            if not client.is_connected:
-                await self._connect(client)
+            if not smtp.is_connected:
+                await self._connect()
             try:
-                await client.sendmail(sender, [recipient], data)
-                return
+                await smtp.mail(sender)
+                break
             except aiosmtplib.SMTPServerDisconnected as exc:
                 # A kept-open connection the server closed while idle: reconnect once.
-                await _close(client)
+                await self.close()
                 if attempt == 2:
                     raise TemporarySendError(f"server disconnected: {exc}") from exc
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                # (aiosmtplib has already sent RSET, so the connection stays usable.)
-                refusal = exc.recipients[0] if exc.recipients else None
-                code = refusal.code if refusal else 550
-                message = refusal.message if refusal else str(exc)
-                if 500 <= code < 600:
-                    raise Bounce(f"{code} {message}", code=code) from exc
-                raise TemporarySendError(f"{code} {message}", code=code) from exc
-            except aiosmtplib.SMTPSenderRefused as exc:
-                # Our own envelope sender refused: an operator's problem, never the
-                # recipient's, so no code: it is retried until someone fixes it.
-                log.error(
-                    "the SMTP server refuses our sender %s: %s %s",
-                    sender,
-                    exc.code,
-                    exc.message,
-                    extra={"action": "smtp_sender_refused"},
-                )
-                raise TemporarySendError(f"sender refused: {exc.code} {exc.message}") from exc
             except aiosmtplib.SMTPResponseException as exc:
-                # What is left is the reply to DATA: about this message for this recipient.
-                if 500 <= exc.code < 600:
-                    raise PermanentSendError(f"{exc.code} {exc.message}", code=exc.code) from exc
-                raise TemporarySendError(f"{exc.code} {exc.message}", code=exc.code) from exc
+                await self._reset()
+                raise self._ours(_refusal("mail", exc.code, exc.message), sender) from exc
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                await _close(client)
+                await self.close()
                 raise TemporarySendError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _connect(self, client: aiosmtplib.SMTP) -> None:
-        """Connect, EHLO, STARTTLS and log in. Whatever goes wrong here (refused, 421, a bad
-        password, a TLS failure) is the server's or the operator's problem, never one
-        recipient's: a temporary error without a code, retried until it is fixed."""
         try:
-            await client.connect()
+            await smtp.rcpt(recipient)
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()
+            raise _refusal("rcpt", exc.code, exc.message) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            await _close(client)
+            await self.close()  # nothing of the message was sent: safe to send again
+            raise TemporarySendError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            await smtp.data(data, timeout=self.target.data_timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise _refusal("data", exc.code, exc.message) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
+            raise OutcomeUnknown(f"no answer to the message's data: {exc}") from exc
+
+    @staticmethod
+    def _ours(error: SendError, sender: str) -> SendError:
+        if isinstance(error, RelayRefused):
+            log.error(
+                "the SMTP server refuses our sender %s: %s",
+                sender,
+                error,
+                extra={"action": "smtp_sender_refused"},
+            )
+        return error
+
+    async def _connect(self) -> None:
+        """Connect, EHLO, STARTTLS and log in. A refused greeting or login is ours
+        (``RelayRefused``); an unreachable server is temporary, retried until it is back."""
+        try:
+            await self.smtp.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            await self.close()
+            raise _refusal("connect", exc.code, exc.message) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            await self.close()
             log.warning(
                 "cannot reach the SMTP server %s:%s: %s",
                 self.target.host,
@@ -188,20 +215,53 @@ class SmtpPool:
             )
             raise TemporarySendError(f"SMTP server: {type(exc).__name__}: {exc}") from exc
 
+    async def _reset(self) -> None:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            await self.smtp.rset()
+
+    async def close(self) -> None:
+        if self.smtp.is_connected:
+            try:
+                await asyncio.wait_for(self.smtp.quit(), timeout=5)
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                self.smtp.close()
+
+
+class SmtpPool:
+    """``size`` connections, each used by one worker at a time and kept open between sends."""
+
+    def __init__(self, target: SmtpTarget, *, size: int = 4) -> None:
+        self.target = target
+        self.size = size
+        self._idle: asyncio.Queue[_Client] | None = None
+
+    def _queue(self) -> asyncio.Queue[_Client]:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(self.size):
+                self._idle.put_nowait(_Client(self.target))
+        return self._idle
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        idle = self._queue()
+        client = await idle.get()
+        try:
+            yield client
+        finally:
+            idle.put_nowait(client)
+
     async def close(self) -> None:
         if self._idle is None:
             return
         while not self._idle.empty():
-            await _close(self._idle.get_nowait())
+            await self._idle.get_nowait().close()
         self._idle = None
 
 
-async def _close(client: aiosmtplib.SMTP) -> None:
-    if client.is_connected:
-        try:
-            await asyncio.wait_for(client.quit(), timeout=5)
-        except (TimeoutError, aiosmtplib.SMTPException, OSError):
-            client.close()
+class _Nowhere:
+    async def send(self, sender: str, recipient: str, data: bytes) -> SendError | None:
+        return NotStarted("no SMTP server in this process")
 
 
 class NoRelay:
@@ -209,10 +269,11 @@ class NoRelay:
     while the daemon's built-in catcher lives in another process): nothing is lost, every
     message stays queued for the daemon."""
 
-    async def send_many(
-        self, messages: Sequence[tuple[str, str, bytes]], *, within: float | None = None
-    ) -> list[SendError | None]:
-        return [NotStarted("no SMTP server in this process") for _ in messages]
+    size = 1
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        yield _Nowhere()
 
     async def close(self) -> None:
         return None

@@ -153,7 +153,8 @@ def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world: World) -> 
     asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
     assert messages(world) == [("confirm", "step", "sending", 1)]
     world.services.subscriptions.unsubscribe(result.subscriber_id, now=world.clock.now())
-    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
+    assert messages(world) == [("confirm", "step", "cancelled", 1)]
+    world.dispatcher.unregister()  # the worker is gone: its claims go back, or are taken over
     world.tick()
     assert world.smtp.to("fay@example.com") == []
     assert messages(world) == [("confirm", "step", "cancelled", 1)]
@@ -193,16 +194,60 @@ def test_a_4xx_is_retried_with_backoff_and_nothing_is_lost(world: World) -> None
     assert world.state("hal@example.com").phase is Phase.wait
 
 
-def test_a_retry_whose_enrollment_left_meanwhile_is_not_sent(world: World) -> None:
+def test_a_step_never_delivered_never_times_out_and_its_clock_starts_at_delivery(
+    world: World,
+) -> None:
+    """Issue 8.3: the step's clock started when the email was planned, so a relay down for
+    longer than the step's wait timed the person out (or moved them on) before they ever got
+    the email. The wait and the reminders count from delivery."""
     world.smtp.refuse["kim@example.com"] = (451, "4.7.1 try again later")
-    world.subscribe("kim@example.com")  # the confirmation waits 6 s, then exits
+    world.subscribe("kim@example.com")  # the confirmation reminds at 3 s, exits at 6 s
     world.tick()
-    del world.smtp.refuse["kim@example.com"]
-    world.clock.advance(seconds=61)
-    world.tick()
+    for _ in range(3):  # far longer than the step's wait
+        world.clock.advance(seconds=61)
+        world.tick()
     assert world.smtp.to("kim@example.com") == []
+    assert world.state("kim@example.com").status is Status.active
+    del world.smtp.refuse["kim@example.com"]
+    world.clock.advance(hours=2)
+    world.tick()
+    delivered_at = world.clock.now()
+    [confirm] = world.smtp.to("kim@example.com")
+    state = world.state("kim@example.com")
+    assert state.step_sent_at == delivered_at and state.due_at == delivered_at + timedelta(
+        seconds=3
+    )
+    world.clock.advance(seconds=3)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("kim@example.com")] == [
+        "Confirm, Kim",
+        "Reminder: please confirm",
+    ]
+    world.clock.advance(seconds=3)
+    world.tick()
     assert world.state("kim@example.com").exit_reason is ExitReason.timeout
-    assert messages(world) == [("confirm", "step", "cancelled", 1)]
+
+
+def test_a_reminder_retried_after_the_person_moved_on_is_not_sent(world: World) -> None:
+    world.subscribe("kip@example.com")
+    world.tick()
+    world.smtp.refuse["kip@example.com"] = (451, "4.7.1 try again later")
+    world.clock.advance(seconds=3)
+    world.tick()  # the reminder is refused for now
+    [confirm] = world.smtp.to("kip@example.com")
+    del world.smtp.refuse["kip@example.com"]
+    world.click(links(confirm)[0])  # meanwhile the person confirms
+    world.clock.advance(minutes=5)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("kip@example.com")] == [
+        "Confirm, Kip",
+        "Read this, Kip",
+    ]
+    assert messages(world) == [
+        ("confirm", "step", "sent", 1),
+        ("confirm", "reminder1", "cancelled", 1),
+        ("read", "step", "sent", 1),
+    ]
 
 
 def _sub(world: World, email: str) -> int:
@@ -247,22 +292,39 @@ def test_a_dead_smtp_server_means_retries_not_lost_emails(world: World) -> None:
     assert messages(world)[0][2] == "sent"
 
 
-def test_a_worker_that_died_mid_send_is_resumed_once_with_the_same_message_id(world: World) -> None:
+@pytest.mark.parametrize("handed", [False, True], ids=["claimed", "on-the-wire"])
+def test_a_worker_that_died_mid_send_is_taken_over_once_with_the_same_message_id(
+    world: World, handed: bool
+) -> None:
+    """Its heartbeat stops; within the worker timeout another worker takes its mail over, and
+    sends each message once more, with the same Message-ID (a message it had handed to SMTP
+    may have arrived: the receiving side sees the same Message-ID twice at worst)."""
     world.subscribe("ned@example.com", confirmed=True)  # "read" waits a day
-    # Decided, recorded and claimed for sending; then the worker "dies".
-    _, claimed = asyncio.run(asyncio.to_thread(world.dispatcher.plan, world.clock.now()))
+    dead, alive = world.new_dispatcher(), world.dispatcher
+    dead.register()
+    alive.register()
+    _, claimed = asyncio.run(asyncio.to_thread(dead.plan, world.clock.now()))
     assert len(claimed) == 1
+    if handed:
+        with world.services.store.transaction() as tx:
+            tx.outbox.hand_off([claimed[0].id], worker=dead.worker, now=world.clock.now())
+    timeout = timedelta(seconds=world.services.settings.worker_timeout_seconds)
+    world.clock.advance(timeout / 2)
+    assert alive.heartbeat(timeout=timeout) == ([], 0)  # not silent long enough yet
     world.tick()
-    assert world.smtp.to("ned@example.com") == []  # the lease still holds
-    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
+    assert world.smtp.to("ned@example.com") == []  # it is the other worker's
+    world.clock.advance(timeout)
+    assert alive.heartbeat(timeout=timeout) == ([dead.worker], 1)
     world.tick()
     [mail] = world.smtp.to("ned@example.com")
     assert mail.message["Message-ID"] == world.services.signer.message_id(
         claimed[0].id, "acme.example"
     )
-    world.clock.advance(seconds=world.services.settings.send_lease_seconds + 1)
+    world.clock.advance(timeout * 2)
+    alive.heartbeat(timeout=timeout)
     world.tick()
     assert len(world.smtp.to("ned@example.com")) == 1
+    assert messages(world) == [("read", "step", "sent", 2)]
 
 
 def test_two_dispatchers_never_send_the_same_step_twice(world: World) -> None:
@@ -326,23 +388,19 @@ def test_confirming_one_sequence_moves_on_another_waiting_at_its_confirmation(wo
     assert world.state("una@example.com", "second").step_id == "news"
 
 
-def test_mail_not_started_before_its_claim_runs_short_is_sent_at_the_next_tick(
-    world: World,
-) -> None:
-    from dataclasses import replace as copy
-
-    policy = world.dispatcher.policy
-    world.dispatcher.policy = copy(policy, send_window=timedelta(0))
-    world.subscribe("vic@example.com", confirmed=True)
-    world.tick()
-    assert world.smtp.to("vic@example.com") == []
-    [(_, _, status, _)] = messages(world)
-    assert status == "queued"
-    world.dispatcher.policy = policy
+def test_mail_not_started_when_the_worker_stops_goes_back_due_at_once(world: World) -> None:
+    """A stopping worker starts no new message; what it claimed goes back to the queue, its
+    attempt not counted, due at once for the next worker."""
+    for name in ("vic", "val"):
+        world.subscribe(f"{name}@example.com", confirmed=True)
+    world.dispatcher.stopping.set()
+    asyncio.run(world.dispatcher._send(world.dispatcher.plan(world.clock.now())[1]))
+    assert world.smtp.caught == []
+    assert messages(world) == [("read", "step", "queued", 0)] * 2
+    world.dispatcher.stopping.clear()
     world.tick()  # no backoff: due at once
-    assert len(world.smtp.to("vic@example.com")) == 1
-    world.tick()
-    assert len(world.smtp.to("vic@example.com")) == 1
+    assert len(world.smtp.caught) == 2
+    assert messages(world) == [("read", "step", "sent", 1)] * 2
 
 
 def test_confirming_keeps_the_delay_of_the_next_step(world: World) -> None:

@@ -13,7 +13,7 @@ from support.clock import T0
 from support.db import MESSAGES, rows
 
 from nurture.db.connect import connect_database
-from nurture.db.outbox import NewMessage
+from nurture.db.messages import NewMessage
 from nurture.db.store import Store, Tx
 from nurture.engine import EnrollmentState
 from nurture.vocabulary import (
@@ -188,13 +188,13 @@ def test_two_workers_never_claim_the_same_enrollment(store: Store) -> None:
 # -- outbox --------------------------------------------------------------------------------
 
 
-def test_messages_are_recorded_claimed_leased_and_finished(store: Store) -> None:
+def test_messages_are_recorded_claimed_handed_off_and_finished(store: Store) -> None:
     with store.transaction() as tx:
         sub, enrollment = enrolled(tx, "ann@example.com")
         ids = tx.outbox.add(
             [message(sub, enrollment), message(sub, enrollment, MessageKind(1))],
             now=T0,
-            claim_until=None,
+            claimed_by=None,
         )
         assert len(ids) == 2 and ids[0] != ids[1]
         step = tx.outbox.step_email(enrollment, 1)
@@ -204,29 +204,125 @@ def test_messages_are_recorded_claimed_leased_and_finished(store: Store) -> None
         assert [c.outgoing.id for c in claimed] == ids
         first = claimed[0]
         assert first.outgoing.attempts == 1 and not first.outgoing.resumed
+        assert first.outgoing.enrollment_id == enrollment
         assert first.subscriber_status is SubscriberStatus.pending
         assert first.enrollment_status is EnrollmentStatus.active
         assert (first.visit, first.enrollment_visit) == (1, 1)
-        tx.outbox.lease(ids, until=T0 + 5 * M)
+        tx.outbox.lease(ids, worker="w1", now=T0)
     with store.transaction() as tx:
-        assert tx.outbox.claim(T0 + M, limit=10) == []  # leased: nobody else takes them
-        resumed = tx.outbox.claim(T0 + 6 * M, limit=10)  # the lease ran out: a dead worker
-        assert [c.outgoing.resumed for c in resumed] == [True, True]
-        assert resumed[0].outgoing.attempts == 2
+        assert tx.outbox.claim(T0 + M, limit=10) == []  # claimed: nobody else takes them
+        assert tx.outbox.hand_off(ids, worker="w2", now=T0 + M) == set()  # not w2's
+        assert tx.outbox.hand_off(ids, worker="w1", now=T0 + M) == set(ids)
         links = [Link("https://a.example/", True), Link("https://n.test/hp", False, honeypot=True)]
         still = tx.outbox.set_rendered([(ids[0], "Hi", links), (ids[1], "Again", [])])
         assert still == set(ids)
-        tx.outbox.mark_sent([ids[0]], now=T0 + 7 * M)
+        [delivered] = tx.outbox.mark_sent([ids[0]], now=T0 + 7 * M)
+        assert (delivered.id, delivered.enrollment_id, delivered.kind) == (
+            ids[0],
+            enrollment,
+            MessageKind.STEP,
+        )
+        assert tx.outbox.mark_sent([ids[0]], now=T0 + 8 * M) == []  # once
         tx.outbox.mark_retry(ids[0], at=T0, error="too late: it was sent")  # not claimed: no-op
         failed = tx.outbox.mark_failed(ids[1], error="550 no such user")
         assert failed.status is MessageStatus.failed and failed.kind == MessageKind(1)
         sent = tx.outbox.get(ids[0])
         assert sent is not None and sent.status is MessageStatus.sent
         assert sent.sent_at == T0 + 7 * M and sent.links == tuple(links)
-    assert [(r.status, r.subject) for r in rows(store, MESSAGES)] == [
-        ("sent", "Hi"),
-        ("failed", "Again"),
+    assert [(r.status, r.subject, r.attempts) for r in rows(store, MESSAGES)] == [
+        ("sent", "Hi", 1),
+        ("failed", "Again", 1),
     ]
+
+
+def test_the_hand_off_is_the_last_check(store: Store) -> None:
+    """Only what is still claimed by this worker, for a person who may be mailed and an
+    enrollment that wants it, may go on the wire."""
+    with store.transaction() as tx:
+        ann, ann_e = enrolled(tx, "ann@example.com")
+        bob, bob_e = enrolled(tx, "bob@example.com")
+        cy, cy_e = enrolled(tx, "cy@example.com")
+        a, b, c = tx.outbox.add(
+            [message(ann, ann_e), message(bob, bob_e), message(cy, cy_e)],
+            now=T0,
+            claimed_by="w1",
+        )
+        tx.subscribers.set_status(bob, SubscriberStatus.unsubscribed, now=T0)
+        stopped = EnrollmentState(EnrollmentStatus.exited, "confirm", Phase.wait, 1, None)
+        tx.enrollments.save([(cy_e, stopped)], now=T0)
+        assert tx.outbox.hand_off([a, b, c], worker="w1", now=T0 + M) == {a}
+        refused = {r.outgoing.id: r for r in tx.outbox.held_by("w1", [b, c])}
+        assert refused[b].subscriber_status is SubscriberStatus.unsubscribed
+        assert refused[c].enrollment_status is EnrollmentStatus.exited
+        assert tx.outbox.held_by("w2", [b, c]) == []
+
+
+def test_what_a_worker_leaves_goes_back_or_is_taken_over(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.workers.register("w1", host="h", pid=1, now=T0)
+        tx.workers.register("w2", host="h", pid=2, now=T0)
+        ann, ann_e = enrolled(tx, "ann@example.com")
+        bob, bob_e = enrolled(tx, "bob@example.com")
+        started, waiting = tx.outbox.add(
+            [message(ann, ann_e), message(bob, bob_e)], now=T0, claimed_by="w1"
+        )
+        tx.outbox.hand_off([started], worker="w1", now=T0)
+    with store.transaction() as tx:
+        # w1 stops: what it had not started goes back (its attempt not counted), due now.
+        assert tx.outbox.release_claims("w1", now=T0 + M) == 1
+        assert [c.outgoing.id for c in tx.outbox.claim(T0 + M, 10)] == [waiting]
+        assert tx.outbox.reclaim(now=T0 + M) == 0  # w1 is still a registered worker
+        assert tx.workers.heartbeat("w2", now=T0 + 2 * M)
+        assert tx.workers.forget_silent(since=T0 + M) == ["w1"]  # silent since T0
+        assert not tx.workers.heartbeat("w1", now=T0 + 2 * M)  # it was taken for dead
+        # The message w1 had on the wire: taken over, resent as resumed.
+        assert tx.outbox.reclaim(now=T0 + 2 * M) == 1
+        resumed = {c.outgoing.id: c.outgoing for c in tx.outbox.claim(T0 + 2 * M, 10)}
+        assert resumed[started].resumed and not resumed[waiting].resumed
+        assert [w for w, *_ in tx.workers.live()] == ["w2"]
+    assert {(r.id, r.attempts) for r in rows(store, MESSAGES)} == {(started, 1), (waiting, 0)}
+
+
+def test_a_retry_an_unknown_outcome_and_a_release(store: Store) -> None:
+    with store.transaction() as tx:
+        sub, enrollment = enrolled(tx, "ann@example.com")
+        (mid,) = tx.outbox.add([message(sub, enrollment)], now=T0, claimed_by="w1")
+        tx.outbox.hand_off([mid], worker="w1", now=T0)
+        tx.outbox.mark_unknown(mid, at=T0 + 10 * M, error="no answer after the data")
+        assert tx.outbox.claim(T0 + 9 * M, 10) == []
+        [again] = tx.outbox.claim(T0 + 10 * M, 10)
+        assert again.outgoing.unknown_outcomes == 1 and again.outgoing.attempts == 2
+        tx.outbox.lease([mid], worker="w1", now=T0 + 10 * M)
+        tx.outbox.mark_retry(mid, at=T0 + 11 * M, error="relay refuses us", uncount=True)
+        [row] = rows_in(tx, mid)
+        assert (row.status, row.attempts, row.claimed_by, row.handed_at) == (
+            "queued",
+            1,
+            None,
+            None,
+        )
+
+
+def rows_in(tx: Tx, message_id: int) -> list[object]:
+    from sqlalchemy import select
+
+    return list(tx.outbox._conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)))
+
+
+def test_the_sending_pause(store: Store) -> None:
+    with store.transaction() as tx:
+        assert tx.control.pause() is None
+        first = tx.control.set_pause("relay refuses us", now=T0, first=5 * M, longest=60 * M)
+        assert (first.until, first.times) == (T0 + 5 * M, 1)
+        again = tx.control.set_pause("still", now=T0 + 5 * M, first=5 * M, longest=60 * M)
+        assert (again.since, again.until, again.times) == (T0, T0 + 15 * M, 2)
+    with store.transaction() as tx:
+        assert tx.control.pause() == again
+        for _ in range(6):
+            longest = tx.control.set_pause("x", now=T0, first=5 * M, longest=60 * M)
+        assert longest.until == T0 + 60 * M
+        assert tx.control.clear_pause() and not tx.control.clear_pause()
+        assert tx.control.pause() is None
 
 
 def test_cancelling_touches_only_mail_not_sent_yet(store: Store) -> None:
@@ -234,9 +330,10 @@ def test_cancelling_touches_only_mail_not_sent_yet(store: Store) -> None:
         ann, ann_e = enrolled(tx, "ann@example.com")
         bob, bob_e = enrolled(tx, "bob@example.com")
         a1, a2 = tx.outbox.add(
-            [message(ann, ann_e), message(ann, ann_e, MessageKind(1))], now=T0, claim_until=None
+            [message(ann, ann_e), message(ann, ann_e, MessageKind(1))], now=T0, claimed_by="w1"
         )
-        (b1,) = tx.outbox.add([message(bob, bob_e)], now=T0, claim_until=T0 + M)  # claimed
+        (b1,) = tx.outbox.add([message(bob, bob_e)], now=T0, claimed_by="w1")  # claimed
+        tx.outbox.hand_off([a1], worker="w1", now=T0)  # on the wire: it goes
         tx.outbox.mark_sent([a1], now=T0)
         tx.outbox.cancel_open(subscriber_id=ann, why="subscriber unsubscribed")
         tx.outbox.cancel_open(enrollment_id=bob_e, why="enrollment converted")
@@ -254,7 +351,7 @@ def test_cancelling_touches_only_mail_not_sent_yet(store: Store) -> None:
 def test_clicks_wait_for_their_verdict(store: Store) -> None:
     with store.transaction() as tx:
         sub, enrollment = enrolled(tx, "ann@example.com")
-        (mid,) = tx.outbox.add([message(sub, enrollment)], now=T0, claim_until=None)
+        (mid,) = tx.outbox.add([message(sub, enrollment)], now=T0, claimed_by=None)
         for seconds, link in ((0, 0), (3, 1), (30, 0)):
             at = T0 + timedelta(seconds=seconds)
             tx.events.add(
@@ -347,7 +444,7 @@ def test_reports_count_people_messages_and_clicks(store: Store) -> None:
             EnrollmentStatus.exited, "confirm", Phase.wait, 1, None, exit_reason=ExitReason.timeout
         )
         tx.enrollments.save([(ann_e, left)], now=T0)
-        (mid,) = tx.outbox.add([message(ann, ann_e)], now=T0, claim_until=None)
+        (mid,) = tx.outbox.add([message(ann, ann_e)], now=T0, claimed_by=None)
         for verdict in (Verdict.bot, Verdict.bot, Verdict.human):
             tx.events.add(
                 subscriber_id=ann,

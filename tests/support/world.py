@@ -4,6 +4,7 @@ the real services, and a clock the test moves."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,7 @@ class World:
     def new_dispatcher(self) -> Dispatcher:
         """A second worker on the same database and SMTP server."""
         pool = SmtpPool(SmtpTarget("127.0.0.1", self.server.port), size=2)
-        return self.services.dispatcher.with_transport(pool)
+        return self.services.dispatcher.with_transport(pool, worker=uuid.uuid4().hex)
 
     def click(self, url: str) -> str:
         """A person clicks a link of an email in their browser (and, on a confirmation ask,

@@ -70,14 +70,40 @@ def sent_state(seq: Sequence, step_id: str, at=T0, visit: int = 1) -> Enrollment
     return EnrollmentState(Status.active, step_id, Phase.wait, visit, at + first, step_sent_at=at)
 
 
+def delivered(state: EnrollmentState, seq: Sequence, at: object) -> EnrollmentState:
+    """The relay accepted the current step's email at ``at``."""
+    return engine.on_delivered(state, seq, step_id=state.step_id, visit=state.visit, at=at)  # type: ignore[arg-type]
+
+
 def test_start_sends_the_confirmation_first_and_at_once() -> None:
     seq = journey()
     state = engine.start(seq, now=T0, confirmed=False)
     assert (state.step_id, state.phase, state.due_at, state.visit) == ("confirm", Phase.send, T0, 1)
     d = engine.on_due(state, seq, now=T0, confirmed=False)
     assert d.actions == (SendEmail("confirm", 1),)
-    assert d.state.phase is Phase.wait and d.state.step_sent_at == T0
-    assert d.state.due_at == T0 + D  # the reminder is next
+    # Until the relay accepts it, nothing of the step falls due.
+    assert d.state.phase is Phase.wait and d.state.step_sent_at is None and d.state.due_at is None
+    state = delivered(d.state, seq, T0 + H)
+    assert state.step_sent_at == T0 + H
+    assert state.due_at == T0 + H + D  # the reminder is next, a day after delivery
+
+
+def test_a_step_never_delivered_never_reminds_or_times_out() -> None:
+    """However long the relay is down, the step's clock has not started: no reminder for an
+    email the person never got, and no next step."""
+    seq = journey()
+    sent = engine.on_due(engine.start(seq, now=T0, confirmed=True), seq, now=T0 + H, confirmed=True)
+    assert sent.actions == (SendEmail("welcome", 1),)
+    for later in (T0 + D, T0 + 30 * D):
+        d = engine.on_due(sent.state, seq, now=later, confirmed=True)
+        assert d.actions == () and d.state.step_id == "welcome" and d.state.due_at is None
+    # A second delivery (a resend), one of another step, or a late one after leaving: nothing.
+    once = delivered(sent.state, seq, T0 + 2 * D)
+    assert delivered(once, seq, T0 + 3 * D) == once
+    other = engine.on_delivered(sent.state, seq, step_id="guide", visit=1, at=T0 + 2 * D)
+    assert other == sent.state
+    left = engine.stop(sent.state, ExitReason.unsubscribed)
+    assert delivered(left, seq, T0 + 2 * D) == left
 
 
 def test_a_confirmed_subscriber_skips_the_confirmation_step() -> None:
@@ -165,6 +191,7 @@ def test_reminders_then_timeout_exit() -> None:
     state = engine.on_due(
         engine.start(seq, now=T0, confirmed=False), seq, now=T0, confirmed=False
     ).state
+    state = delivered(state, seq, T0)
     assert (
         engine.on_due(state, seq, now=T0 + D - timedelta(seconds=1), confirmed=False).actions == ()
     )
@@ -247,6 +274,8 @@ def run_month(seq: Sequence, behaviour: dict[str, str]) -> tuple[EnrollmentState
         for a in d.actions:
             assert isinstance(a, SendEmail)
             sent.append(f"{a.step_id}:{a.kind}")
+            if a.kind.is_step:  # delivered at once
+                state = delivered(state, seq, now)
             answer = behaviour.get(a.step_id)
             if answer:
                 y = engine.on_yes(state, seq, Yes(YesBy(answer), a.step_id, a.visit), now=now + H)
@@ -321,15 +350,17 @@ def test_property_each_visit_of_a_step_advances_at_most_once(
                 assert before.visit not in advanced_from
                 assert before.status is Status.active and visit == before.visit
                 advanced_from.add(before.visit)
+        state = d.state
         for a in d.actions:
             if isinstance(a, SendEmail):
                 key = (a.visit, a.kind)
                 assert key not in sends
                 sends.add(key)
+                if a.kind.is_step:
+                    state = delivered(state, seq, now)
             else:
                 confirmed = True
-        assert d.state.visit >= before.visit
-        state = d.state
+        assert state.visit >= before.visit
 
 
 @pytest.mark.parametrize("kind", ["click", "reply"])

@@ -9,7 +9,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from nurture.db.dialect import UtcDateTime
 from nurture.db.enrollments import claim_due_query
-from nurture.db.outbox import claim_outgoing_query, links_from_json, links_to_json
+from nurture.db.messages import links_from_json, links_to_json
+from nurture.db.outbox import claim_outgoing_query
 from nurture.vocabulary import Link, MessageKind, SubscriberStatus
 
 NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
