@@ -348,7 +348,7 @@ async def end_to_end(
             counts = tx.reports.message_counts()
         if counts.get("sent", 0) != n or sum(counts.values()) != n:
             raise SystemExit(f"end-to-end: expected {n} messages sent, the database has {counts}")
-        phases = {k: dispatcher.timings[k] for k in ("plan", "render", "smtp", "record", "claim")}
+        phases = {k: dispatcher.timings[k] for k in ("plan", "render", "send", "record", "claim")}
         return Run("end-to-end", n, seconds, cpu, phases)
     finally:
         services.store.dispose()

@@ -29,15 +29,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from nurture import engine
 from nurture.clock import Clock
 from nurture.config import Settings
 from nurture.db.messages import OutgoingRow
 from nurture.db.store import Store
-from nurture.journey import ORPHAN_RETRY, Journey
+from nurture.journey import ORPHAN_RETRY, Delivery, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
 from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
-from nurture.mail.send import Transport
+from nurture.mail.send import NotStarted, Transport
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, TokenKind
 from nurture.vocabulary import Link
@@ -91,6 +92,8 @@ class Composed:
     data: bytes
     attempts: int
     unknown_outcomes: int = 0
+    # A step's own email: its delivery starts the step's clock (journey.delivered).
+    delivery: Delivery | None = None
 
 
 class Dispatcher:
@@ -196,6 +199,7 @@ class Dispatcher:
                 row.enrollment.id,
                 row.enrollment.sequence_id,
                 send.step_id,
+                send.visit,
                 send.kind,
                 attempts=1,
                 email=row.email,
@@ -255,6 +259,10 @@ class Dispatcher:
             unsubscribe_url=rendered.unsubscribe_url,
             reply_to=reply_to,
         )
+        delivery = None
+        if row.kind.is_step:
+            clock = engine.delivery_clock(step)
+            delivery = Delivery(row.enrollment_id, row.step_id, row.visit, clock)
         composed = Composed(
             row.id,
             row.enrollment_id,
@@ -263,6 +271,7 @@ class Dispatcher:
             data,
             row.attempts,
             row.unknown_outcomes,
+            delivery,
         )
         return composed, rendered.subject, rendered.links
 
@@ -333,31 +342,50 @@ class Dispatcher:
         if not ready:
             return 0
         waiting = deque(ready)
-        ledger = GroupCommit(self.ledger.write)
+        workers = min(self.transport.size, len(ready))
+        ledger = GroupCommit(self.ledger.write, workers=workers)
         handed = 0
 
+        def take() -> Composed | None:
+            return waiting.popleft() if waiting and not self._halted() else None
+
         async def work() -> None:
+            # Pipelined: while one message is on the wire, the outcome of the one before and
+            # the hand-off of the one after are written. At a crash, at most two accepted
+            # messages per connection are not written down yet.
             nonlocal handed
             async with self.transport.connection() as connection:
+                current = take()
+                allowed = await ledger.step(Step(None, current))
                 done: Outcome | None = None
-                while True:
-                    nxt = waiting.popleft() if waiting and not self._halted() else None
-                    allowed = await ledger.step(Step(done, nxt))
+                while current is not None:
+                    nxt = take()
+                    ahead = asyncio.ensure_future(ledger.step(Step(done, nxt)))
                     done = None
-                    if nxt is None:
-                        return
-                    if allowed:
+                    if allowed and self._halted():  # handed off, but stop or pause first
+                        done = Outcome(current, NotStarted("not started: " + self._why_halted()))
+                    elif allowed:
                         handed += 1
-                        error = await connection.send(nxt.sender, nxt.recipient, nxt.data)
-                        done = Outcome(nxt, error)
+                        error = await connection.send(
+                            current.sender, current.recipient, current.data
+                        )
+                        done = Outcome(current, error)
+                    allowed = await ahead
+                    current = nxt
+                if done is not None:
+                    await ledger.step(Step(done, None))
+            ledger.workers -= 1  # one fewer to wait for
 
         recorded = self.ledger.seconds
         with self._timed("send"):
-            await asyncio.gather(*(work() for _ in range(min(self.transport.size, len(ready)))))
+            await asyncio.gather(*(work() for _ in range(workers)))
         self.timings["record"] += self.ledger.seconds - recorded
         if waiting:  # stopping, or paused: what was not started goes back, due at once
             await asyncio.to_thread(self._release, [o.id for o in waiting])
         return handed
+
+    def _why_halted(self) -> str:
+        return "the worker is stopping" if self.stopping.is_set() else "sending is paused"
 
     def _release(self, message_ids: list[int]) -> None:
         with self.store.transaction() as tx:

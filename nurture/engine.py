@@ -13,7 +13,7 @@ for longer than a step's wait never makes anyone skip a step they never received
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nurture.sequences import Sequence, Step
 from nurture.vocabulary import EnrollmentStatus, ExitReason, MessageKind, Phase, YesBy
@@ -30,6 +30,7 @@ __all__ = [
     "on_yes",
     "on_confirmed",
     "on_delivered",
+    "delivery_clock",
     "on_out_of_office",
     "postpone",
     "stop",
@@ -204,6 +205,12 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
     moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced")
     return Decision(moved.state, actions, moved.outcome)
+
+
+def delivery_clock(step: Step) -> timedelta:
+    """How long after its email is delivered a step's first reminder (or, with none, its
+    timeout) falls due: the ``due_at`` that ``on_delivered`` sets, as an offset."""
+    return step.reminders[0].after if step.reminders else step.wait
 
 
 def on_delivered(

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from nurture import engine
 from nurture.db.enrollments import DueRow, EnrollmentRow
-from nurture.db.messages import Delivered, MessageRow, NewMessage
+from nurture.db.messages import MessageRow, NewMessage
 from nurture.db.store import Tx
 from nurture.db.subscribers import SubscriberRow
 from nurture.engine import ConfirmSubscriber, Decision, SendEmail
 from nurture.sequences import Catalog, Sequence
 from nurture.vocabulary import EnrollmentStatus, ExitReason, SubscriberStatus, YesBy
 
-__all__ = ["Journey", "Planned", "ORPHAN_RETRY"]
+__all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,16 @@ log = logging.getLogger(__name__)
 ORPHAN_RETRY = timedelta(hours=1)
 
 Planned = tuple[int, DueRow, SendEmail]  # (message id, the due enrollment, what to send)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A step's own email accepted by the relay: its step's clock starts."""
+
+    enrollment_id: int
+    step_id: str
+    visit: int
+    clock: timedelta  # engine.delivery_clock(step): from delivery to the first thing due
 
 
 class Journey:
@@ -167,22 +178,13 @@ class Journey:
         tx.enrollments.save(changed, now=now)
         return True
 
-    def delivered(self, tx: Tx, messages: Seq[Delivered], *, at: datetime) -> None:
-        """The relay accepted these messages at ``at``: each step email starts its step's
-        clock (reminders and timeout count from now). Their enrollments must be locked
-        already (``tx.enrollments.get_many``), before the messages were marked."""
-        steps = [m for m in messages if m.kind.is_step]
-        rows = tx.enrollments.get_many([m.enrollment_id for m in steps])
-        changed = []
-        for m in steps:
-            row = rows.get(m.enrollment_id)
-            found = self.catalog.locate(row.sequence_id, m.step_id) if row else None
-            if row is None or found is None:
-                continue
-            new = engine.on_delivered(row.state, found[0], step_id=m.step_id, visit=m.visit, at=at)
-            if new != row.state:
-                changed.append((row.id, new))
-        tx.enrollments.save(changed, now=at)
+    def delivered(self, tx: Tx, deliveries: Seq[Delivery], *, at: datetime) -> None:
+        """The relay accepted these step emails at ``at``: each step's reminders and timeout
+        count from now (``engine.on_delivered``, applied set-based: only an enrollment still
+        waiting at that visit of that step, its email not delivered before, changes)."""
+        tx.enrollments.start_clocks(
+            [(d.enrollment_id, d.step_id, d.visit, at + d.clock) for d in deliveries], at=at
+        )
 
     # -- leaving -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ many people in a row are refused the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -102,12 +103,19 @@ class Breaker:
 
 class GroupCommit:
     """Runs ``write`` (in a thread) for the steps of every worker that asked while the
-    previous write was running: one transaction for many connections."""
+    previous write was running: one transaction for many connections. A write waits up to
+    ``window`` seconds for the ``workers`` to have each asked (they are sending meanwhile:
+    a worker needs the answer only when its message is through), then goes."""
 
-    def __init__(self, write: Callable[[list[Step]], set[int]]) -> None:
+    def __init__(
+        self, write: Callable[[list[Step]], set[int]], *, workers: int, window: float = 0.002
+    ) -> None:
         self._write = write
+        self.workers = workers
+        self._window = window
         self._waiting: list[tuple[Step, asyncio.Future[bool]]] = []
         self._writing = False
+        self._full = asyncio.Event()
 
     async def step(self, step: Step) -> bool:
         """Write ``step``; True if its message may be handed to SMTP now."""
@@ -115,6 +123,8 @@ class GroupCommit:
             return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((step, future))
+        if len(self._waiting) >= self.workers:
+            self._full.set()
         if not self._writing:
             self._writing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -123,6 +133,10 @@ class GroupCommit:
     async def _flush(self) -> None:
         try:
             while self._waiting:
+                if len(self._waiting) < self.workers:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._window)
+                self._full.clear()
                 batch, self._waiting = self._waiting, []
                 try:
                     allowed = await asyncio.to_thread(self._write, [s for s, _ in batch])
@@ -161,11 +175,8 @@ class SendLedger:
         outcomes = [s.done for s in steps if s.done is not None]
         starts = [s.start for s in steps if s.start is not None]
         with self.store.transaction() as tx:
-            # Lock order: the enrollments first, as everywhere else (nurture.journey).
-            tx.enrollments.get_many([o.message.enrollment_id for o in outcomes])
-            accepted = [o.message.id for o in outcomes if o.error is None]
-            delivered = tx.outbox.mark_sent(accepted, now=now)
-            self.journey.delivered(tx, delivered, at=now)
+            accepted = [o.message for o in outcomes if o.error is None]
+            self._accepted(tx, accepted, now=now)
             if accepted:
                 self.breaker.success()
                 if self.pause_exists:
@@ -178,6 +189,12 @@ class SendLedger:
             allowed = self._hand_off(tx, [m.id for m in starts], now=now)
         self.seconds += time.perf_counter() - began
         return allowed
+
+    def _accepted(self, tx: Tx, messages: list[Composed], *, now: datetime) -> None:
+        # Lock order: the enrollments first (their clocks), then the messages, as everywhere.
+        steps = [m.delivery for m in messages if m.delivery is not None]
+        self.journey.delivered(tx, steps, at=now)
+        tx.outbox.mark_sent([m.id for m in messages], now=now)
 
     def _hand_off(self, tx: Tx, ids: list[int], *, now: datetime) -> set[int]:
         if self.paused:
@@ -263,7 +280,7 @@ class SendLedger:
                 err,
                 extra={"action": "send_assumed_delivered", "message_id": out.id},
             )
-            self.journey.delivered(tx, tx.outbox.mark_sent([out.id], now=now), at=now)
+            self._accepted(tx, [out], now=now)
             return
         at = now + self.policy.unknown_retry
         log.warning(

@@ -83,6 +83,20 @@ _STATE_COLUMNS = (
     "exit_reason",
     "updated_at",
 )
+# engine.on_delivered, set-based: only an active enrollment waiting at that visit of that step
+# whose email was not delivered yet starts the step's clock.
+_START_CLOCK = (
+    update(ENROLLMENTS)
+    .where(
+        E.id == bindparam("_id"),
+        E.status == EnrollmentStatus.active.value,
+        E.phase == Phase.wait.value,
+        E.step_id == bindparam("_step"),
+        E.visit == bindparam("_visit"),
+        E.step_sent_at.is_(None),
+    )
+    .values(step_sent_at=bindparam("at"), due_at=bindparam("due"), updated_at=bindparam("at"))
+)
 _SAVE = (
     update(ENROLLMENTS)
     .where(E.id == bindparam("_id"))
@@ -155,6 +169,18 @@ class EnrollmentStore:
         """Write new states: one statement for a whole batch."""
         if states:
             self._conn.execute(_SAVE, [{"_id": i, **_values(s, now)} for i, s in states])
+
+    def start_clocks(
+        self, deliveries: Sequence[tuple[int, str, int, datetime]], *, at: datetime
+    ) -> None:
+        """(enrollment, step, visit, first due) per step email delivered ``at``: as
+        ``engine.on_delivered`` decides, in one statement for a whole batch."""
+        if deliveries:
+            params = [
+                {"_id": e, "_step": step, "_visit": visit, "at": at, "due": due}
+                for e, step, visit, due in sorted(deliveries)  # lock order: by id
+            ]
+            self._conn.execute(_START_CLOCK, params)
 
     def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
         return [

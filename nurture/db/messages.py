@@ -23,7 +23,6 @@ __all__ = [
     "MessageRow",
     "OutgoingRow",
     "ClaimedRow",
-    "Delivered",
     "message_row",
     "links_from_json",
     "links_to_json",
@@ -60,23 +59,13 @@ class OutgoingRow:
     enrollment_id: int
     sequence_id: str
     step_id: str
+    visit: int
     kind: MessageKind
     attempts: int  # this attempt included
     email: str
     fields: dict[str, Any]
     resumed: bool = False  # a previous worker was sending it when it stopped
     unknown_outcomes: int = 0  # attempts before this one that ended with no known outcome
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """A message the relay accepted (what the journey needs to start the step's clock)."""
-
-    id: int
-    enrollment_id: int
-    step_id: str
-    visit: int
-    kind: MessageKind
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from nurture.db.dialect import claim
 from nurture.db.messages import (
     ClaimedRow,
-    Delivered,
     MessageRow,
     NewMessage,
     OutgoingRow,
@@ -54,6 +63,7 @@ def _claimable() -> Select[Any]:
             M.enrollment_id,
             M.sequence_id,
             M.step_id,
+            M.visit.label("step_visit"),
             M.kind,
             M.attempts,
             M.visit,
@@ -89,6 +99,7 @@ def _claimed(r: Any) -> ClaimedRow:
             r.enrollment_id,
             r.sequence_id,
             r.step_id,
+            r.step_visit,
             MessageKind.parse(r.kind),
             r.attempts + 1,
             r.email,
@@ -105,6 +116,41 @@ def _claimed(r: Any) -> ClaimedRow:
 
 _SENDABLE = [s.value for s in SubscriberStatus if s.sendable]
 _UNFINISHED = [s.value for s in EnrollmentStatus if not s.finished]
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_WANTED = and_(
+    select(SUBSCRIBERS.c.id)
+    .where(SUBSCRIBERS.c.id == M.subscriber_id, SUBSCRIBERS.c.status.in_(_SENDABLE))
+    .exists(),
+    select(ENROLLMENTS.c.id)
+    .where(
+        ENROLLMENTS.c.id == M.enrollment_id,
+        ENROLLMENTS.c.status.in_(_UNFINISHED),
+        ENROLLMENTS.c.visit <= M.visit,
+    )
+    .exists(),
+)
+# Built once: the send path runs these for every message.
+_HAND_OFF = (
+    update(MESSAGES)
+    .where(
+        M.id.in_(_IDS),
+        M.status == MessageStatus.sending.value,
+        M.claimed_by == bindparam("worker"),
+        _WANTED,
+    )
+    .values(handed_at=bindparam("now"))
+    .returning(M.id)
+)
+_MARK_SENT = (
+    update(MESSAGES)
+    .where(M.id.in_(_IDS), M.status == MessageStatus.sending.value)
+    .values(
+        status=MessageStatus.sent.value,
+        sent_at=bindparam("now"),
+        next_attempt_at=None,
+        last_error=None,
+    )
+)
 
 
 class OutboxStore:
@@ -218,25 +264,8 @@ class OutboxStore:
         last check before the wire: an unsubscribe committed before it wins."""
         if not message_ids:
             return set()
-        s, e = SUBSCRIBERS.c, ENROLLMENTS.c
-        wanted = and_(
-            select(s.id).where(s.id == M.subscriber_id, s.status.in_(_SENDABLE)).exists(),
-            select(e.id)
-            .where(e.id == M.enrollment_id, e.status.in_(_UNFINISHED), e.visit <= M.visit)
-            .exists(),
-        )
-        q = (
-            update(MESSAGES)
-            .where(
-                M.id.in_(message_ids),
-                M.status == MessageStatus.sending.value,
-                M.claimed_by == worker,
-                wanted,
-            )
-            .values(handed_at=now)
-            .returning(M.id)
-        )
-        return set(self._conn.scalars(q))
+        params = {"ids": list(message_ids), "worker": worker, "now": now}
+        return set(self._conn.scalars(_HAND_OFF, params))
 
     def set_rendered(self, rendered: Sequence[tuple[int, str, Sequence[Link]]]) -> set[int]:
         """Keep each message's subject and links (the only URLs /c/ will ever redirect to).
@@ -252,23 +281,11 @@ class OutboxStore:
         )
         return set(self._conn.scalars(q))
 
-    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> list[Delivered]:
+    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
         """Messages the relay accepted; only those still 'sending' (a cancelled row stays
-        cancelled). Returns what was marked."""
-        if not message_ids:
-            return []
-        q = (
-            update(MESSAGES)
-            .where(M.id.in_(message_ids), M.status == MessageStatus.sending.value)
-            .values(
-                status=MessageStatus.sent.value, sent_at=now, next_attempt_at=None, last_error=None
-            )
-            .returning(M.id, M.enrollment_id, M.step_id, M.visit, M.kind)
-        )
-        return [
-            Delivered(r.id, r.enrollment_id, r.step_id, r.visit, MessageKind.parse(r.kind))
-            for r in self._conn.execute(q)
-        ]
+        cancelled)."""
+        if message_ids:
+            self._conn.execute(_MARK_SENT, {"ids": list(message_ids), "now": now})
 
     def _requeue(self, message_id: int, **values: Any) -> None:
         # Only a message still claimed: one cancelled meanwhile stays cancelled.

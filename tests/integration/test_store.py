@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, timedelta
 
 import pytest
@@ -113,6 +114,34 @@ def test_one_enrollment_per_person_and_sequence(store: Store) -> None:
         assert tx.enrollments.of(sub, "nope") is None
 
 
+def test_a_delivery_starts_the_clock_of_the_step_waiting_for_it_only(store: Store) -> None:
+    """engine.on_delivered, set-based: the same decisions for a whole batch."""
+    waiting = EnrollmentState(EnrollmentStatus.active, "confirm", Phase.wait, 1, None)
+    with store.transaction() as tx:
+        ids = [enrolled(tx, f"p{i}@example.com")[1] for i in range(4)]
+        delivered_before = replace(waiting, step_sent_at=T0, due_at=T0 + M)
+        states = [
+            waiting,
+            waiting,
+            delivered_before,
+            replace(waiting, status=EnrollmentStatus.exited),
+        ]
+        tx.enrollments.save(list(zip(ids, states, strict=True)), now=T0)
+        at = T0 + 5 * M
+        tx.enrollments.start_clocks(
+            [
+                (ids[0], "confirm", 1, at + M),  # the one waiting: starts
+                (ids[1], "confirm", 2, at + M),  # another visit: no
+                (ids[2], "confirm", 1, at + M),  # delivered before (a resend): no
+                (ids[3], "confirm", 1, at + M),  # left: no
+            ],
+            at=at,
+        )
+        after = [tx.enrollments.get(i).state for i in ids]
+    assert after[0] == replace(waiting, step_sent_at=at, due_at=at + M)
+    assert after[1:] == states[1:]
+
+
 def test_a_state_is_stored_whole_and_read_back_in_utc(store: Store) -> None:
     state = EnrollmentState(
         EnrollmentStatus.exited,
@@ -216,13 +245,8 @@ def test_messages_are_recorded_claimed_handed_off_and_finished(store: Store) -> 
         links = [Link("https://a.example/", True), Link("https://n.test/hp", False, honeypot=True)]
         still = tx.outbox.set_rendered([(ids[0], "Hi", links), (ids[1], "Again", [])])
         assert still == set(ids)
-        [delivered] = tx.outbox.mark_sent([ids[0]], now=T0 + 7 * M)
-        assert (delivered.id, delivered.enrollment_id, delivered.kind) == (
-            ids[0],
-            enrollment,
-            MessageKind.STEP,
-        )
-        assert tx.outbox.mark_sent([ids[0]], now=T0 + 8 * M) == []  # once
+        tx.outbox.mark_sent([ids[0]], now=T0 + 7 * M)
+        tx.outbox.mark_sent([ids[0]], now=T0 + 8 * M)  # once: the first time stands
         tx.outbox.mark_retry(ids[0], at=T0, error="too late: it was sent")  # not claimed: no-op
         failed = tx.outbox.mark_failed(ids[1], error="550 no such user")
         assert failed.status is MessageStatus.failed and failed.kind == MessageKind(1)
