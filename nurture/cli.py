@@ -169,6 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = tx.reports.status_counts()
         messages = tx.reports.message_counts()
         inbound = tx.inbound.counts()
+        pause = tx.control.pause()
         clicks: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         for seq_id, step_id, verdict, n in tx.reports.click_counts():
             clicks[(seq_id, step_id)][verdict] = n
@@ -210,6 +211,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {left or '-'}"
             )
     print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
+    if pause is not None:
+        print(
+            f"SENDING PAUSED since {pause.since:%Y-%m-%d %H:%M:%S} UTC: {pause.reason}\n"
+            f"  retried at {pause.until:%Y-%m-%d %H:%M:%S} UTC; `nurture resume` retries now"
+        )
     if inbound:
         print(
             "inbound: "
@@ -240,6 +246,15 @@ def cmd_inbound(args: argparse.Namespace) -> int:
         )
         if r.note:
             print(f"        {r.note}{kept}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    pause = _services(args).dispatcher.resume()
+    if pause is None:
+        print("sending was not paused")
+    else:
+        print(f"sending resumes at the next tick (it was paused: {pause.reason})")
     return 0
 
 
@@ -301,6 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("inbound", "inbound mail, newest first: what it was and what was done", cmd_inbound)
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--raw", type=int, metavar="ID", help="print a set-aside message's bytes")
+    add("resume", "resume sending now after a pause (the relay refused us)", cmd_resume)
     sp = add("db", "database schema", cmd_db)
     sp.add_argument("action", choices=["upgrade"])
     sp.add_argument("revision", nargs="?", default="head")

@@ -29,27 +29,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from nurture import engine
 from nurture.clock import Clock
+from nurture.composer import Composed, Composer, NotLoaded
 from nurture.config import Settings
 from nurture.db.messages import OutgoingRow
 from nurture.db.store import Store
-from nurture.journey import ORPHAN_RETRY, Delivery, Journey
+from nurture.db.workers import Pause
+from nurture.journey import ORPHAN_RETRY, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
-from nurture.mail.compose import address_of, compose
 from nurture.mail.render import Renderer
 from nurture.mail.send import NotStarted, Transport
 from nurture.sequences import Catalog
-from nurture.tokens import Signer, TokenKind
+from nurture.tokens import Signer
 from nurture.vocabulary import Link
 
-__all__ = ["Dispatcher", "DispatchPolicy", "Composed"]
+__all__ = ["Dispatcher", "DispatchPolicy"]
 
 log = logging.getLogger(__name__)
-
-
-class _NotLoaded(Exception):
-    """The message's sequence, step or reminder is not among the loaded sequences."""
 
 
 @dataclass(frozen=True)
@@ -81,21 +77,6 @@ class DispatchPolicy:
         )
 
 
-@dataclass(frozen=True)
-class Composed:
-    """A message rendered and composed: the bytes that go on the wire."""
-
-    id: int
-    enrollment_id: int
-    sender: str
-    recipient: str
-    data: bytes
-    attempts: int
-    unknown_outcomes: int = 0
-    # A step's own email: its delivery starts the step's clock (journey.delivered).
-    delivery: Delivery | None = None
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -121,6 +102,13 @@ class Dispatcher:
         self.policy = policy
         self.worker = worker
         self.ledger = SendLedger(store, journey, clock, policy, worker, rng or random.Random())
+        self.composer = Composer(
+            catalog=catalog,
+            renderer=renderer,
+            signer=signer,
+            reply_address=policy.reply_address,
+            message_id_domain=policy.message_id_domain,
+        )
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.stopping = threading.Event()
 
@@ -173,6 +161,17 @@ class Dispatcher:
                 tx.workers.register(self.worker, host=host, pid=pid, now=now)
             gone = tx.workers.forget_silent(since=now - timeout)
             return gone, tx.outbox.reclaim(now=now)
+
+    def resume(self) -> Pause | None:
+        """An operator's "try again now" after a pause: the pause ends, and what it held back
+        is due at once. Returns the pause that ended, if any."""
+        now = self.clock.now()
+        with self.store.transaction() as tx:
+            pause = tx.control.pause()
+            if pause is not None:
+                tx.control.clear_pause()
+                tx.outbox.due_now(until=pause.until, now=now)
+        return pause
 
     def unregister(self) -> int:
         """What this worker claimed and did not start goes back to the queue, due now; what
@@ -230,51 +229,6 @@ class Dispatcher:
             tx.outbox.lease([o.id for o in wanted], worker=self.worker, now=now)
         return wanted
 
-    def _prepare(self, row: OutgoingRow, now: datetime) -> tuple[Composed, str, list[Link]]:
-        """Render and compose one claimed message; raises what a template or data can raise."""
-        found = self.catalog.locate(row.sequence_id, row.step_id)
-        if found is None:
-            raise _NotLoaded(f"{row.sequence_id}/{row.step_id} is not in the loaded sequences")
-        sequence, step = found
-        if row.kind.reminder > len(step.reminders):
-            raise _NotLoaded(f"{row.sequence_id}/{row.step_id} has no {row.kind} any more")
-        rendered = self.renderer.render(
-            sequence, row.step_id, row.kind, message_id=row.id, email=row.email, fields=row.fields
-        )
-        envelope_from = address_of(sequence.sender)
-        domain = self.policy.message_id_domain or envelope_from.rpartition("@")[2]
-        reply_to = None
-        if self.policy.reply_address:
-            reply_to = self.policy.reply_address.format(
-                token=self.signer.make(TokenKind.reply, row.id)
-            )
-        data = compose(
-            sender=sequence.sender,
-            to=row.email,
-            subject=rendered.subject,
-            text=rendered.text,
-            html=rendered.html,
-            message_id=self.signer.message_id(row.id, domain or "nurture.local"),
-            date=now,
-            unsubscribe_url=rendered.unsubscribe_url,
-            reply_to=reply_to,
-        )
-        delivery = None
-        if row.kind.is_step:
-            clock = engine.delivery_clock(step)
-            delivery = Delivery(row.enrollment_id, row.step_id, row.visit, clock)
-        composed = Composed(
-            row.id,
-            row.enrollment_id,
-            envelope_from,
-            row.email,
-            data,
-            row.attempts,
-            row.unknown_outcomes,
-            delivery,
-        )
-        return composed, rendered.subject, rendered.links
-
     def _render(self, rows: Sequence[OutgoingRow]) -> list[Composed]:
         """Render claimed messages outside any transaction, then store their subjects and
         links (the only URLs /c/ will redirect to) in one, before anything is sent."""
@@ -296,8 +250,8 @@ class Dispatcher:
                     extra={"action": "send_resumed", "message_id": row.id},
                 )
             try:
-                out, subject, links = self._prepare(row, now)
-            except _NotLoaded as exc:
+                out, subject, links = self.composer.compose(row, now)
+            except NotLoaded as exc:
                 # The files changed under a running deployment: as with enrollments, wait
                 # for the sequence to come back rather than fail the person.
                 log.error(

@@ -37,7 +37,8 @@ from nurture.mail.send import Bounce, NotStarted, OutcomeUnknown, Rejected, Rela
 from nurture.vocabulary import EventKind, ExitReason, SubscriberStatus
 
 if TYPE_CHECKING:
-    from nurture.dispatcher import Composed, DispatchPolicy
+    from nurture.composer import Composed
+    from nurture.dispatcher import DispatchPolicy
 
 __all__ = ["Outcome", "Step", "SendLedger", "GroupCommit", "Breaker", "why_not_send", "backoff"]
 
@@ -245,6 +246,11 @@ class SendLedger:
             tx.outbox.mark_retry(out.id, at=now + delay, error=str(err))
 
     def _pause(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
+        current = tx.control.pause() if self.paused else None
+        if current is not None:
+            # The other connections' messages of the same moment: the same pause.
+            tx.outbox.mark_retry(out.id, at=current.until, error=str(err), uncount=True)
+            return
         pause = tx.control.set_pause(
             str(err), now=now, first=self.policy.pause, longest=self.policy.pause_max
         )

@@ -351,6 +351,19 @@ class OutboxStore:
         )
         return int(done.rowcount)
 
+    def due_now(self, *, until: datetime, now: datetime) -> int:
+        """Queued messages due by ``until`` (held back by a pause) become due now."""
+        done = self._conn.execute(
+            update(MESSAGES)
+            .where(
+                M.status == MessageStatus.queued.value,
+                M.next_attempt_at > now,
+                M.next_attempt_at <= until,
+            )
+            .values(next_attempt_at=now)
+        )
+        return int(done.rowcount)
+
     def reclaim(self, *, now: datetime) -> int:
         """Mail claimed by workers that are gone (no row in workers any more), or by a lease
         of before there were workers that ran out: queued again, due now. A message one of

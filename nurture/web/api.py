@@ -52,9 +52,17 @@ async def healthz(request: Request) -> Response:
 
     def check() -> dict[str, Any]:
         with s.store.transaction() as tx:
-            return {"ok": True, "messages": tx.reports.message_counts()}
+            pause = tx.control.pause()
+            return {
+                "ok": pause is None,
+                "messages": tx.reports.message_counts(),
+                "sending": {"paused": True, **pause.to_json()} if pause else {"paused": False},
+            }
 
-    return JSONResponse(await run_in_threadpool(check))
+    # 503 while sending is paused (the relay refuses us): an orchestrator's readiness check
+    # and a person looking both see it, with the reason.
+    body = await run_in_threadpool(check)
+    return JSONResponse(body, status_code=200 if body["ok"] else 503)
 
 
 def _form_page(request: Request, *, status: int = 200, **context: Any) -> HTMLResponse:

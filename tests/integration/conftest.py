@@ -24,8 +24,8 @@ def make_world(database_url: str, tmp_path: Path) -> Iterator[MakeWorld]:
     """Build a World with extra settings (e.g. reply_address=...)."""
     made: list[World] = []
 
-    def build(**overrides: Any) -> World:
-        handler = RecordingHandler()
+    def build(handler: RecordingHandler | None = None, **overrides: Any) -> World:
+        handler = handler or RecordingHandler()
         server = SmtpServerThread(handler).start()
         clock = FixedClock()
         settings = make_settings(
