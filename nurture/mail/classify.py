@@ -9,6 +9,7 @@ systems use. Bounce addresses come from flufl.bounce, which knows the formats fo
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import email.utils
@@ -45,13 +46,29 @@ class Classification:
 
 
 _AUTO_SUBJECT = re.compile(
-    r"^\s*("
-    r"auto(matic)?[ -]?(reply|response|antwort)|autoreply|autoresponder|"
+    r"^\s*[【\[(（]?\s*("
+    r"auto(matic)?[ -]?(reply|response|antwort)|autoreply|autoresponder|auto:|"
     r"out of (the )?office|ooo\b|on vacation|away from (the )?office|"
     r"abwesenheit(snotiz)?|automatische antwort|abwesend|nicht im b(ü|ue)ro|"
     r"r(é|e)ponse automatique|absence du bureau|absent(e)? du bureau|message d'absence|"
-    r"respuesta autom(á|a)tica|fuera de (la )?oficina|ausente|ausencia"
+    r"respuesta autom(á|a)tica|fuera de (la )?oficina|ausente|ausencia|"
+    r"risposta automatica|fuori (dall'|dal l')?ufficio|assente|assenza|"  # Italian
+    r"automatisch antwoord|afwezig(heid)?|niet aanwezig|buiten kantoor|"  # Dutch
+    r"resposta autom(á|a)tica|fora do escrit(ó|o)rio|aus(ê|e)ncia|"  # Portuguese
+    r"automatiskt svar|fr(å|a)nvaro|fr(å|a)nvarande|ej p(å|a) kontoret|"  # Swedish
+    r"automatyczna odpowied(ź|z)|poza biurem|nieobecno(ś|s)(ć|c)|"  # Polish
+    r"自動応答|自動返信|自動回覆|自动回复|自动答复|不在|外出"  # Japanese, Chinese
     r")",
+    re.IGNORECASE,
+)
+# Words of an out-of-office in its first lines, for the answers that carry no other sign
+# than Outlook's X-Auto-Response-Suppress (and a "Re:" subject).
+_AWAY = re.compile(
+    r"out of (the )?office|on (annual |parental )?leave|on vacation|on holiday|"
+    r"away from (my|the) (desk|office)|limited access to (my )?e-?mail|automatic reply|"
+    r"nicht im b(ü|ue)ro|abwesend|absent(e)? du bureau|en cong(é|e)s?|"
+    r"fuera de la oficina|fuori (dall')?ufficio|afwezig|fora do escrit(ó|o)rio|"
+    r"fr(å|a)nvarande|poza biurem|不在|外出",
     re.IGNORECASE,
 )
 
@@ -81,6 +98,12 @@ def _auto_reply_reason(msg: Message) -> str | None:
     subject = _header(msg, "Subject")
     if _AUTO_SUBJECT.match(subject):
         return f"subject: {subject[:60]}"
+    if msg.get("X-Auto-Response-Suppress") is not None and isinstance(msg, EmailMessage):
+        # Outlook marks its automatic answers so; a person's mail seldom. Only with the
+        # words of an absence in the first lines (not in a quoted text below).
+        first = _text(msg)[:600]
+        if (found := _AWAY.search(first)) is not None:
+            return f"X-Auto-Response-Suppress and {found.group(0)!r}"
     return None
 
 
@@ -329,13 +352,36 @@ _MONTHS = {
     "diciembre": 12,
 }
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_SLASH = re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{2,4})\b")
+
+
+def _slash_order(text: str, today: date) -> tuple[str, str, str]:
+    """Which way the text writes a/b/yyyy. Day first unless the text says otherwise: a first
+    number over 12 is a day, a second one over 12 is a day; a date that is today only when
+    read month first (Lotus Notes' "sent on 1/5/2026") shows an American writer."""
+    month_first = day_first = False
+    for a, b, y in _SLASH.findall(text):
+        first, second = int(a), int(b)
+        if first > 12:
+            day_first = True
+        elif second > 12:
+            month_first = True
+        else:
+            year = int(y) + (2000 if int(y) < 100 else 0)
+            with contextlib.suppress(ValueError):
+                if date(year, first, second) == today and date(year, second, first) != today:
+                    month_first = True
+    return ("m", "d", "y") if month_first and not day_first else ("d", "m", "y")
+
+
 _DATE_PATTERNS = [
     # 2026-01-12
     (re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b"), ("y", "m", "d")),
     # 12.01.2026 / 12.1.26 (day first, as written in German, French, Spanish)
     (re.compile(r"\b(\d{1,2})\.(\d{1,2})\.(\d{2,4})?(?!\d)"), ("d", "m", "y")),
-    # 14/01/2026 (day first, as in French, Spanish, British English)
-    (re.compile(r"\b(\d{1,2})/(\d{1,2})/(\d{2,4})\b"), ("d", "m", "y")),
+    # 14/01/2026 (day first, as in French, Spanish, British English), or 01/14/2026 (month
+    # first, as in American English): see _slash_order
+    (_SLASH, ("d", "m", "y")),
     # 12 January 2026, 12. Januar, 12 janvier, 12 de enero de 2026
     (
         re.compile(
@@ -359,7 +405,8 @@ def find_return_date(text: str, *, today: date, horizon_days: int = 120) -> date
     """The latest date after ``today`` (and within the horizon) written in an out-of-office
     text: "I'm away from 5 to 12 January" is back on the 12th. None when none is found."""
     found: list[date] = []
-    for pattern, order in _DATE_PATTERNS:
+    for pattern, default in _DATE_PATTERNS:
+        order = _slash_order(text, today) if pattern is _SLASH else default
         for match in pattern.finditer(text):
             parts = dict(zip(order, match.groups(), strict=True))
             try:

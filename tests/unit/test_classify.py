@@ -68,6 +68,21 @@ CASES = [
         reason="x-ms-exchange-inbox-rules-loop",
     ),
     Case("auto-gmail-vacation-responder.eml", InboundKind.auto_reply, d(12), reason="auto-replied"),
+    # Answers with nothing but their subject (issue 8.7: each of these advanced people).
+    Case("auto-libero-risposta-automatica-it.eml", InboundKind.auto_reply, reason="risposta"),
+    Case("auto-kpn-automatisch-antwoord-nl.eml", InboundKind.auto_reply, reason="automatisch"),
+    Case("auto-uol-resposta-automatica-pt.eml", InboundKind.auto_reply, reason="resposta"),
+    Case("auto-outlook-automatiskt-svar-sv.eml", InboundKind.auto_reply, reason="automatiskt"),
+    Case("auto-onet-automatyczna-odpowiedz-pl.eml", InboundKind.auto_reply, reason="automatyczna"),
+    Case("auto-japanese-jidou-outou-iso2022jp.eml", InboundKind.auto_reply, reason="自動応答"),
+    Case("auto-chinese-zidong-huifu-gb2312.eml", InboundKind.auto_reply, reason="自动回复"),
+    Case("auto-lotus-notes-auto-prefix.eml", InboundKind.auto_reply, d(12), reason="auto:"),
+    Case(
+        "auto-suppress-only-re-subject-en.eml",
+        InboundKind.auto_reply,
+        d(12),
+        reason="x-auto-response-suppress",
+    ),
     Case("auto-sieve-reponse-automatique-fr.eml", InboundKind.auto_reply, d(14)),
     Case(
         "auto-outlook-client-rule-respuesta-automatica-es.eml",
@@ -251,6 +266,13 @@ def test_the_corpus_covers_every_class() -> None:
             date(2026, 1, 14),
             id="fr-slash-date",
         ),
+        pytest.param("I'm back on 01/14/2026.", date(2026, 1, 14), id="us-slash-day-over-12"),
+        pytest.param(
+            "Out until 01/12/2026. Re: your message sent on 1/5/2026 9:00:12 AM.",
+            date(2026, 1, 12),
+            id="us-slash-shown-by-todays-date",
+        ),
+        pytest.param("Back 09/01/2026", date(2026, 1, 9), id="ambiguous-slash-is-day-first"),
         pytest.param(
             "I'm back on the 14th of January.",
             date(2026, 1, 14),
