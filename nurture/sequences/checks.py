@@ -13,7 +13,7 @@ import jinja2.meta
 from nurture.durations import format_duration
 from nurture.sequences.schema import Loc, StepModel
 
-__all__ = ["TEMPLATE_NAMES", "check_goto", "check_step", "check_email"]
+__all__ = ["TEMPLATE_NAMES", "check_goto", "check_step", "check_loops", "check_email"]
 
 
 def check_goto(raw: dict[str, Any], here: Loc, label: str, ids: list[str], problem: Any) -> None:
@@ -63,6 +63,43 @@ def check_step(step: StepModel, i: int, count: int, problem: Any) -> None:
                 f"after the wait of {format_duration(step.wait)} is over; it would never be sent",
             )
         previous = reminder.after
+
+
+def check_loops(steps: list[StepModel | None], problem: Any) -> None:
+    """Steps that lead back to each other on timeout alone: someone who never answers would
+    be emailed round the loop forever. Each step has at most one way on when its wait runs
+    out, so following it from every step finds every loop."""
+    index = {s.id: i for i, s in enumerate(steps) if s is not None}
+
+    def after(i: int) -> int | None:
+        rule = steps[i].on_timeout if steps[i] is not None else "exit"  # type: ignore[union-attr]
+        if rule == "next":
+            return i + 1 if i + 1 < len(steps) else None
+        if isinstance(rule, str):
+            return None
+        return index.get(rule.goto)
+
+    reported: set[frozenset[int]] = set()
+    for start in range(len(steps)):
+        path: list[int] = []
+        at: int | None = start
+        while at is not None and at not in path and steps[at] is not None:
+            path.append(at)
+            at = after(at)
+        if at is None or at not in path:
+            continue
+        loop = path[path.index(at) :]
+        if frozenset(loop) in reported or len(loop) == 1:  # a goto to itself: said already
+            continue
+        reported.add(frozenset(loop))
+        names = " -> ".join(f"'{steps[i].id}'" for i in [*loop, loop[0]])  # type: ignore[union-attr]
+        back = loop[-1]
+        problem(
+            ("steps", back, "on_timeout"),
+            f"steps {names} lead back to each other when nobody answers: a silent person "
+            "would be emailed round this loop forever; end it with on_timeout: exit on one of "
+            "them",
+        )
 
 
 # What a template sees (nurture.mail.render builds exactly this context).

@@ -16,30 +16,21 @@ import yaml
 from pydantic import ValidationError
 
 from nurture.errors import Problem, SequenceError
-from nurture.sequences.checks import check_email, check_goto, check_step
+from nurture.sequences.checks import check_email, check_goto, check_loops, check_step
 from nurture.sequences.model import Catalog, Reminder, Sequence, Step, Timeout
 from nurture.sequences.schema import GotoModel, Loc, SequenceModel, StepModel, clean_loc, sentence
 
-__all__ = ["load_catalog", "load_sequence_file"]
+__all__ = ["load_catalog", "load_sequence_file", "MAX_FILE_BYTES"]
+
+MAX_FILE_BYTES = 1024 * 1024
 
 
 def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc, int]:
     """Map each key path of a YAML document to its 1-based line; report duplicate keys."""
     lines: dict[Loc, int] = {}
-    active: set[int] = set()  # nodes on the current path: an alias may point back up
 
     def walk(n: yaml.Node, path: Loc) -> None:
         lines.setdefault(path, n.start_mark.line + 1)
-        if id(n) in active:
-            problems.append(
-                Problem(
-                    source,
-                    n.start_mark.line + 1,
-                    "this alias refers to itself; write the value out",
-                )
-            )
-            return
-        active.add(id(n))
         if isinstance(n, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in n.value:
@@ -54,7 +45,6 @@ def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 walk(item, (*path, i))
-        active.discard(id(n))
 
     walk(node, ())
     return lines
@@ -64,6 +54,30 @@ def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
+    return None
+
+
+def _anchor_problem(source: str, text: str) -> Problem | None:
+    """Anchors and aliases let a few lines of YAML grow into gigabytes (the "billion laughs"):
+    sequence files take none. Read as a stream of events, before anything is built."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            anchor = getattr(event, "anchor", None)
+            if anchor is None:
+                continue
+            what = (
+                f"alias '*{anchor}'"
+                if isinstance(event, yaml.AliasEvent)
+                else f"anchor '&{anchor}'"
+            )
+            return Problem(
+                source,
+                event.start_mark.line + 1 if event.start_mark else None,
+                f"YAML {what}: sequence files take no anchors or aliases (a few lines of them "
+                "can grow huge); write the value out where it is used",
+            )
+    except yaml.YAMLError:
+        return None  # the composer below reports it, with its line
     return None
 
 
@@ -94,9 +108,18 @@ def load_sequence_file(
         problems.append(Problem(source, _line_for(lines, loc), message))
 
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            problems.append(
+                Problem(source, None, f"the file is larger than {MAX_FILE_BYTES // 1024} KiB")
+            )
+            return None
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(Problem(source, None, f"cannot read the file: {exc}"))
+        return None
+    refused = _anchor_problem(source, text)
+    if refused is not None:
+        problems.append(refused)
         return None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -110,8 +133,6 @@ def load_sequence_file(
         )
         return None
     lines = _line_map(node, source, problems)
-    if len(problems) > found and any("refers to itself" in p.message for p in problems[found:]):
-        return None
 
     header: SequenceModel | None = None
     try:
@@ -172,6 +193,7 @@ def load_sequence_file(
     for i, step in enumerate(steps):
         if step is not None:
             check_step(step, i, len(steps), problem)
+    check_loops(steps, problem)
     if header is not None and not _address_ok(header.sender):
         problem(
             ("from",), f'from {header.sender!r} is not an address like "Ada <ada@acme.example>"'

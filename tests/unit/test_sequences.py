@@ -468,7 +468,65 @@ def test_recursive_alias_is_a_problem_not_a_crash(seq_dir: Path, env: jinja2.Env
     seq, problems = load(path, env)
     assert seq is None
     assert [(p.file, p.line) for p in problems] == [(str(path), 4)]  # the `goals:` line
-    assert "this alias refers to itself" in problems[0].message
+    assert "YAML anchor '&g': sequence files take no anchors or aliases" in problems[0].message
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_grows(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    """Issue 8.8: nine lines of aliases ("billion laughs") took validate to 2.97 GB."""
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    path = write(seq_dir, "demo.yaml", 'l0: &l0 "lol"\n' + bomb + STEP.lstrip("\n"))
+    seq, problems = load(path, env)
+    assert seq is None and len(problems) == 1
+    assert (problems[0].line, problems[0].message.split(":")[0]) == (1, "YAML anchor '&l0'")
+
+
+def test_a_file_over_a_megabyte_is_refused(seq_dir: Path, env: jinja2.Environment) -> None:
+    path = write(seq_dir, "demo.yaml", STEP + "#" + "x" * (1024 * 1024) + "\n")
+    seq, problems = load(path, env)
+    assert seq is None and problems[0].message == "the file is larger than 1024 KiB"
+
+
+LOOP = """
+id: demo
+name: Demo
+from: "Ada <ada@acme.example>"
+steps:
+  - id: a
+    subject: A
+    template: a.html
+    wait: 1d
+    on_timeout: next
+  - id: b
+    subject: B
+    template: a.html
+    wait: 1d
+    on_timeout: {goto: a}
+  - id: c
+    subject: C
+    template: a.html
+    wait: 1d
+"""
+
+
+def test_steps_that_loop_on_timeout_are_refused(seq_dir: Path, env: jinja2.Environment) -> None:
+    """Issue 8.8: a goto cycle with no exit mailed a silent person forever."""
+    path = write(seq_dir, "demo.yaml", LOOP)
+    seq, problems = load(path, env)
+    assert seq is None
+    assert [(p.line, p.message) for p in problems] == [
+        (
+            14,
+            "steps 'a' -> 'b' -> 'a' lead back to each other when nobody answers: a silent "
+            "person would be emailed round this loop forever; end it with on_timeout: exit "
+            "on one of them",
+        )
+    ]
+    # A goto back that is not a loop (the step it goes to ends the way) is fine.
+    fine = LOOP.replace("    on_timeout: next\n", "    on_timeout: exit\n", 1)
+    seq, problems = load(write(seq_dir, "demo.yaml", fine), env)
+    assert problems == [] and seq is not None
 
 
 def test_bad_on_timeout_is_one_plain_sentence(seq_dir: Path, env: jinja2.Environment) -> None:
@@ -622,7 +680,7 @@ steps:
     template: a.html
     advance_on: reply
     wait: 30m
-    on_timeout: {goto: read}
+    on_timeout: {goto: last}
   - id: last
     subject: Last
     template: a.html
@@ -662,7 +720,7 @@ def test_steps_carry_typed_values(full: Sequence) -> None:
     )
     assert read.on_timeout == Timeout("next")
     assert read.reminders == ()
-    assert ask.on_timeout == Timeout("goto", "read")
+    assert ask.on_timeout == Timeout("goto", "last")
     assert ask.advance_on is AdvanceOn.reply
     assert last.on_timeout == Timeout("exit")
     assert [s.line for s in full.steps] == [6, 19, 26, 32]
