@@ -105,7 +105,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     step = sequence.step(args.step)
     if args.reminder and not 1 <= args.reminder <= len(step.reminders):
         raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
-    fields = {"first_name": "Ada", **_fields(args.field)}
+    fields = {**dict(sequence.sample), **_fields(args.field)}
     # The same renderer as the daemon's (open pixel, honeypot), signing with a throwaway key:
     # what is printed is what is sent, but its links lead nowhere.
     renderer = build_renderer(settings, env, Signer("preview-only-key"))

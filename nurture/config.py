@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     imap_delete_processed: bool = False  # delete handled mail: only when this says so
     imap_poll_seconds: float = Field(default=30.0, gt=0)
 
+    max_email_bytes: int = Field(default=2 * 1024 * 1024, ge=10_000)  # one email, rendered
+    render_seconds: float = Field(default=2.0, gt=0)  # to render one email
     open_tracking: bool = True  # an open pixel in every HTML part (opens never advance anyone)
     honeypot: bool = True  # an invisible link in every HTML part: only machines follow it
     click_min_seconds: float = Field(default=5.0, ge=0)  # sooner after sending is suspect

@@ -6,17 +6,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from jinja2.sandbox import SandboxedEnvironment
-
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
 from nurture.db.store import Store
 from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.errors import SequenceError
 from nurture.inbox import Inbox
 from nurture.journey import Journey
-from nurture.mail.render import Renderer, make_environment
+from nurture.mail.render import Renderer, sample_problems
+from nurture.mail.sandbox import Limits, Sandbox, make_environment
 from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
 from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
@@ -52,13 +52,18 @@ class Services:
         self.store.dispose()
 
 
-def load_sequences(settings: Settings) -> tuple[SandboxedEnvironment, Catalog]:
-    """The templates' environment and the validated sequences; SequenceError otherwise."""
+def load_sequences(settings: Settings) -> tuple[Sandbox, Catalog]:
+    """The templates' environment and the validated sequences, every email of which renders
+    for its sample subscriber; SequenceError otherwise."""
     env = make_environment(settings.templates_dir)
-    return env, load_catalog(settings.sequences_dir, env=env)
+    catalog = load_catalog(settings.sequences_dir, env=env)
+    problems = sample_problems(catalog, build_renderer(settings, env, Signer("sample-only")))
+    if problems:
+        raise SequenceError(problems)
+    return env, catalog
 
 
-def build_renderer(settings: Settings, env: SandboxedEnvironment, signer: Signer) -> Renderer:
+def build_renderer(settings: Settings, env: Sandbox, signer: Signer) -> Renderer:
     """The renderer every email is made with, and every preview of one."""
     return Renderer(
         env,
@@ -66,6 +71,7 @@ def build_renderer(settings: Settings, env: SandboxedEnvironment, signer: Signer
         settings.public_url,
         open_pixel=settings.open_tracking,
         honeypot=settings.honeypot,
+        limits=Limits(max_bytes=settings.max_email_bytes, seconds=settings.render_seconds),
     )
 
 

@@ -1,9 +1,10 @@
 """Rendering: Jinja2 templates -> subject, text and HTML, with every link tracked.
 
-Templates run in a sandbox with ``StrictUndefined``; their context holds the subscriber's
-fields and a few URLs, never settings or secrets. Every http(s) link is rewritten to a signed
-``/c/{token}`` link whose target is stored with the message; links marked ``data-micro-yes``
-are the ask (when a template marks none, every tracked link counts).
+Templates run in a bounded sandbox (``nurture.mail.sandbox``): strict, capped in size and
+time; their context holds the subscriber's fields and a few URLs, never settings or secrets.
+Every http(s) link is rewritten to a signed ``/c/{token}`` link whose target is stored with
+the message; links marked ``data-micro-yes`` are the ask (when a template marks none, every
+tracked link counts).
 """
 
 from __future__ import annotations
@@ -13,28 +14,17 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
-from nurture.sequences import TEMPLATE_NAMES, Sequence
+from nurture.errors import Problem
+from nurture.mail.sandbox import Limits, Sandbox, make_environment
+from nurture.sequences import TEMPLATE_NAMES, Catalog, Sequence
 from nurture.tokens import Signer, TokenKind
 from nurture.vocabulary import HONEYPOT_PATH, Link, MessageKind
 
-__all__ = ["make_environment", "Rendered", "Renderer", "html_to_text"]
-
-
-def make_environment(templates_dir: Path) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(["html", "htm"], default_for_string=False),
-        auto_reload=False,
-        cache_size=1000,
-        keep_trailing_newline=True,
-    )
+__all__ = ["make_environment", "Rendered", "Renderer", "html_to_text", "sample_problems"]
 
 
 @dataclass(frozen=True)
@@ -79,14 +69,16 @@ class _Links:
 class Renderer:
     def __init__(
         self,
-        env: SandboxedEnvironment,
+        env: Sandbox,
         signer: Signer,
         base_url: str,
         *,
         open_pixel: bool = True,
         honeypot: bool = True,
+        limits: Limits | None = None,
     ) -> None:
         self.env = env
+        self.limits = limits or Limits()
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self.open_pixel = open_pixel
@@ -132,12 +124,13 @@ class Renderer:
             "step": {"id": step.id},
         }
         assert context.keys() == TEMPLATE_NAMES
+        env, limits = self.env, self.limits
         if "{" in subject_src:
-            subject_src = self._subjects(subject_src).render(context)
+            subject_src = env.render(self._subjects(subject_src), context, limits)
         subject = " ".join(subject_src.split())
         html_template, twin = self._templates(template_name)
-        html_body = html_template.render(context)
-        text_body = twin.render(context) if twin is not None else None
+        html_body = env.render(html_template, context, limits)
+        text_body = env.render(twin, context, limits) if twin is not None else None
 
         base = f"{self.base_url}/c/"
         signer = self.signer
@@ -169,6 +162,47 @@ class Renderer:
 
     def unsubscribe_url(self, message_id: int) -> str:
         return f"{self.base_url}/u/{self.signer.make(TokenKind.unsubscribe, message_id)}"
+
+
+def sample_problems(catalog: Catalog, renderer: Renderer) -> list[Problem]:
+    """Render every email of every sequence for its sample subscriber (the sequence's
+    ``sample:`` fields): what would fail at send time (a name the template lacks, a sandbox
+    refusal, a bound passed) fails here, with the file and the step's line."""
+    problems = []
+    for sequence in catalog:
+        fields = dict(sequence.sample)
+        for step in sequence.steps:
+            kinds = [MessageKind(n) for n in range(len(step.reminders) + 1)]
+            for kind in kinds:
+                try:
+                    renderer.render(
+                        sequence,
+                        step.id,
+                        kind,
+                        message_id=1,
+                        email="sample@example.com",
+                        fields=fields,
+                    )
+                except Exception as exc:  # noqa: BLE001 - each mistake becomes one sentence
+                    which = f"step '{step.id}'" + (
+                        f", reminder {kind.reminder}" if kind.reminder else ""
+                    )
+                    problems.append(
+                        Problem(
+                            sequence.source, step.line, f"{which}: {_render_error(exc, fields)}"
+                        )
+                    )
+    return problems
+
+
+def _render_error(exc: Exception, fields: dict[str, str]) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return (
+            f"cannot be rendered for the sample subscriber {fields}: {exc.message}; give it "
+            "a default ({{ subscriber.x | default('') }}) or add the field to the sequence's "
+            "sample:"
+        )
+    return f"cannot be rendered for the sample subscriber: {type(exc).__name__}: {exc}"
 
 
 def _attributes(inner: str) -> list[tuple[str, str, str]] | None:

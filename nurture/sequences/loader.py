@@ -225,6 +225,7 @@ def load_sequence_file(
         source=source,
         goals=tuple(header.goals),
         line=_line_for(lines, ("id",)),
+        sample=tuple(sorted(header.sample.items())),
     )
 
 

@@ -61,6 +61,8 @@ class Sequence:
     source: str = ""
     goals: tuple[str, ...] = ()
     line: int | None = None  # of the id
+    # The fields of the sample subscriber validate and preview render every email for.
+    sample: tuple[tuple[str, str], ...] = (("first_name", "Ada"),)
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

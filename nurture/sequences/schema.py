@@ -59,6 +59,7 @@ class SequenceModel(_Model):
     sender: str = Field(alias="from")
     steps: list[Any] = Field(min_length=1)
     goals: list[str] = []
+    sample: dict[str, str] = {"first_name": "Ada"}
 
 
 def clean_loc(loc: Loc) -> Loc:

@@ -11,7 +11,7 @@ import pytest
 from support.db import EVENTS, MESSAGES, rows
 from support.mail import visible_links
 from support.smtp import Caught
-from support.world import World
+from support.world import MakeWorld, World
 
 from nurture.errors import SubscribeError
 from nurture.tokens import TokenKind
@@ -435,3 +435,32 @@ def test_an_unsubscribe_never_hides_a_bounce(world: World) -> None:
         assert sub.status is SubscriberStatus.bounced
         assert tx.events.of_subscriber(sub.id, kind=EventKind.unsubscribe) == []
     assert world.state("zed@example.com").exit_reason is ExitReason.bounced
+
+
+def test_an_email_too_large_for_one_person_fails_alone(
+    make_world: MakeWorld, tmp_path: Any
+) -> None:
+    """Issue 8.8: a template that loops produced a 41.6 MB email that was sent; a larger loop
+    hung the rendering and stopped all sending. Past the bounds that email fails, with the
+    reason, and the batch goes on."""
+    templates, sequences = tmp_path / "t", tmp_path / "s"
+    templates.mkdir()
+    sequences.mkdir()
+    (templates / "big.html").write_text(
+        "<p>{% for c in subscriber.first_name %}{% for i in range(1000) %}xxxxxxxxxx"
+        "{% endfor %}{% endfor %}</p>\n"
+    )
+    (sequences / "big.yaml").write_text(
+        'id: big\nname: Big\nfrom: "Ada <ada@acme.example>"\nsteps:\n'
+        "  - id: one\n    subject: Hi\n    template: big.html\n    wait: 1d\n"
+    )
+    world = make_world(templates_dir=templates, sequences_dir=sequences)
+    world.subscribe("long@example.com", "big", fields={"first_name": "L" * 300}, confirmed=True)
+    world.subscribe("short@example.com", "big", fields={"first_name": "Sam"}, confirmed=True)
+    world.tick()
+    assert [c.recipient for c in world.smtp.caught] == ["short@example.com"]
+    [failed] = [m for m in rows(world.services.store, MESSAGES) if m.status == "failed"]
+    assert "cannot render: RenderLimit: the email would be larger than 2048 KiB" in (
+        failed.last_error
+    )
+    assert world.state("long@example.com", "big").exit_reason is ExitReason.failed

@@ -570,3 +570,74 @@ def test_every_html_part_carries_an_invisible_honeypot_link(
     trap = re.search(rf'<a href="{BASE}/c/{token}"[^>]*>', out.html)
     assert trap is not None and 'style="display:none"' in trap.group(0)
     assert f"{BASE}/hp" not in out.text and token not in out.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds: one template must not stop the sending for everyone (issue 8.8)
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        (
+            "{% for i in range(100000) %}{% for j in range(100) %}xxxxxxxxxx{% endfor %}"
+            "{% endfor %}",
+            "larger than",
+        ),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "took too long",
+        ),
+        ("{{ 'x' * 10000000 }}", "more than 100000 items or characters"),
+        ("{{ [1, 2] * 1000000 }}", "more than 100000 items or characters"),
+        ("{{ 10 ** 100000 }}", "an exponent over 100"),
+        ("{% for i in range(10000000) %}{% endfor %}", "range() of more than 100000"),
+    ],
+    ids=["size", "time", "string-times", "list-times", "power", "range"],
+)
+def test_a_template_past_a_bound_stops_with_a_reason(
+    adhoc: tuple[Path, Renderer], template: str, says: str
+) -> None:
+    from nurture.mail.sandbox import Limits, RenderLimit
+
+    folder, _ = adhoc
+    rend = Renderer(
+        make_environment(folder),
+        SIGNER,
+        BASE,
+        open_pixel=False,
+        honeypot=False,
+        limits=Limits(max_bytes=100_000, seconds=0.5),
+    )
+    with pytest.raises(RenderLimit, match=re.escape(says)):
+        render_adhoc((folder, rend), {"t.html": template})
+
+
+def test_validation_renders_every_email_for_the_sample_subscriber(tmp_path: Path) -> None:
+    """A name the context lacks or a sandbox refusal failed only at send time; now the file
+    and the step's line say it at validation, and the sequence's `sample:` names the fields
+    every subscriber has."""
+    from nurture.mail.render import sample_problems
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "company.html").write_text("<p>Hello {{ subscriber.company }}</p>\n")
+    (templates / "escape.html").write_text("<p>{{ ''.__class__.__mro__ }}</p>\n")
+    sequences = tmp_path / "sequences"
+    sequences.mkdir()
+    head = 'name: N\nfrom: "Ada <ada@acme.example>"\n'
+    step = "steps:\n  - id: one\n    subject: Hi\n    template: {t}\n    wait: 1d\n"
+    (sequences / "a.yaml").write_text("id: a\n" + head + step.format(t="company.html"))
+    (sequences / "b.yaml").write_text("id: b\n" + head + step.format(t="escape.html"))
+    (sequences / "c.yaml").write_text(
+        "id: c\n" + head + "sample: {company: Acme}\n" + step.format(t="company.html")
+    )
+    env = make_environment(templates)
+    catalog = load_catalog(sequences, env=env)
+    problems = sample_problems(catalog, Renderer(env, SIGNER, BASE))
+    by_file = {Path(p.file).name: p for p in problems}
+    assert set(by_file) == {"a.yaml", "b.yaml"}  # c names the field in its sample
+    assert by_file["a.yaml"].line == 5  # the step's line
+    assert "'dict object' has no attribute 'company'" in by_file["a.yaml"].message
+    assert "default" in by_file["a.yaml"].message and "sample:" in by_file["a.yaml"].message
+    assert "SecurityError" in by_file["b.yaml"].message
