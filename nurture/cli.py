@@ -76,12 +76,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from nurture.journey import describe_stranded
     from nurture.services import load_sequences
 
     _, catalog = load_sequences(_settings(args))
     for seq in catalog:
         count = f"{len(seq.steps)} step{'s' if len(seq.steps) != 1 else ''}"
         print(f"ok  {seq.id}: {count} ({', '.join(s.id for s in seq.steps)}) from {seq.source}")
+    if not args.against_db:
+        return 0
+    services = _services(args)
+    with services.store.transaction() as tx:
+        stranded = services.journey.stranded(tx)
+    for line in describe_stranded(stranded):
+        print(line, file=sys.stderr)
+    if not stranded:
+        print("ok  nobody in the database waits at a step these files do not have")
+    return 1 if stranded else 0
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    services = _services(args)
+    try:
+        with services.store.transaction() as tx:
+            n = services.journey.move(
+                tx, args.sequence, args.from_step, args.to_step, now=services.clock.now()
+            )
+    except ValueError as exc:
+        raise SubscribeError(str(exc)) from None
+    print(f"moved {n} from {args.sequence}/{args.from_step} to {args.to_step}")
+    return 0
+
+
+def cmd_end(args: argparse.Namespace) -> int:
+    services = _services(args)
+    with services.store.transaction() as tx:
+        n = services.journey.end(tx, args.sequence, args.step, now=services.clock.now())
+    print(f"ended {args.sequence} for {n} waiting at {args.step}")
     return 0
 
 
@@ -287,7 +318,12 @@ def _parser() -> argparse.ArgumentParser:
         "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
         cmd_run,
     )
-    add("validate", "check every sequence file and template; list every problem", cmd_validate)
+    sp = add("validate", "check every sequence file and template; list every problem", cmd_validate)
+    sp.add_argument(
+        "--against-db",
+        action="store_true",
+        help="also list the people waiting at steps these files do not have (exit 1 if any)",
+    )
     sp = add("preview", "print the rendered subject, text and HTML of one step", cmd_preview)
     sp.add_argument("sequence")
     sp.add_argument("step")
@@ -317,6 +353,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--raw", type=int, metavar="ID", help="print a set-aside message's bytes")
     add("resume", "resume sending now after a pause (the relay refused us)", cmd_resume)
+    sp = add("move", "move everyone waiting at a step to another step of its sequence", cmd_move)
+    sp.add_argument("sequence")
+    sp.add_argument("--from", dest="from_step", required=True, metavar="STEP")
+    sp.add_argument("--to", dest="to_step", required=True, metavar="STEP")
+    sp = add("end", "end the sequence for everyone waiting at a step", cmd_end)
+    sp.add_argument("sequence")
+    sp.add_argument("--step", required=True)
     sp = add("db", "database schema", cmd_db)
     sp.add_argument("action", choices=["upgrade"])
     sp.add_argument("revision", nargs="?", default="head")

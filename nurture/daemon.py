@@ -38,17 +38,17 @@ from nurture.config import Settings
 from nurture.db.connect import is_sqlite, normalize_url
 from nurture.db.migrate import ensure_schema
 from nurture.errors import ConfigError
+from nurture.journey import describe_stranded
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
+from nurture.reader import MailboxReader
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
 
 __all__ = ["Daemon", "run", "settle_heap"]
 
 log = logging.getLogger(__name__)
-
-IDLE_SECONDS = 25 * 60  # RFC 2177: re-issue IDLE at least every 29 minutes
 
 
 def settle_heap() -> None:
@@ -80,9 +80,7 @@ class Daemon:
         self._server: _Server | None = None
         self._stopping = threading.Event()
         self._ticking = asyncio.Lock()
-        self._polling = asyncio.Lock()
-        self._mailbox: ImapMailbox | None = None
-        self._idler: threading.Thread | None = None
+        self._reader: MailboxReader | None = None
         self._scheduler_started = False
         self._file_lock: IO[str] | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -154,13 +152,15 @@ class Daemon:
         )
 
     def _start_imap(self) -> None:
-        settings = self.settings
-        self._mailbox = ImapMailbox(ImapSettings.from_settings(settings))
-        self._schedule("imap", self.poll, settings.imap_poll_seconds)
-        self._idler = threading.Thread(
-            target=self._idle, args=(asyncio.get_running_loop(),), name="imap-idle", daemon=True
+        settings, services = self.settings, self.services
+        assert services is not None
+        self._reader = MailboxReader(
+            ImapMailbox(ImapSettings.from_settings(settings)),
+            inbox=services.inbox,
+            clock=services.clock,
         )
-        self._idler.start()
+        self._schedule("imap", self._reader.poll, settings.imap_poll_seconds)
+        self._reader.watch(self._poll_now)
         log.info(
             "reading replies from imap://%s/%s every %ss (and at once on IMAP IDLE)",
             settings.imap_host,
@@ -171,6 +171,7 @@ class Daemon:
 
     def _register(self) -> None:
         assert self.services is not None
+        self._tell_who_waits()
         taken = self.services.dispatcher.register(only_worker=self._file_lock is not None)
         if taken:
             log.warning(
@@ -179,6 +180,23 @@ class Daemon:
                 extra={"action": "mail_reclaimed", "messages": taken},
             )
         self._registered = True
+
+    def _tell_who_waits(self) -> None:
+        """At start-up: people at steps the files no longer have (they wait for an operator's
+        `nurture move` or `nurture end`), and people held for a confirmation."""
+        assert self.services is not None
+        with self.services.store.transaction() as tx:
+            stranded = self.services.journey.stranded(tx)
+            held = tx.reports.held_by_sequence()
+        for line in describe_stranded(stranded):
+            log.warning("%s", line, extra={"action": "enrollments_stranded"})
+        for sequence_id, n in sorted(held.items()):
+            log.info(
+                "%d held in %s: they have not confirmed, and nothing is sent before they do",
+                n,
+                sequence_id,
+                extra={"action": "enrollments_held", "sequence": sequence_id, "held": n},
+            )
 
     # -- the jobs ------------------------------------------------------------------------
 
@@ -230,49 +248,6 @@ class Daemon:
                 extra={"action": "mail_reclaimed", "messages": taken, "workers": gone},
             )
 
-    async def poll(self) -> None:
-        """One IMAP poll in a thread; a failure is logged and the next poll tries again."""
-        if self._polling.locked() or self._stopping.is_set():
-            return
-        assert self.services is not None and self._mailbox is not None
-        inbox, mailbox, clock = self.services.inbox, self._mailbox, self.services.clock
-        async with self._polling:
-            try:
-                handled = await asyncio.to_thread(lambda: inbox.poll(mailbox, clock=clock))
-            except Exception:
-                log.exception(
-                    "IMAP poll failed; the next one tries again", extra={"action": "imap_failed"}
-                )
-                return
-        if handled:
-            log.info("IMAP: %d messages handled", handled, extra={"action": "imap_polled"})
-
-    def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait on IMAP IDLE in a thread; when the server announces mail, run the poll job
-        now instead of at its next turn. Without IDLE on the server, polling alone it is."""
-        assert self._mailbox is not None
-        while not self._stopping.is_set():
-            try:
-                news = self._mailbox.wait_for_mail(timeout=IDLE_SECONDS)
-            except Exception as exc:  # noqa: BLE001 - the server went away: wait, try again
-                if self._stopping.is_set():
-                    return  # interrupted by stop()
-                log.warning(
-                    "IMAP IDLE failed (%s); retrying in a minute",
-                    exc,
-                    extra={"action": "imap_idle_failed"},
-                )
-                self._stopping.wait(60)
-                continue
-            if news is None:
-                log.info(
-                    "the IMAP server has no IDLE: polling only", extra={"action": "imap_no_idle"}
-                )
-                return
-            if news and not self._stopping.is_set():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(self._poll_now)
-
     def _poll_now(self) -> None:
         if self._scheduler.running and not self._stopping.is_set():
             self._scheduler.modify_job("imap", next_run_time=datetime.now(UTC))
@@ -314,16 +289,14 @@ class Daemon:
         self._stopping.set()
         if self.services is not None:
             self.services.dispatcher.stopping.set()
-        if self._mailbox is not None:
-            self._mailbox.interrupt()  # the IDLE thread ends instead of waiting 25 minutes
+        if self._reader is not None:
+            await self._reader.stop()
         await self._finish_tick()
-        async with self._ticking, self._polling:
+        async with self._ticking:
             if self._scheduler.running:
                 self._scheduler.shutdown(wait=False)
         if self._registered:
             await asyncio.to_thread(self._unregister)
-        if self._idler is not None:
-            await asyncio.to_thread(self._idler.join, 10)
         if self.services is not None:
             await self.services.close()
         if self._catcher is not None:

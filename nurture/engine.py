@@ -33,6 +33,7 @@ __all__ = [
     "delivery_clock",
     "on_out_of_office",
     "postpone",
+    "move_to",
     "stop",
 ]
 
@@ -47,6 +48,9 @@ class EnrollmentState:
     step_sent_at: datetime | None = None
     reminders_sent: int = 0
     exit_reason: ExitReason | None = None
+    # The steps the person said yes to: moving on in the file's order never sends one of
+    # them again (a reordered sequence), while an explicit goto may.
+    done: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,21 @@ class Yes:
 
 
 def _enter(
-    sequence: Sequence, step: Step, *, visit: int, now: datetime, confirmed: bool
+    sequence: Sequence,
+    step: Step,
+    *,
+    visit: int,
+    now: datetime,
+    confirmed: bool,
+    done: tuple[str, ...] = (),
 ) -> EnrollmentState:
     """The state of an enrollment that has just moved to ``step`` (its email not sent yet)."""
     if step.confirms and confirmed:
         following = sequence.next_step(step.id)
         if following is None:
-            return EnrollmentState(EnrollmentStatus.completed, step.id, Phase.wait, visit, None)
+            return EnrollmentState(
+                EnrollmentStatus.completed, step.id, Phase.wait, visit, None, done=done
+            )
         step = following
     return EnrollmentState(
         status=EnrollmentStatus.active,
@@ -95,6 +107,7 @@ def _enter(
         phase=Phase.send,
         visit=visit,
         due_at=now + step.delay,
+        done=done,
     )
 
 
@@ -165,7 +178,9 @@ def _timeout(
     if rule.action == "goto":
         assert rule.target is not None
         target = sequence.step(rule.target)
-        moved = _enter(sequence, target, visit=state.visit + 1, now=now, confirmed=confirmed)
+        moved = _enter(
+            sequence, target, visit=state.visit + 1, now=now, confirmed=confirmed, done=state.done
+        )
         return Decision(moved, outcome=f"timeout:goto:{target.id}")
     return _move(state, sequence, step, now=now, confirmed=confirmed, outcome="timeout:next")
 
@@ -178,12 +193,19 @@ def _move(
     now: datetime,
     confirmed: bool,
     outcome: str,
+    answered: bool = False,
 ) -> Decision:
+    """Move on to the next step in the file's order that the person has not said yes to."""
+    done = state.done + (step.id,) if answered and step.id not in state.done else state.done
     following = sequence.next_step(step.id)
+    while following is not None and following.id in done:
+        following = sequence.next_step(following.id)
     if following is None:
-        done = replace(state, status=EnrollmentStatus.completed, due_at=None)
-        return Decision(done, outcome="completed")
-    moved = _enter(sequence, following, visit=state.visit + 1, now=now, confirmed=confirmed)
+        completed = replace(state, status=EnrollmentStatus.completed, due_at=None, done=done)
+        return Decision(completed, outcome="completed")
+    moved = _enter(
+        sequence, following, visit=state.visit + 1, now=now, confirmed=confirmed, done=done
+    )
     return Decision(
         moved, outcome=outcome if moved.status is EnrollmentStatus.active else "completed"
     )
@@ -203,7 +225,7 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     if not step.advance_on.accepts(event.by):
         return Decision(state, outcome=f"ignored:step_wants_{step.advance_on.value}")
     actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
-    moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced")
+    moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced", answered=True)
     return Decision(moved.state, actions, moved.outcome)
 
 
@@ -265,6 +287,17 @@ def restart(state: EnrollmentState, sequence: Sequence, *, now: datetime) -> Enr
     visit, so nothing sent before counts as sent again; they must confirm again."""
     fresh = start(sequence, now=now, confirmed=False)
     return replace(fresh, visit=state.visit + 1)
+
+
+def move_to(
+    state: EnrollmentState, sequence: Sequence, step_id: str, *, now: datetime, confirmed: bool
+) -> EnrollmentState:
+    """An operator moves the enrollment to ``step_id`` (its step was removed or renamed): a
+    new visit of that step, its email sent after the step's delay."""
+    target = sequence.step(step_id)
+    return _enter(
+        sequence, target, visit=state.visit + 1, now=now, confirmed=confirmed, done=state.done
+    )
 
 
 def postpone(state: EnrollmentState, *, until: datetime, outcome: str) -> Decision:

@@ -81,6 +81,7 @@ class ExitReason(StrEnum):
     complained = "complained"
     converted = "converted"
     failed = "failed"  # sending kept failing until the retries ran out
+    ended = "ended"  # an operator ended it (`nurture end`: its step is gone from the files)
 
 
 class MessageStatus(StrEnum):

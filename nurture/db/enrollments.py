@@ -49,6 +49,7 @@ def _state(r: Any) -> EnrollmentState:
         step_sent_at=r.step_sent_at,
         reminders_sent=r.reminders_sent,
         exit_reason=ExitReason(r.exit_reason) if r.exit_reason else None,
+        done=tuple(r.done or ()),
     )
 
 
@@ -68,6 +69,7 @@ def _values(state: EnrollmentState, now: datetime) -> dict[str, Any]:
         "step_sent_at": state.step_sent_at,
         "reminders_sent": state.reminders_sent,
         "exit_reason": state.exit_reason.value if state.exit_reason else None,
+        "done": list(state.done),
         "updated_at": now,
     }
 
@@ -81,6 +83,7 @@ _STATE_COLUMNS = (
     "step_sent_at",
     "reminders_sent",
     "exit_reason",
+    "done",
     "updated_at",
 )
 # engine.on_delivered, set-based: only an active enrollment waiting at that visit of that step
@@ -152,6 +155,15 @@ class EnrollmentStore:
         """Every enrollment of a person, locked, oldest first."""
         q = _with_subscriber().where(E.subscriber_id == subscriber_id).order_by(E.id)
         return [_row(r) for r in self._conn.execute(lock(q))]
+
+    def at_step(self, sequence_id: str, step_id: str) -> list[EnrollmentRow]:
+        """The unfinished enrollments at one step of one sequence, locked."""
+        q = _with_subscriber().where(
+            E.sequence_id == sequence_id,
+            E.step_id == step_id,
+            E.status.in_([s.value for s in EnrollmentStatus if not s.finished]),
+        )
+        return [_row(r) for r in self._conn.execute(lock(q.order_by(E.id)))]
 
     def create(
         self, subscriber_id: int, sequence_id: str, state: EnrollmentState, *, now: datetime

@@ -101,6 +101,8 @@ class Enrollment(Base):
     step_sent_at: Mapped[datetime | None] = mapped_column(When)
     reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
     exit_reason: Mapped[str | None] = mapped_column(String(16))
+    # The steps the person said yes to (a list of step ids).
+    done: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(When)
     updated_at: Mapped[datetime] = mapped_column(When)
 

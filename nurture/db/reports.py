@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, func, select
 
 from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
-from nurture.vocabulary import EventKind
+from nurture.vocabulary import EnrollmentStatus, EventKind
 
 __all__ = ["StatusRow", "ReportStore"]
 
@@ -34,6 +34,24 @@ class ReportStore:
         keys = (E.sequence_id, E.step_id, E.status, E.exit_reason)
         q = select(*keys, func.count()).group_by(*keys)
         return [StatusRow(*r) for r in self._conn.execute(q)]
+
+    def waiting_by_step(self) -> list[tuple[str, str, int]]:
+        """(sequence, step, people) for every enrollment not finished."""
+        keys = (E.sequence_id, E.step_id)
+        q = (
+            select(*keys, func.count())
+            .where(E.status.in_([EnrollmentStatus.active.value, EnrollmentStatus.held.value]))
+            .group_by(*keys)
+        )
+        return [(a, b, int(n)) for a, b, n in self._conn.execute(q)]
+
+    def held_by_sequence(self) -> dict[str, int]:
+        q = (
+            select(E.sequence_id, func.count())
+            .where(E.status == EnrollmentStatus.held.value)
+            .group_by(E.sequence_id)
+        )
+        return {a: int(n) for a, n in self._conn.execute(q)}
 
     def message_counts(self) -> dict[str, int]:
         q = select(M.status, func.count()).group_by(M.status)

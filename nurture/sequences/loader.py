@@ -226,7 +226,29 @@ def load_sequence_file(
         goals=tuple(header.goals),
         line=_line_for(lines, ("id",)),
         sample=tuple(sorted(header.sample.items())),
+        confirmed_elsewhere=header.confirmed_elsewhere,
     )
+
+
+def _silent_holds(sequences: dict[str, Sequence]) -> list[Problem]:
+    """Nothing is sent to a person before they confirm (double opt-in). With no confirmation
+    step anywhere, everyone who subscribes (POST /subscribe) would be held with nothing sent,
+    for ever: a mistake, unless the sequence says its people confirmed elsewhere."""
+    if any(step.confirms for seq in sequences.values() for step in seq.steps):
+        return []
+    return [
+        Problem(
+            seq.source,
+            seq.line,
+            f"sequence '{seq.id}': nobody who subscribes can ever get an email here: nothing "
+            "is sent before a person confirms (double opt-in) and no sequence has a "
+            "confirmation step. Mark the first step `confirms: true` (its email asks for the "
+            "click that confirms), or, if everyone enrolled here confirmed elsewhere "
+            "(nurture subscribe --confirmed), say `confirmed_elsewhere: true`",
+        )
+        for seq in sequences.values()
+        if not seq.confirmed_elsewhere
+    ]
 
 
 def _address_ok(sender: str) -> bool:
@@ -263,6 +285,7 @@ def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) 
             )
             continue
         sequences[seq.id] = seq
+    problems += _silent_holds(sequences)
     if problems:
         problems.sort(key=lambda p: (p.file, p.line or 0))
         raise SequenceError(problems)

@@ -63,6 +63,8 @@ class Sequence:
     line: int | None = None  # of the id
     # The fields of the sample subscriber validate and preview render every email for.
     sample: tuple[tuple[str, str], ...] = (("first_name", "Ada"),)
+    # Everyone enrolled here confirmed outside nurture (subscribed with --confirmed).
+    confirmed_elsewhere: bool = False
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -60,6 +60,7 @@ class SequenceModel(_Model):
     steps: list[Any] = Field(min_length=1)
     goals: list[str] = []
     sample: dict[str, str] = {"first_name": "Ada"}
+    confirmed_elsewhere: bool = False
 
 
 def clean_loc(loc: Loc) -> Loc:

@@ -304,3 +304,46 @@ def test_an_unknown_setting_is_named_at_start_up(tmp_path: Path) -> None:
         r.stderr
     )
     assert "NURTURE_TEST_DATABASE_URL" not in r.stderr  # the test suite's own variable
+
+
+def test_people_at_a_step_the_files_lost_are_reported_and_moved_or_ended(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Issue 8.9: removing or renaming a step that people wait at left them retried hourly
+    for ever with nothing visible."""
+    sequences = tmp_path / "sequences"
+    shutil.copytree(DATA / "sequences", sequences)
+    env = {
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_SEQUENCES_DIR": str(sequences),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+    }
+    for who in ("amy", "ben"):
+        r = run(
+            "subscribe",
+            f"{who}@example.com",
+            "--sequence",
+            "journey",
+            "--confirmed",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+    r = run("validate", "--against-db", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "nobody in the database waits" in r.stdout
+    journey = sequences / "journey.yaml"
+    journey.write_text(journey.read_text().replace("  - id: read\n", "  - id: reading\n"))
+    r = run("validate", "--against-db", cwd=tmp_path, env=env)
+    assert r.returncode == 1
+    assert (
+        "2 people wait at journey/read, which the loaded sequences do not have: "
+        "`nurture move journey --from read --to STEP` or `nurture end journey --step read`"
+    ) in r.stderr
+    r = run("move", "journey", "--from", "read", "--to", "nowhere", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "has no step 'nowhere'" in r.stderr
+    r = run("move", "journey", "--from", "read", "--to", "reading", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "moved 2 from journey/read to reading" in r.stdout
+    assert run("validate", "--against-db", cwd=tmp_path, env=env).returncode == 0
+    r = run("end", "journey", "--step", "reading", cwd=tmp_path, env=env)
+    assert "ended journey for 2 waiting at reading" in r.stdout
+    assert "ended 2" in run("status", cwd=tmp_path, env=env).stdout

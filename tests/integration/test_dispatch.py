@@ -451,7 +451,7 @@ def test_an_email_too_large_for_one_person_fails_alone(
         "{% endfor %}{% endfor %}</p>\n"
     )
     (sequences / "big.yaml").write_text(
-        'id: big\nname: Big\nfrom: "Ada <ada@acme.example>"\nsteps:\n'
+        'id: big\nname: Big\nfrom: "Ada <ada@acme.example>"\nconfirmed_elsewhere: true\nsteps:\n'
         "  - id: one\n    subject: Hi\n    template: big.html\n    wait: 1d\n"
     )
     world = make_world(templates_dir=templates, sequences_dir=sequences)

@@ -440,3 +440,25 @@ def test_postpone_only_moves_the_due_time() -> None:
     later = engine.postpone(state, until=T0 + H, outcome="orphaned")
     assert later.state == replace(state, due_at=T0 + H) and later.actions == ()
     assert later.outcome == "orphaned"
+
+
+def test_a_reordered_sequence_never_sends_a_step_already_answered() -> None:
+    """Issue 8.9: reordering steps re-sent a completed step to a person. Moving on in the
+    file's order skips the steps the person said yes to; an explicit goto still may visit."""
+    a, b, c = (step(x, wait=D) for x in "abc")
+    before = Sequence(id="s", name="S", sender="a@b.c", steps=(a, b, c))
+    state = engine.start(before, now=T0, confirmed=True)
+    for at in ("a", "b"):
+        state = delivered(engine.on_due(state, before, now=T0, confirmed=True).state, before, T0)
+        state = engine.on_yes(state, before, Yes(YesBy.click, at, state.visit), now=T0).state
+    assert state.step_id == "c" and state.done == ("a", "b")
+    after = Sequence(id="s", name="S", sender="a@b.c", steps=(a, c, b))  # b moved last
+    state = delivered(engine.on_due(state, after, now=T0, confirmed=True).state, after, T0)
+    d = engine.on_yes(state, after, Yes(YesBy.click, "c", state.visit), now=T0)
+    assert d.state.status is Status.completed and d.state.done == ("a", "b", "c")
+    looping = Sequence(
+        id="s", name="S", sender="a@b.c", steps=(a, replace(b, on_timeout=Timeout("goto", "a")))
+    )
+    waiting = EnrollmentState(Status.active, "b", Phase.wait, 3, T0 + D, T0, done=("a",))
+    back = engine.on_due(waiting, looping, now=T0 + D, confirmed=True)
+    assert back.state.step_id == "a"  # the marketer's goto is followed, answered or not

@@ -625,7 +625,7 @@ def test_validation_renders_every_email_for_the_sample_subscriber(tmp_path: Path
     (templates / "escape.html").write_text("<p>{{ ''.__class__.__mro__ }}</p>\n")
     sequences = tmp_path / "sequences"
     sequences.mkdir()
-    head = 'name: N\nfrom: "Ada <ada@acme.example>"\n'
+    head = 'name: N\nfrom: "Ada <ada@acme.example>"\nconfirmed_elsewhere: true\n'
     step = "steps:\n  - id: one\n    subject: Hi\n    template: {t}\n    wait: 1d\n"
     (sequences / "a.yaml").write_text("id: a\n" + head + step.format(t="company.html"))
     (sequences / "b.yaml").write_text("id: b\n" + head + step.format(t="escape.html"))
@@ -637,7 +637,7 @@ def test_validation_renders_every_email_for_the_sample_subscriber(tmp_path: Path
     problems = sample_problems(catalog, Renderer(env, SIGNER, BASE))
     by_file = {Path(p.file).name: p for p in problems}
     assert set(by_file) == {"a.yaml", "b.yaml"}  # c names the field in its sample
-    assert by_file["a.yaml"].line == 5  # the step's line
+    assert by_file["a.yaml"].line == 6  # the step's line
     assert "'dict object' has no attribute 'company'" in by_file["a.yaml"].message
     assert "default" in by_file["a.yaml"].message and "sample:" in by_file["a.yaml"].message
     assert "SecurityError" in by_file["b.yaml"].message

@@ -553,9 +553,23 @@ def test_from_must_be_one_address(seq_dir: Path, env: jinja2.Environment, sender
 # The catalog
 
 
+OPT_IN = """
+id: optin
+name: Opt-in
+from: "Ada <ada@acme.example>"
+steps:
+  - id: confirm
+    confirms: true
+    subject: Confirm
+    template: a.html
+    wait: 1d
+"""
+
+
 def test_catalog_collects_problems_from_several_files(
     seq_dir: Path, env: jinja2.Environment
 ) -> None:
+    write(seq_dir, "0_optin.yaml", OPT_IN)
     good = write(seq_dir, "a_good.yaml", VALID)
     typo = write(
         seq_dir,
@@ -605,13 +619,15 @@ def test_catalog_sorts_problems_by_file_and_line(seq_dir: Path, env: jinja2.Envi
 def test_catalog_loads_yaml_and_yml(seq_dir: Path, env: jinja2.Environment) -> None:
     write(seq_dir, "a.yaml", VALID)
     write(seq_dir, "b.yml", VALID.replace("id: demo", "id: other"))
+    write(seq_dir, "c.yaml", OPT_IN)
     write(seq_dir, "notes.txt", "not a sequence")
     catalog = load_catalog(seq_dir, env=env)
-    assert sorted(s.id for s in catalog) == ["demo", "other"]
+    assert sorted(s.id for s in catalog) == ["demo", "optin", "other"]
     assert catalog.get("missing") is None
 
 
 def test_duplicate_sequence_id_across_files(seq_dir: Path, env: jinja2.Environment) -> None:
+    write(seq_dir, "0_optin.yaml", OPT_IN)
     first = write(seq_dir, "a.yaml", VALID)
     second = write(seq_dir, "b.yaml", VALID)
     with pytest.raises(SequenceError) as info:
@@ -625,6 +641,7 @@ def test_duplicate_sequence_id_across_files(seq_dir: Path, env: jinja2.Environme
 def test_duplicate_sequence_id_points_at_the_id_line(
     seq_dir: Path, env: jinja2.Environment
 ) -> None:
+    write(seq_dir, "0_optin.yaml", OPT_IN)
     first = write(seq_dir, "a.yaml", VALID)
     # VALID starts with a newline: without lstrip the `id:` line would be line 4.
     second = write(
@@ -803,3 +820,26 @@ def test_names_a_template_will_never_have_are_reported(tmp_path: Path) -> None:
             "(they have: base_url, sequence, step, subscriber, unsubscribe_url)",
         ),
     ]
+
+
+def test_no_confirmation_step_anywhere_is_a_problem_with_its_fix(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    """Issue 8.10: a sequence whose first step confirms but is not marked `confirms: true`
+    passed validate, and everyone who subscribed was held for ever with nothing sent."""
+    path = write(seq_dir, "a.yaml", VALID)
+    with pytest.raises(SequenceError) as info:
+        load_catalog(seq_dir, env=env)
+    [problem] = info.value.problems
+    assert (problem.file, problem.line) == (str(path), 1)
+    assert "nobody who subscribes can ever get an email here" in problem.message
+    assert (
+        "`confirms: true`" in problem.message and "`confirmed_elsewhere: true`" in problem.message
+    )
+    # Said so explicitly (everyone here confirmed outside nurture): fine.
+    write(seq_dir, "a.yaml", VALID.replace("steps:", "confirmed_elsewhere: true\nsteps:"))
+    assert load_catalog(seq_dir, env=env).get("demo") is not None
+    # Or with a confirmation step in any sequence: people confirm there.
+    write(seq_dir, "a.yaml", VALID)
+    write(seq_dir, "b.yaml", OPT_IN)
+    assert load_catalog(seq_dir, env=env).get("demo") is not None
