@@ -157,3 +157,29 @@ def test_an_outage_longer_than_a_wait_never_skips_a_step(
             assert subjects.index("Step one") < subjects.index("Step two"), (email, subjects)
     finally:
         daemon.kill()
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
+    tmp_path: Path, smtp: SmtpServerThread
+) -> None:
+    import subprocess
+
+    from support.daemon import NURTURE
+    from support.net import free_port
+
+    enroll(tmp_path, "batch", 1)
+    daemon = daemon_for(tmp_path, smtp)
+    try:
+        daemon.start()
+        assert daemon.proc is not None
+        env = {**daemon.env, "NURTURE_HTTP_PORT": str(free_port())}
+        second = subprocess.run(
+            [str(NURTURE), "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 1
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("configuration error: another nurture daemon is running on ")
+        assert f"(pid {daemon.proc.pid})" in last
+        assert daemon.proc.poll() is None  # the first one goes on
+    finally:
+        assert daemon.stop() == 0
