@@ -317,31 +317,12 @@ class OutboxStore:
         """Claimed but never started (a shutdown, a pause): queued again, due now, the
         attempt not counted."""
         if message_ids:
-            self._conn.execute(
-                update(MESSAGES)
-                .where(
-                    M.id.in_(message_ids),
-                    M.status == MessageStatus.sending.value,
-                    M.handed_at.is_(None),
-                )
-                .values(
-                    status=MessageStatus.queued.value,
-                    claimed_by=None,
-                    next_attempt_at=now,
-                    attempts=M.attempts - 1,
-                )
-            )
+            self._unclaim(M.id.in_(message_ids), now=now)
 
-    def release_claims(self, worker: str, *, now: datetime) -> int:
-        """Everything ``worker`` claimed and did not start: queued again, due now (a
-        shutdown). What it had handed to SMTP stays claimed, for ``reclaim``."""
+    def _unclaim(self, which: Any, *, now: datetime) -> int:
         done = self._conn.execute(
             update(MESSAGES)
-            .where(
-                M.status == MessageStatus.sending.value,
-                M.claimed_by == worker,
-                M.handed_at.is_(None),
-            )
+            .where(which, M.status == MessageStatus.sending.value, M.handed_at.is_(None))
             .values(
                 status=MessageStatus.queued.value,
                 claimed_by=None,
@@ -350,6 +331,11 @@ class OutboxStore:
             )
         )
         return int(done.rowcount)
+
+    def release_claims(self, worker: str, *, now: datetime) -> int:
+        """Everything ``worker`` claimed and did not start: queued again, due now (a
+        shutdown). What it had handed to SMTP stays claimed, for ``reclaim``."""
+        return self._unclaim(M.claimed_by == worker, now=now)
 
     def due_now(self, *, until: datetime, now: datetime) -> int:
         """Queued messages due by ``until`` (held back by a pause) become due now."""

@@ -86,26 +86,42 @@ def when_accepted(smtp: SmtpServerThread, count: int, act: Callable[[], None]) -
     handler(smtp).on_accepted = on_accepted
 
 
+def cut_at(
+    tmp_path: Path, smtp: SmtpServerThread, sequence: str, count: int, at: int, how: str
+) -> tuple[Daemon, list[str], int | None]:
+    """Enroll ``count`` people, start the daemon, and SIGTERM or kill it right after the
+    ``at``-th accepted message; returns the (stopped) daemon, the people and its exit code."""
+    people = enroll(tmp_path, sequence, count)
+    daemon = daemon_for(tmp_path, smtp)
+    cut = {"sigterm": signal.SIGTERM, "kill": signal.SIGKILL}[how]
+    when_accepted(smtp, at, lambda: daemon.proc.send_signal(cut))  # type: ignore[union-attr]
+    daemon.start()
+    assert daemon.proc is not None
+    code = daemon.proc.wait(30)
+    handler(smtp).on_accepted = None
+    return daemon, people, code
+
+
+def restarted_until_all_have(
+    daemon: Daemon, smtp: SmtpServerThread, people: list[str]
+) -> Counter[str]:
+    daemon.start()  # on SQLite it takes over its predecessor's mail at once
+    wait_for("everyone's email", lambda: len(copies(smtp, "Hello, friend")) == len(people))
+    time.sleep(1)  # a few more ticks: nothing else may be sent
+    return copies(smtp, "Hello, friend")
+
+
 def test_sigterm_mid_batch_loses_nothing_and_repeats_nothing(
     tmp_path: Path, smtp: SmtpServerThread
 ) -> None:
     """Finding 1: SIGTERM cancelled the batch in flight: all rows left 'sending', resent 5
     minutes later, 28 people got the email twice. Now the mail on the wire finishes and is
     recorded, the rest goes back to the queue, and the next start sends it at once."""
-    people = enroll(tmp_path, "batch", 40)
-    daemon = daemon_for(tmp_path, smtp)
-    when_accepted(smtp, 10, lambda: daemon.proc.send_signal(signal.SIGTERM))  # type: ignore[union-attr]
+    daemon, people, code = cut_at(tmp_path, smtp, "batch", 40, 10, "sigterm")
     try:
-        daemon.start()
-        assert daemon.proc is not None
-        assert daemon.proc.wait(30) == 0
-        before = copies(smtp, "Hello, friend")
-        assert 10 <= sum(before.values()) < len(people)
-        handler(smtp).on_accepted = None
-        daemon.start()
-        wait_for("everyone's email", lambda: len(copies(smtp, "Hello, friend")) == len(people))
-        time.sleep(1)  # a few more ticks: nothing else may be sent
-        got = copies(smtp, "Hello, friend")
+        assert code == 0
+        assert 10 <= sum(copies(smtp, "Hello, friend").values()) < len(people)
+        got = restarted_until_all_have(daemon, smtp, people)
         assert set(got) == set(people) and max(got.values()) == 1  # none lost, none twice
     finally:
         daemon.kill()
@@ -116,18 +132,9 @@ def test_kill_9_at_the_tenth_accepted_email_repeats_at_most_the_bound(
 ) -> None:
     """Finding 2: outcomes were recorded after the whole batch, so a crash repeated every
     accepted email of it (12 of 20). Now at most two per connection."""
-    people = enroll(tmp_path, "batch", 40)
-    daemon = daemon_for(tmp_path, smtp)
-    when_accepted(smtp, 10, lambda: daemon.proc.kill())  # type: ignore[union-attr]
+    daemon, people, _ = cut_at(tmp_path, smtp, "batch", 40, 10, "kill")
     try:
-        daemon.start()
-        assert daemon.proc is not None
-        daemon.proc.wait(30)
-        handler(smtp).on_accepted = None
-        daemon.start()  # takes over its dead predecessor's mail at once (SQLite)
-        wait_for("everyone's email", lambda: len(copies(smtp, "Hello, friend")) == len(people))
-        time.sleep(1)
-        got = copies(smtp, "Hello, friend")
+        got = restarted_until_all_have(daemon, smtp, people)
         assert set(got) == set(people)  # none lost
         assert sum(got.values()) - len(people) <= BOUND
     finally:
@@ -139,14 +146,8 @@ def test_an_outage_longer_than_a_wait_never_skips_a_step(
 ) -> None:
     """Finding 3: the step's clock started when its email was planned, so after an outage
     longer than the wait people got step 2 having never got step 1."""
-    people = enroll(tmp_path, "outage", 12)
-    daemon = daemon_for(tmp_path, smtp)
-    when_accepted(smtp, 3, lambda: daemon.proc.kill())  # type: ignore[union-attr]
+    daemon, people, _ = cut_at(tmp_path, smtp, "outage", 12, 3, "kill")
     try:
-        daemon.start()
-        assert daemon.proc is not None
-        daemon.proc.wait(30)
-        handler(smtp).on_accepted = None
         time.sleep(3)  # the outage: longer than step one's two-second wait
         daemon.start()
         wait_for("step two for everyone", lambda: len(copies(smtp, "Step two")) == len(people))
