@@ -281,7 +281,7 @@ def cmd_inbound(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    pause = _services(args).dispatcher.resume()
+    pause = _services(args).dispatcher.handover.resume()
     if pause is None:
         print("sending was not paused")
     else:

@@ -172,7 +172,7 @@ class Daemon:
     def _register(self) -> None:
         assert self.services is not None
         self._tell_who_waits()
-        taken = self.services.dispatcher.register(only_worker=self._file_lock is not None)
+        taken = self.services.dispatcher.handover.register(only_worker=self._file_lock is not None)
         if taken:
             log.warning(
                 "took over %d messages from the daemon that ran before this one",
@@ -236,7 +236,9 @@ class Daemon:
         dispatcher = self.services.dispatcher
         timeout = timedelta(seconds=self.settings.worker_timeout_seconds)
         try:
-            gone, taken = await asyncio.to_thread(lambda: dispatcher.heartbeat(timeout=timeout))
+            gone, taken = await asyncio.to_thread(
+                lambda: dispatcher.handover.heartbeat(timeout=timeout)
+            )
         except Exception:
             log.exception("heartbeat failed", extra={"action": "heartbeat_failed"})
             return
@@ -325,7 +327,7 @@ class Daemon:
 
     def _unregister(self) -> None:
         assert self.services is not None
-        released = self.services.dispatcher.unregister()
+        released = self.services.dispatcher.handover.unregister()
         if released:
             log.info(
                 "put back %d claimed messages not started",

@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import random
-import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -34,7 +32,7 @@ from nurture.composer import Composed, Composer, NotLoaded
 from nurture.config import Settings
 from nurture.db.messages import OutgoingRow
 from nurture.db.store import Store
-from nurture.db.workers import Pause
+from nurture.handover import Handover
 from nurture.journey import ORPHAN_RETRY, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
 from nurture.mail.render import Renderer
@@ -102,6 +100,7 @@ class Dispatcher:
         self.policy = policy
         self.worker = worker
         self.ledger = SendLedger(store, journey, clock, policy, worker, rng or random.Random())
+        self.handover = Handover(self)
         self.composer = Composer(
             catalog=catalog,
             renderer=renderer,
@@ -111,6 +110,7 @@ class Dispatcher:
         )
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.stopping = threading.Event()
+        self.unsettled = False  # a failed batch left messages this worker must settle
 
     def with_transport(self, transport: Transport, *, worker: str) -> Dispatcher:
         """Another worker on the same parts, sending through ``transport`` (a second worker
@@ -119,8 +119,10 @@ class Dispatcher:
         other.transport = transport
         other.worker = worker
         other.ledger = SendLedger(self.store, self.journey, self.clock, self.policy, worker)
+        other.handover = Handover(other)
         other.timings = defaultdict(float)
         other.stopping = threading.Event()
+        other.unsettled = False
         return other
 
     @contextmanager
@@ -130,58 +132,6 @@ class Dispatcher:
             yield
         finally:
             self.timings[phase] += time.perf_counter() - began
-
-    # -- this worker's life ---------------------------------------------------------------
-
-    def register(self, *, only_worker: bool = False) -> int:
-        """Write this worker's row. ``only_worker`` (SQLite: one daemon holds the file): every
-        other row is a dead predecessor, whose mail is taken over at once. Returns how many
-        messages were taken over."""
-        now = self.clock.now()
-        with self.store.transaction() as tx:
-            tx.workers.register(self.worker, host=socket.gethostname(), pid=os.getpid(), now=now)
-            if not only_worker:
-                return 0
-            tx.workers.forget_all_but(self.worker)
-            return tx.outbox.reclaim(now=now)
-
-    def heartbeat(self, *, timeout: timedelta) -> tuple[list[str], int]:
-        """Say this worker is alive; forget workers silent for longer than ``timeout`` and take
-        over their mail. Returns (workers forgotten, messages taken over)."""
-        now = self.clock.now()
-        with self.store.transaction() as tx:
-            if not tx.workers.heartbeat(self.worker, now=now):
-                # Taken for dead (this process stalled longer than the timeout): its mail went
-                # to others; carry on as a new row.
-                log.error(
-                    "this worker was taken for dead by another; registering again",
-                    extra={"action": "worker_revived"},
-                )
-                host, pid = socket.gethostname(), os.getpid()
-                tx.workers.register(self.worker, host=host, pid=pid, now=now)
-            gone = tx.workers.forget_silent(since=now - timeout)
-            return gone, tx.outbox.reclaim(now=now)
-
-    def resume(self) -> Pause | None:
-        """An operator's "try again now" after a pause: the pause ends, and what it held back
-        is due at once. Returns the pause that ended, if any."""
-        now = self.clock.now()
-        with self.store.transaction() as tx:
-            pause = tx.control.pause()
-            if pause is not None:
-                tx.control.clear_pause()
-                tx.outbox.due_now(until=pause.until, now=now)
-        return pause
-
-    def unregister(self) -> int:
-        """What this worker claimed and did not start goes back to the queue, due now; what
-        it handed to SMTP and never heard back about is taken over (resent) by the next.
-        Returns how many messages were put back."""
-        now = self.clock.now()
-        with self.store.transaction() as tx:
-            released = tx.outbox.release_claims(self.worker, now=now)
-            tx.workers.remove(self.worker)
-        return released
 
     # -- planning ------------------------------------------------------------------------
 
@@ -282,7 +232,13 @@ class Dispatcher:
                 for message_id, error in failed:
                     self.ledger.fail(tx, message_id, error, now=now)
                 for message_id, error in postponed:
-                    tx.outbox.mark_retry(message_id, at=now + ORPHAN_RETRY, error=error)
+                    tx.outbox.mark_retry(
+                        message_id,
+                        at=now + ORPHAN_RETRY,
+                        error=error,
+                        worker=self.worker,
+                        uncount=True,
+                    )
             # Mail cancelled since it was claimed (an unsubscribe, a goal) is not sent.
             ready = [o for o in ready if o.id in still]
         return ready
@@ -303,42 +259,80 @@ class Dispatcher:
         def take() -> Composed | None:
             return waiting.popleft() if waiting and not self._halted() else None
 
+        unwritten: list[Outcome] = []
+
         async def work() -> None:
             # Pipelined: while one message is on the wire, the outcome of the one before and
             # the hand-off of the one after are written. At a crash, at most two accepted
             # messages per connection are not written down yet.
             nonlocal handed
-            async with self.transport.connection() as connection:
-                current = take()
-                allowed = await ledger.step(Step(None, current))
-                done: Outcome | None = None
-                while current is not None:
-                    nxt = take()
-                    ahead = asyncio.ensure_future(ledger.step(Step(done, nxt)))
-                    done = None
-                    if allowed and self._halted():  # handed off, but stop or pause first
-                        done = Outcome(current, NotStarted("not started: " + self._why_halted()))
-                    elif allowed:
-                        handed += 1
-                        error = await connection.send(
-                            current.sender, current.recipient, current.data
-                        )
-                        done = Outcome(current, error)
-                    allowed = await ahead
-                    current = nxt
+            done: Outcome | None = None
+            try:
+                async with self.transport.connection() as connection:
+                    current = take()
+                    allowed = await ledger.step(Step(None, current))
+                    while current is not None:
+                        nxt = take()
+                        ahead = asyncio.ensure_future(ledger.step(Step(done, nxt)))
+                        done = None
+                        if allowed and self._halted():  # handed off, but stop or pause first
+                            done = Outcome(current, NotStarted(f"not started: {self._why()}"))
+                        elif allowed:
+                            handed += 1
+                            error = await connection.send(
+                                current.sender, current.recipient, current.data
+                            )
+                            done = Outcome(current, error)
+                        try:
+                            allowed = await ahead
+                        except Exception:
+                            if done is not None:
+                                unwritten.append(done)
+                            raise
+                        current = nxt
+                    if done is not None:
+                        step, done = Step(done, None), None
+                        await ledger.step(step)
+            except Exception:
                 if done is not None:
-                    await ledger.step(Step(done, None))
-            ledger.workers -= 1  # one fewer to wait for
+                    unwritten.append(done)
+                raise
+            finally:
+                ledger.workers -= 1  # one fewer to wait for
 
         recorded = self.ledger.seconds
-        with self._timed("send"):
-            await asyncio.gather(*(work() for _ in range(workers)))
-        self.timings["record"] += self.ledger.seconds - recorded
-        if waiting:  # stopping, or paused: what was not started goes back, due at once
-            await asyncio.to_thread(self._release, [o.id for o in waiting])
+        try:
+            with self._timed("send"):
+                results = await asyncio.gather(
+                    *(work() for _ in range(workers)), return_exceptions=True
+                )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                # A write that kept failing: settle what this batch left, then say so.
+                await asyncio.to_thread(self._settle, ready, unwritten)
+                raise failures[0]
+            if waiting:  # stopping, or paused: what was not started goes back, due at once
+                await asyncio.to_thread(self._release, [o.id for o in waiting])
+        finally:
+            self.timings["record"] += self.ledger.seconds - recorded
         return handed
 
-    def _why_halted(self) -> str:
+    def _settle(self, batch: Sequence[Composed], unwritten: list[Outcome]) -> None:
+        """After writes kept failing: the outcomes known but not written are written, and the
+        rest of the batch this worker still holds goes back to the queue (sent again, as a
+        message whose outcome is not known, if it was handed to SMTP)."""
+        try:
+            if unwritten:
+                self.ledger.write([Step(done=o) for o in unwritten])
+            self.handover.settle([o.id for o in batch])
+        except Exception:  # noqa: BLE001 - the next tick settles them
+            self.unsettled = True
+            log.exception(
+                "could not put back a batch after a failed write",
+                extra={"action": "batch_unsettled"},
+            )
+
+    def _why(self) -> str:
         return "the worker is stopping" if self.stopping.is_set() else "sending is paused"
 
     def _release(self, message_ids: list[int]) -> None:
@@ -362,6 +356,14 @@ class Dispatcher:
     async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
         """Plan and deliver until nothing is due (or ``max_batches``, or stopping, or
         paused); one tick's work."""
+        if self.unsettled:
+            # What a batch whose writes failed left: settled before anything new is sent
+            # (here, not from the heartbeat's thread, so no batch of this worker is under way).
+            await asyncio.to_thread(self.handover.settle)
+            self.unsettled = False
+        return await self._run(max_batches)
+
+    async def _run(self, max_batches: int) -> tuple[int, int]:
         planned = sent = 0
         if await asyncio.to_thread(self._sending_paused):
             return 0, 0
@@ -371,7 +373,8 @@ class Dispatcher:
                 break
             n, fresh = await asyncio.to_thread(self.plan, self.clock.now())
             m = await self._send(fresh) if fresh else 0
-            m += await self.deliver()
+            if not self._halted():
+                m += await self.deliver()
             planned += n
             sent += m
             # A decision can make an enrollment due at once (a timeout moving on to a step

@@ -96,6 +96,8 @@ def _enter(
     """The state of an enrollment that has just moved to ``step`` (its email not sent yet)."""
     if step.confirms and confirmed:
         following = sequence.next_step(step.id)
+        while following is not None and following.id in done:
+            following = sequence.next_step(following.id)
         if following is None:
             return EnrollmentState(
                 EnrollmentStatus.completed, step.id, Phase.wait, visit, None, done=done

@@ -124,7 +124,7 @@ class Journey:
     def answer(self, tx: Tx, message: MessageRow, by: YesBy, *, now: datetime) -> str:
         """A click judged human on a counting link, or a person's reply, to ``message``: the
         micro-yes if it answers the current ask. Returns the outcome, for the event."""
-        enrollment = tx.enrollments.get(message.enrollment_id)
+        enrollment = self._locked(tx, message)
         found = self.catalog.locate(enrollment.sequence_id, enrollment.state.step_id)
         if found is None:
             return "ignored:sequence_not_loaded"
@@ -149,7 +149,7 @@ class Journey:
     def extend(self, tx: Tx, message: MessageRow, back: date, *, now: datetime) -> str:
         """An out-of-office answer to ``message`` names the day the person is back: the wait
         of the current step counts from then."""
-        enrollment = tx.enrollments.get(message.enrollment_id)
+        enrollment = self._locked(tx, message)
         state = enrollment.state
         found = self.catalog.locate(enrollment.sequence_id, state.step_id)
         if found is None or (message.step_id, message.visit) != (state.step_id, state.visit):
@@ -159,6 +159,14 @@ class Journey:
         if decision.state != state:
             self._apply(tx, [(enrollment, decision)], now=now)
         return f"{decision.outcome} until {back.isoformat()}"
+
+    @staticmethod
+    def _locked(tx: Tx, message: MessageRow) -> EnrollmentRow:
+        """The enrollment of ``message``, locked with all of its person's (in id order): a
+        yes may confirm the person, which touches them all, and every path locks a person's
+        enrollments the same way, so none waits on another in a circle."""
+        rows = tx.enrollments.of_subscriber(message.subscriber_id)
+        return next(r for r in rows if r.id == message.enrollment_id)
 
     def confirm(self, tx: Tx, subscriber_id: int, *, now: datetime) -> bool:
         """Double opt-in done: the person is confirmed and their held enrollments, and those

@@ -44,6 +44,8 @@ __all__ = ["Outcome", "Step", "SendLedger", "GroupCommit", "Breaker", "why_not_s
 
 log = logging.getLogger(__name__)
 
+WRITE_ATTEMPTS = 4
+
 
 def why_not_send(row: ClaimedRow) -> str | None:
     """Why a claimed message is no longer wanted, or None when it still is."""
@@ -171,7 +173,31 @@ class SendLedger:
         self.breaker = Breaker(self.policy.breaker_failures)
 
     def write(self, steps: list[Step]) -> set[int]:
+        """One transaction for these steps. A transaction that fails (a deadlock another
+        transaction won, a dropped connection) rolled back whole: it is tried again, with
+        this ledger's own state as it was, a few times before the error is raised."""
         began = time.perf_counter()
+        try:
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                saved = (self.breaker.last, self.breaker.count, self.paused, self.pause_exists)
+                try:
+                    return self._write(steps)
+                except Exception as exc:
+                    (self.breaker.last, self.breaker.count, self.paused, self.pause_exists) = saved
+                    if attempt == WRITE_ATTEMPTS:
+                        raise
+                    log.warning(
+                        "writing %d send outcomes failed (%s); trying again",
+                        len(steps),
+                        exc,
+                        extra={"action": "ledger_retry"},
+                    )
+                    time.sleep(0.05 * attempt)
+            raise AssertionError("unreachable")
+        finally:
+            self.seconds += time.perf_counter() - began
+
+    def _write(self, steps: list[Step]) -> set[int]:
         now = self.clock.now()
         outcomes = [s.done for s in steps if s.done is not None]
         starts = [s.start for s in steps if s.start is not None]
@@ -180,22 +206,27 @@ class SendLedger:
             self._accepted(tx, accepted, now=now)
             if accepted:
                 self.breaker.success()
-                if self.pause_exists:
+                # A pause that ran out is over once a message goes through; not one this
+                # send set (a success already on the wire when the refusal came proves
+                # nothing).
+                if self.pause_exists and not self.paused:
                     tx.control.clear_pause()
                     self.pause_exists = False
                     log.warning("sending resumed", extra={"action": "sending_resumed"})
             for outcome in outcomes:
                 if outcome.error is not None:
                     self._failed(tx, outcome.message, outcome.error, now=now)
+            if not self.paused:  # another worker may have paused sending meanwhile
+                pause = tx.control.pause()
+                self.paused = pause is not None and pause.until > now
             allowed = self._hand_off(tx, [m.id for m in starts], now=now)
-        self.seconds += time.perf_counter() - began
         return allowed
 
     def _accepted(self, tx: Tx, messages: list[Composed], *, now: datetime) -> None:
         # Lock order: the enrollments first (their clocks), then the messages, as everywhere.
         steps = [m.delivery for m in messages if m.delivery is not None]
         self.journey.delivered(tx, steps, at=now)
-        tx.outbox.mark_sent([m.id for m in messages], now=now)
+        tx.outbox.mark_sent([m.id for m in messages], worker=self.worker, now=now)
 
     def _hand_off(self, tx: Tx, ids: list[int], *, now: datetime) -> set[int]:
         if self.paused:
@@ -222,7 +253,7 @@ class SendLedger:
         elif isinstance(err, OutcomeUnknown):
             self._unknown(tx, out, err, now=now)
         elif isinstance(err, NotStarted):
-            tx.outbox.mark_retry(out.id, at=now, error=str(err), uncount=True)
+            tx.outbox.mark_retry(out.id, at=now, error=str(err), uncount=True, worker=self.worker)
         elif err.code is not None and out.attempts >= self.policy.max_attempts:
             # Only a recipient's 4xx runs out of attempts; an unreachable server is retried
             # until it comes back, so a dead SMTP server loses nothing.
@@ -243,20 +274,25 @@ class SendLedger:
                 delay.total_seconds(),
                 extra={"action": "send_retry", "message_id": out.id},
             )
-            tx.outbox.mark_retry(out.id, at=now + delay, error=str(err))
+            tx.outbox.mark_retry(out.id, at=now + delay, error=str(err), worker=self.worker)
 
     def _pause(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
-        current = tx.control.pause() if self.paused else None
-        if current is not None:
-            # The other connections' messages of the same moment: the same pause.
-            tx.outbox.mark_retry(out.id, at=current.until, error=str(err), uncount=True)
+        current = tx.control.pause()
+        if current is not None and (self.paused or current.until > now):
+            # The other connections' (or workers') messages of the same moment: one pause.
+            self.paused = self.pause_exists = True
+            tx.outbox.mark_retry(
+                out.id, at=current.until, error=str(err), uncount=True, worker=self.worker
+            )
             return
         pause = tx.control.set_pause(
             str(err), now=now, first=self.policy.pause, longest=self.policy.pause_max
         )
         self.paused = self.pause_exists = True
         # Not the message's fault: sent again when sending resumes, the attempt not counted.
-        tx.outbox.mark_retry(out.id, at=pause.until, error=str(err), uncount=True)
+        tx.outbox.mark_retry(
+            out.id, at=pause.until, error=str(err), uncount=True, worker=self.worker
+        )
         log.error(
             "sending paused until %s: %s (nobody was suppressed; `nurture resume` retries now)",
             pause.until.isoformat(timespec="seconds"),
@@ -296,14 +332,17 @@ class SendLedger:
             at.isoformat(timespec="seconds"),
             extra={"action": "send_unknown", "message_id": out.id},
         )
-        tx.outbox.mark_unknown(out.id, at=at, error=str(err))
+        tx.outbox.mark_unknown(out.id, at=at, error=str(err), worker=self.worker)
 
     def fail(
         self, tx: Tx, message_id: int, error: str, *, now: datetime, bounce: bool = False
     ) -> None:
         """This email fails for good; a bounce stops the person, anything else the
-        enrollment."""
-        message = tx.outbox.mark_failed(message_id, error=error)
+        enrollment. Nothing happens to a message this worker no longer holds (another took it
+        over, or it was cancelled meanwhile)."""
+        message = tx.outbox.mark_failed(message_id, error=error, worker=self.worker)
+        if message is None:
+            return
         if bounce:
             self.journey.stop_person(
                 tx,

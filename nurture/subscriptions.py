@@ -93,7 +93,11 @@ class Subscriptions:
             raise SubscribeError(f"unknown sequence {sequence_id!r} (known: {known})", status=404)
         extra = clean_fields(fields)
         with self.store.transaction() as tx:
-            sub = tx.subscribers.by_email(address, lock=True)
+            sub = tx.subscribers.by_email(address)
+            if sub is not None:
+                # Lock order: the person's enrollments, then the person (nurture.journey).
+                tx.enrollments.of_subscriber(sub.id)
+                sub = tx.subscribers.get(sub.id, lock=True)
             if sub is None:
                 status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
                 sub = tx.subscribers.create(address, extra, status=status, now=now)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     insert,
     or_,
     select,
@@ -143,7 +144,11 @@ _HAND_OFF = (
 )
 _MARK_SENT = (
     update(MESSAGES)
-    .where(M.id.in_(_IDS), M.status == MessageStatus.sending.value)
+    .where(
+        M.id.in_(_IDS),
+        M.status == MessageStatus.sending.value,
+        M.claimed_by == bindparam("worker"),
+    )
     .values(
         status=MessageStatus.sent.value,
         sent_at=bindparam("now"),
@@ -281,33 +286,39 @@ class OutboxStore:
         )
         return set(self._conn.scalars(q))
 
-    def mark_sent(self, message_ids: Sequence[int], *, now: datetime) -> None:
-        """Messages the relay accepted; only those still 'sending' (a cancelled row stays
-        cancelled)."""
+    def mark_sent(self, message_ids: Sequence[int], *, worker: str, now: datetime) -> None:
+        """Messages the relay accepted; only those still 'sending' for ``worker`` (a
+        cancelled row stays cancelled; one another worker took over is its)."""
         if message_ids:
-            self._conn.execute(_MARK_SENT, {"ids": list(message_ids), "now": now})
+            self._conn.execute(_MARK_SENT, {"ids": list(message_ids), "now": now, "worker": worker})
 
-    def _requeue(self, message_id: int, **values: Any) -> None:
-        # Only a message still claimed: one cancelled meanwhile stays cancelled.
+    def _requeue(self, message_id: int, worker: str, **values: Any) -> None:
+        # Only a message still claimed by this worker: one cancelled meanwhile stays
+        # cancelled, one another worker took over is its.
         self._conn.execute(
             update(MESSAGES)
-            .where(M.id == message_id, M.status == MessageStatus.sending.value)
+            .where(
+                M.id == message_id,
+                M.status == MessageStatus.sending.value,
+                M.claimed_by == worker,
+            )
             .values(status=MessageStatus.queued.value, claimed_by=None, handed_at=None, **values)
         )
 
     def mark_retry(
-        self, message_id: int, *, at: datetime, error: str, uncount: bool = False
+        self, message_id: int, *, at: datetime, error: str, worker: str, uncount: bool = False
     ) -> None:
         """Send again at ``at``; ``uncount``: the attempt was not the message's (never
         started, or refused because of us), so it does not count towards giving up."""
         extra = {"attempts": M.attempts - 1} if uncount else {}
-        self._requeue(message_id, next_attempt_at=at, last_error=error[:2000], **extra)
+        self._requeue(message_id, worker, next_attempt_at=at, last_error=error[:2000], **extra)
 
-    def mark_unknown(self, message_id: int, *, at: datetime, error: str) -> None:
+    def mark_unknown(self, message_id: int, *, at: datetime, error: str, worker: str) -> None:
         """No outcome is known (timed out after the data, connection lost in DATA): sent again
         at ``at``, with the same Message-ID, and counted."""
         self._requeue(
             message_id,
+            worker,
             next_attempt_at=at,
             last_error=error[:2000],
             unknown_outcomes=M.unknown_outcomes + 1,
@@ -360,16 +371,38 @@ class OutboxStore:
             and_(M.claimed_by.is_(None), M.next_attempt_at <= now),
             and_(M.claimed_by.is_not(None), M.claimed_by.not_in(live)),
         )
+        # A message it had not started was not attempted: the attempt is taken back.
+        attempts = case((M.handed_at.is_(None), M.attempts - 1), else_=M.attempts)
         done = self._conn.execute(
             update(MESSAGES)
             .where(M.status == MessageStatus.sending.value, orphaned)
-            .values(status=MessageStatus.queued.value, claimed_by=None, next_attempt_at=now)
+            .values(
+                status=MessageStatus.queued.value,
+                claimed_by=None,
+                next_attempt_at=now,
+                attempts=attempts,
+            )
         )
         return int(done.rowcount)
 
-    def mark_failed(self, message_id: int, *, error: str) -> MessageRow:
-        status = MessageStatus.failed.value
-        self._set([message_id], status=status, next_attempt_at=None, last_error=error[:2000])
-        found = self.get(message_id)
-        assert found is not None
-        return found
+    def leftovers(self, worker: str) -> list[tuple[int, bool]]:
+        """(message id, handed to SMTP) of what ``worker`` still holds."""
+        q = select(M.id, M.handed_at.is_not(None)).where(
+            M.status == MessageStatus.sending.value, M.claimed_by == worker
+        )
+        return [(r[0], bool(r[1])) for r in self._conn.execute(q)]
+
+    def mark_failed(self, message_id: int, *, error: str, worker: str) -> MessageRow | None:
+        """The message fails for good, if ``worker`` still holds it; None otherwise."""
+        done = self._conn.execute(
+            update(MESSAGES)
+            .where(
+                M.id == message_id,
+                M.status == MessageStatus.sending.value,
+                M.claimed_by == worker,
+            )
+            .values(
+                status=MessageStatus.failed.value, next_attempt_at=None, last_error=error[:2000]
+            )
+        )
+        return self.get(message_id) if done.rowcount else None

@@ -58,6 +58,12 @@ _OURS = re.compile(
     r"client host .* blocked|too many (connections|messages) from your ip",
     re.IGNORECASE,
 )
+# A block list answer that names us (our address, host or IP), not the message's content.
+_US = re.compile(
+    r"\bip\b|client host|your (ip|host|server|address)|\[\d+\.\d+\.\d+\.\d+\]|"
+    r"relay|sender|authenticat",
+    re.IGNORECASE,
+)
 _NO_SUCH_ADDRESS = re.compile(
     r"no such (user|mailbox|recipient|address)|user (unknown|not found|doesn'?t exist)|"
     r"unknown (user|recipient|mailbox)|(mailbox|recipient|address|account) "
@@ -72,14 +78,18 @@ def classify(stage: Stage, code: int, message: str) -> Fault:
     """The fault of one refusal at ``stage`` (connect, MAIL FROM, RCPT TO, or DATA)."""
     reply = Reply.parse(code, message)
     ours = bool(_OURS.search(reply.text))
+    enhanced = reply.enhanced or ""
     if stage in ("connect", "mail") or code in (530, 535, 538):
         return Fault.ours if code >= 500 or ours else Fault.temporary
     if code < 500:
         # A 4xx block-list answer pauses sending; any other 4xx is this message's, later.
-        return Fault.ours if ours and (reply.enhanced or "").startswith("4.7") else Fault.temporary
+        return Fault.ours if ours and enhanced.startswith("4.7") else Fault.temporary
+    if stage == "rcpt" and (enhanced.startswith("5.1.") or enhanced == "5.2.1"):
+        return Fault.recipient  # the address, whatever the words ("not listed in ...")
+    if ours and stage == "data" and not _US.search(reply.text):
+        return Fault.content  # a block list at DATA is about the message (a link in it)
     if ours:
         return Fault.ours
-    enhanced = reply.enhanced or ""
     if enhanced.startswith("5.1.") or enhanced == "5.2.1":
         return Fault.recipient
     if enhanced.startswith("5.7."):

@@ -118,7 +118,10 @@ def _refusal(stage: Stage, code: int, message: str) -> SendError:
         Fault.ours: RelayRefused,
         Fault.temporary: TemporarySendError,
     }[fault]
-    error = kind(text, code=code if fault is not Fault.ours else None)
+    # A code marks a recipient's own answer (its 4xx count towards giving up); a refusal of us,
+    # or a server's 4xx before any recipient was named, is never the recipient's.
+    recipients = fault is not Fault.ours and stage in ("rcpt", "data")
+    error = kind(text, code=code if recipients else None)
     error.signature = signature(stage, code, message)
     return error
 
@@ -180,6 +183,7 @@ class _Client:
         try:
             await smtp.data(data, timeout=self.target.data_timeout)
         except aiosmtplib.SMTPResponseException as exc:
+            await self._reset()  # a refused DATA command leaves the transaction open
             raise _refusal("data", exc.code, exc.message) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             await self.close()

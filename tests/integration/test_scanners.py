@@ -179,7 +179,8 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
         _, [row] = d.plan(clock.now())
         [out] = d._render([row])
         with services.store.transaction() as tx:
-            tx.outbox.mark_sent([out.id], now=clock.now())
+            tx.outbox.lease([out.id], worker=d.worker, now=clock.now())
+            tx.outbox.mark_sent([out.id], worker=d.worker, now=clock.now())
             message = tx.outbox.get(out.id)
         assert message is not None
         index = {"ask": 0, "other": 0, "honeypot": len(message.links) - 1}

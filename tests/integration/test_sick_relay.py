@@ -164,8 +164,12 @@ def test_an_unknown_outcome_is_resent_once_later_with_the_same_message_id(
     world.tick()
     [message] = rows(world.services.store, MESSAGES)
     assert (message.status, message.unknown_outcomes) == ("queued", 1)
+    tried = len(handler.dropped) + len(handler.caught)  # type: ignore[attr-defined]
     world.tick()  # not at once
+    [message] = rows(world.services.store, MESSAGES)
+    assert (message.status, message.unknown_outcomes) == ("queued", 1)
     assert message.next_attempt_at == world.clock.now() + timedelta(seconds=600)
+    assert len(handler.dropped) + len(handler.caught) == tried  # type: ignore[attr-defined]
     world.clock.advance(seconds=600)
     world.tick()  # the one resend: no answer again
     [message] = rows(world.services.store, MESSAGES)
@@ -220,9 +224,92 @@ def test_a_pause_shows_in_healthz_and_status_and_resume_sends_at_once(
 
     assert "SENDING PAUSED" in cli("status") and "Relay access denied" in cli("status")
     world.smtp.faults.clear()  # type: ignore[attr-defined]
-    ended = world.dispatcher.resume()  # what `nurture resume` does, on the test's clock
+    ended = world.dispatcher.handover.resume()  # what `nurture resume` does, on the test's clock
     assert ended is not None and "Relay access denied" in ended.reason
     world.tick()  # at once, not when the pause would have run out
     assert [c.recipient for c in world.smtp.caught] == [PEOPLE[0]]
     assert "PAUSED" not in cli("status")
     assert "sending was not paused" in cli("resume")
+
+
+def test_a_success_already_on_the_wire_does_not_end_the_pause_just_begun(
+    make_world: MakeWorld,
+) -> None:
+    """The relay refuses us on one connection while another's message, handed off before,
+    is accepted a moment later: that success proves nothing about the refusal; the pause
+    stands (and healthz says so) until it runs out or someone resumes."""
+    refused = Fault("rcpt", reply="554 5.7.1 Relay access denied", recipient=PEOPLE[0])
+    slow = Fault("data", delay=0.3)
+    world = world_with(make_world, refused, slow, smtp_connections=2)
+    for email in PEOPLE[:2]:
+        world.subscribe(email, confirmed=True)
+    world.tick()
+    assert [c.recipient for c in world.smtp.caught] == [PEOPLE[1]]
+    assert pause(world) is not None
+
+
+def test_a_busy_relay_before_any_recipient_never_runs_out_a_persons_attempts(
+    make_world: MakeWorld,
+) -> None:
+    """A 4xx at MAIL FROM is the relay's, not the recipient's: it is retried for as long as
+    it lasts, never given up on as if the recipient kept refusing."""
+    busy = Fault("mail", reply="451 4.3.2 System not accepting network messages")
+    world = world_with(make_world, busy, retry_max_attempts=1)
+    world.subscribe(PEOPLE[0], confirmed=True)
+    for _ in range(3):
+        world.tick()
+        world.clock.advance(hours=2)
+    [message] = rows(world.services.store, MESSAGES)
+    assert message.status == "queued" and message.attempts >= 2
+    world.smtp.faults.clear()  # type: ignore[attr-defined]
+    world.tick()
+    assert [c.recipient for c in world.smtp.caught] == [PEOPLE[0]]
+
+
+def test_writes_that_fail_are_tried_again_and_a_batch_they_abandon_is_settled(
+    make_world: MakeWorld,
+) -> None:
+    """The database refuses the ledger's writes for a while (locked, connection lost): a
+    write is tried again; a batch whose writes keep failing leaves nothing stuck 'sending'
+    once the database answers again (the next tick settles it)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    world = world_with(make_world, smtp_connections=2)
+    for email in PEOPLE:
+        world.subscribe(email, confirmed=True)
+    failing = {"left": 2}
+    refused = ["SET handed_at"]  # the hand-off's write
+    for_good = False
+
+    def refuse(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        if any(r in statement for r in refused) and failing["left"] > 0:
+            failing["left"] -= 1
+            if for_good:  # once a hand-off is refused, so is putting the batch back
+                refused.append("UPDATE messages")
+            raise OperationalError(statement, params, Exception("database is locked"))
+
+    database = world.services.store.database
+    event.listen(database, "before_cursor_execute", refuse)
+    try:
+        world.tick()  # two failed writes, tried again: everyone gets their email
+        assert sorted(c.recipient for c in world.smtp.caught) == sorted(PEOPLE)
+        more = [f"q{i}@example.com" for i in range(4)]
+        for email in more:
+            world.subscribe(email, confirmed=True)
+        failing["left"] = 10**6  # now the database refuses for good
+        for_good = True
+        with pytest.raises(OperationalError):
+            world.tick()
+        assert world.dispatcher.unsettled  # not even the batch could be put back
+        assert "sending" in [m.status for m in rows(world.services.store, MESSAGES)]
+        failing["left"] = 0  # ... and comes back
+        world.tick()  # the next tick settles what the failed batch left first
+        assert not world.dispatcher.unsettled
+        assert [m.status for m in rows(world.services.store, MESSAGES)].count("sending") == 0
+        world.clock.advance(seconds=world.services.settings.unknown_retry_seconds)
+        world.tick()
+        got = Counter(c.recipient for c in world.smtp.caught)
+        assert set(got) == set(PEOPLE + more) and max(got.values()) <= 2
+    finally:
+        event.remove(database, "before_cursor_execute", refuse)

@@ -245,11 +245,19 @@ def test_messages_are_recorded_claimed_handed_off_and_finished(store: Store) -> 
         links = [Link("https://a.example/", True), Link("https://n.test/hp", False, honeypot=True)]
         still = tx.outbox.set_rendered([(ids[0], "Hi", links), (ids[1], "Again", [])])
         assert still == set(ids)
-        tx.outbox.mark_sent([ids[0]], now=T0 + 7 * M)
-        tx.outbox.mark_sent([ids[0]], now=T0 + 8 * M)  # once: the first time stands
-        tx.outbox.mark_retry(ids[0], at=T0, error="too late: it was sent")  # not claimed: no-op
-        failed = tx.outbox.mark_failed(ids[1], error="550 no such user")
-        assert failed.status is MessageStatus.failed and failed.kind == MessageKind(1)
+        tx.outbox.mark_sent([ids[0]], worker="w2", now=T0 + 6 * M)  # not w2's
+        tx.outbox.mark_sent([ids[0]], worker="w1", now=T0 + 7 * M)
+        tx.outbox.mark_sent([ids[0]], worker="w1", now=T0 + 8 * M)  # once: the first time stands
+        tx.outbox.mark_retry(
+            ids[0], at=T0, error="too late: it was sent", worker="w1"
+        )  # not claimed: no-op
+        assert tx.outbox.mark_failed(ids[1], error="550", worker="w2") is None  # not w2's
+        failed = tx.outbox.mark_failed(ids[1], error="550 no such user", worker="w1")
+        assert (
+            failed is not None
+            and failed.status is MessageStatus.failed
+            and failed.kind == MessageKind(1)
+        )
         sent = tx.outbox.get(ids[0])
         assert sent is not None and sent.status is MessageStatus.sent
         assert sent.sent_at == T0 + 7 * M and sent.links == tuple(links)
@@ -312,12 +320,14 @@ def test_a_retry_an_unknown_outcome_and_a_release(store: Store) -> None:
         sub, enrollment = enrolled(tx, "ann@example.com")
         (mid,) = tx.outbox.add([message(sub, enrollment)], now=T0, claimed_by="w1")
         tx.outbox.hand_off([mid], worker="w1", now=T0)
-        tx.outbox.mark_unknown(mid, at=T0 + 10 * M, error="no answer after the data")
+        tx.outbox.mark_unknown(mid, at=T0 + 10 * M, error="no answer after the data", worker="w1")
         assert tx.outbox.claim(T0 + 9 * M, 10) == []
         [again] = tx.outbox.claim(T0 + 10 * M, 10)
         assert again.outgoing.unknown_outcomes == 1 and again.outgoing.attempts == 2
         tx.outbox.lease([mid], worker="w1", now=T0 + 10 * M)
-        tx.outbox.mark_retry(mid, at=T0 + 11 * M, error="relay refuses us", uncount=True)
+        tx.outbox.mark_retry(
+            mid, at=T0 + 11 * M, error="relay refuses us", worker="w1", uncount=True
+        )
         [row] = rows_in(tx, mid)
         assert (row.status, row.attempts, row.claimed_by, row.handed_at) == (
             "queued",
@@ -358,7 +368,7 @@ def test_cancelling_touches_only_mail_not_sent_yet(store: Store) -> None:
         )
         (b1,) = tx.outbox.add([message(bob, bob_e)], now=T0, claimed_by="w1")  # claimed
         tx.outbox.hand_off([a1], worker="w1", now=T0)  # on the wire: it goes
-        tx.outbox.mark_sent([a1], now=T0)
+        tx.outbox.mark_sent([a1], worker="w1", now=T0)
         tx.outbox.cancel_open(subscriber_id=ann, why="subscriber unsubscribed")
         tx.outbox.cancel_open(enrollment_id=bob_e, why="enrollment converted")
     statuses = {m.id: (m.status, m.last_error) for m in rows(store, MESSAGES)}
@@ -486,3 +496,16 @@ def test_reports_count_people_messages_and_clicks(store: Store) -> None:
             ("journey", "confirm", "bot", 2),
             ("journey", "confirm", "human", 1),
         ]
+
+
+def test_an_outcome_is_written_only_by_the_worker_that_holds_the_message(store: Store) -> None:
+    """A worker taken for dead that wakes up must not write over its successor's claim."""
+    with store.transaction() as tx:
+        sub, enrollment = enrolled(tx, "ann@example.com")
+        (mid,) = tx.outbox.add([message(sub, enrollment)], now=T0, claimed_by="w2")
+        tx.outbox.mark_sent([mid], worker="w1", now=T0)
+        tx.outbox.mark_retry(mid, at=T0, error="late", worker="w1")
+        tx.outbox.mark_unknown(mid, at=T0, error="late", worker="w1")
+        assert tx.outbox.mark_failed(mid, error="late", worker="w1") is None
+    [row] = rows(store, MESSAGES)
+    assert (row.status, row.claimed_by, row.last_error) == ("sending", "w2", None)

@@ -462,3 +462,16 @@ def test_a_reordered_sequence_never_sends_a_step_already_answered() -> None:
     waiting = EnrollmentState(Status.active, "b", Phase.wait, 3, T0 + D, T0, done=("a",))
     back = engine.on_due(waiting, looping, now=T0 + D, confirmed=True)
     assert back.state.step_id == "a"  # the marketer's goto is followed, answered or not
+
+
+def test_skipping_a_confirmation_skips_the_steps_answered_after_it_too() -> None:
+    x, c, y = (
+        step("x", wait=D, on_timeout=Timeout("goto", "c")),
+        step("c", confirms=True),
+        step("y"),
+    )
+    seq = Sequence(id="s", name="S", sender="a@b.c", steps=(x, c, y))
+    waiting = EnrollmentState(Status.active, "x", Phase.wait, 4, T0 + D, T0, done=("y",))
+    d = engine.on_due(waiting, seq, now=T0 + D, confirmed=True)
+    # The goto lands on the confirmation (skipped: confirmed) and then on y (answered): done.
+    assert d.state.status is Status.completed and d.actions == ()

@@ -27,6 +27,7 @@ CASES = [
     ),
     ("rcpt", 550, "Requested action not taken: mailbox unavailable", Fault.recipient),
     ("data", 550, "5.1.1 user unknown", Fault.recipient),
+    ("rcpt", 550, "5.1.1 User not listed in Domino Directory", Fault.recipient),
     # Us: pause sending, suppress nobody.
     (
         "rcpt",
@@ -58,6 +59,8 @@ CASES = [
     ("data", 554, "5.7.1 [P4] Message blocked due to spam content in the message.", Fault.content),
     ("rcpt", 550, "5.7.1 Rejected for policy reasons", Fault.content),
     ("data", 552, "5.3.4 Message size exceeds fixed limit", Fault.content),
+    ("data", 554, "5.7.1 Message contains a link listed on the Spamhaus DBL", Fault.content),
+    ("data", 554, "5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org", Fault.ours),
     ("rcpt", 550, "Administrative prohibition", Fault.content),
     # Later.
     ("rcpt", 451, "4.7.1 Greylisted, please try again in 300 seconds", Fault.temporary),
