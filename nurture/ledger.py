@@ -45,6 +45,7 @@ __all__ = ["Outcome", "Step", "SendLedger", "GroupCommit", "Breaker", "why_not_s
 log = logging.getLogger(__name__)
 
 WRITE_ATTEMPTS = 4
+PAUSE_READ_SECONDS = 1.0  # how stale this worker's view of another one's pause may be
 
 
 def why_not_send(row: ClaimedRow) -> str | None:
@@ -168,6 +169,7 @@ class SendLedger:
     paused: bool = False  # no new message may start: a refusal of us was just seen
     pause_exists: bool = False  # a pause is recorded (maybe run out): a success clears it
     seconds: float = 0.0  # time spent writing, for the dispatcher's timings
+    _pause_read: float = float("-inf")  # monotonic time the pause was last read
 
     def __post_init__(self) -> None:
         self.breaker = Breaker(self.policy.breaker_failures)
@@ -216,8 +218,11 @@ class SendLedger:
             for outcome in outcomes:
                 if outcome.error is not None:
                     self._failed(tx, outcome.message, outcome.error, now=now)
-            if not self.paused:  # another worker may have paused sending meanwhile
+            if not self.paused and time.monotonic() - self._pause_read >= PAUSE_READ_SECONDS:
+                # Another worker may have paused sending meanwhile: seen within a second.
+                self._pause_read = time.monotonic()
                 pause = tx.control.pause()
+                self.pause_exists = pause is not None
                 self.paused = pause is not None and pause.until > now
             allowed = self._hand_off(tx, [m.id for m in starts], now=now)
         return allowed

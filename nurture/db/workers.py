@@ -83,12 +83,15 @@ class Pause:
         )
 
 
+_PAUSE = select(C.value).where(C.name == "sending")  # built once: the ledger reads it often
+
+
 class ControlStore:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     def pause(self) -> Pause | None:
-        value = self._conn.scalar(select(C.value).where(C.name == "sending"))
+        value = self._conn.scalar(_PAUSE)
         return Pause.from_json(value) if value else None
 
     def set_pause(
