@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from support.daemon import Daemon, e2e_env
 from support.faults import Fault, FaultyHandler, faulty_smtp
 from support.net import wait_for
@@ -107,8 +108,22 @@ def restarted_until_all_have(
 ) -> Counter[str]:
     daemon.start()  # on SQLite it takes over its predecessor's mail at once
     wait_for("everyone's email", lambda: len(copies(smtp, "Hello, friend")) == len(people))
-    time.sleep(1)  # a few more ticks: nothing else may be sent
+    # Nothing else can be sent once no message is left queued or on its way (a message taken
+    # over from the dead worker would still be one of those).
+    wait_for("no mail left to send", lambda: open_messages(daemon) == 0)
     return copies(smtp, "Hello, friend")
+
+
+def open_messages(daemon: Daemon) -> int:
+    engine = create_engine(daemon.env["NURTURE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            found: int = conn.scalar(
+                text("SELECT count(*) FROM messages WHERE status IN ('queued', 'sending')")
+            )
+        return found
+    finally:
+        engine.dispose()
 
 
 def test_sigterm_mid_batch_loses_nothing_and_repeats_nothing(
