@@ -64,7 +64,14 @@ class Composer:
         if row.kind.reminder > len(step.reminders):
             raise NotLoaded(f"{row.sequence_id}/{row.step_id} has no {row.kind} any more")
         rendered = self.renderer.render(
-            sequence, row.step_id, row.kind, message_id=row.id, email=row.email, fields=row.fields
+            sequence,
+            row.step_id,
+            row.kind,
+            message_id=row.id,
+            email=row.email,
+            fields=row.fields,
+            tags=row.tags,
+            variant=row.variant,
         )
         envelope_from = address_of(sequence.sender)
         domain = self.message_id_domain or envelope_from.rpartition("@")[2]

@@ -153,8 +153,10 @@ class Dispatcher:
                 attempts=1,
                 email=row.email,
                 fields=dict(row.fields),
+                tags=row.tags,
+                variant=variant,
             )
-            for message_id, row, send in made
+            for message_id, row, send, variant in made
         ]
         return len(due), outgoing
 

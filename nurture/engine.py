@@ -12,6 +12,7 @@ for longer than a step's wait never makes anyone skip a step they never received
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -22,6 +23,9 @@ __all__ = [
     "EnrollmentState",
     "SendEmail",
     "ConfirmSubscriber",
+    "Remember",
+    "Skipped",
+    "Admits",
     "Decision",
     "Yes",
     "start",
@@ -65,7 +69,28 @@ class ConfirmSubscriber:
     pass
 
 
-Action = SendEmail | ConfirmSubscriber
+@dataclass(frozen=True)
+class Remember:
+    """What an answer says about the person: tags to add, fields to set."""
+
+    tags: tuple[str, ...] = ()
+    fields: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A step was not sent: its ``when:`` was false for this person (``reason`` says why)."""
+
+    step_id: str
+    visit: int
+    reason: str
+
+
+Action = SendEmail | ConfirmSubscriber | Remember | Skipped
+
+# Whether a step's condition holds for the enrollment's person: (holds, why). The caller
+# evaluates the expression (nurture.conditions); the engine only asks.
+Admits = Callable[[Step], tuple[bool, str]]
 
 
 @dataclass(frozen=True)
@@ -77,11 +102,15 @@ class Decision:
 
 @dataclass(frozen=True)
 class Yes:
-    """A micro-yes candidate: a click or a reply on the email of (step_id, visit)."""
+    """A micro-yes candidate: a click or a reply on the email of (step_id, visit), or an
+    outside event (``event``) while the person waits there. A click on a link marked
+    ``data-answer`` carries its ``answer``."""
 
     by: YesBy
     step_id: str
     visit: int
+    answer: str | None = None
+    event: str | None = None
 
 
 def _enter(
@@ -125,9 +154,16 @@ def _wait_due(step: Step, sent_at: datetime, reminders_sent: int) -> datetime:
 
 
 def on_due(
-    state: EnrollmentState, sequence: Sequence, *, now: datetime, confirmed: bool
+    state: EnrollmentState,
+    sequence: Sequence,
+    *,
+    now: datetime,
+    confirmed: bool,
+    admits: Admits | None = None,
 ) -> Decision:
-    """Something fell due for this enrollment: send its email, a reminder, or time out."""
+    """Something fell due for this enrollment: send its email, a reminder, or time out. A
+    step with a condition (``when:``) is sent only if ``admits`` says it holds now; else it
+    is skipped and the person moves on to the next step, whose delay counts from now."""
     if state.status is not EnrollmentStatus.active or state.due_at is None or state.due_at > now:
         return Decision(state)
     step = sequence.step(state.step_id)
@@ -138,6 +174,14 @@ def on_due(
         if not confirmed and not step.confirms:
             held = replace(state, status=EnrollmentStatus.held, due_at=None)
             return Decision(held, outcome="held:unconfirmed")
+        if step.when is not None:
+            holds, why = admits(step) if admits is not None else (False, "no condition reader")
+            if not holds:
+                moved = _move(
+                    state, sequence, step, now=now, confirmed=confirmed, outcome="skipped:when"
+                )
+                skipped = Skipped(step.id, state.visit, why)
+                return Decision(moved.state, (skipped,), moved.outcome)
         # Nothing more falls due until the email is delivered (on_delivered).
         sent = replace(state, phase=Phase.wait, step_sent_at=None, reminders_sent=0, due_at=None)
         return Decision(sent, (SendEmail(step.id, state.visit),), outcome="sent")
@@ -226,7 +270,22 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     step = sequence.step(state.step_id)
     if not step.advance_on.accepts(event.by):
         return Decision(state, outcome=f"ignored:step_wants_{step.advance_on.value}")
-    actions: tuple[ConfirmSubscriber, ...] = (ConfirmSubscriber(),) if step.confirms else ()
+    if event.by is YesBy.event and event.event not in step.events:
+        return Decision(state, outcome="ignored:not_this_steps_event")
+    answer = step.answer(event.answer)
+    if step.answers and event.by is YesBy.click and answer is None:
+        # A step that asks a question moves on only by one of its answers.
+        return Decision(state, outcome="ignored:not_an_answer")
+    actions: tuple[Action, ...] = (ConfirmSubscriber(),) if step.confirms else ()
+    if answer is not None and (answer.tags or answer.fields):
+        actions += (Remember(answer.tags, answer.fields),)
+    if answer is not None and answer.goto is not None:
+        done = state.done + (step.id,) if step.id not in state.done else state.done
+        target = sequence.step(answer.goto)
+        moved_to = _enter(
+            sequence, target, visit=state.visit + 1, now=now, confirmed=True, done=done
+        )
+        return Decision(moved_to, actions, "advanced")
     moved = _move(state, sequence, step, now=now, confirmed=True, outcome="advanced", answered=True)
     return Decision(moved.state, actions, moved.outcome)
 

@@ -18,13 +18,22 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from nurture import engine
+from nurture.conditions import Conditions, subscriber_context
 from nurture.db.enrollments import DueRow, EnrollmentRow
 from nurture.db.messages import MessageRow, NewMessage
 from nurture.db.store import Tx
 from nurture.db.subscribers import SubscriberRow
-from nurture.engine import ConfirmSubscriber, Decision, SendEmail
-from nurture.sequences import Catalog, Sequence
-from nurture.vocabulary import EnrollmentStatus, ExitReason, SubscriberStatus, YesBy
+from nurture.engine import ConfirmSubscriber, Decision, Remember, SendEmail, Skipped
+from nurture.experiments import Experiments
+from nurture.sequences import Catalog, Sequence, Step
+from nurture.vocabulary import (
+    EnrollmentStatus,
+    EventKind,
+    ExitReason,
+    Phase,
+    SubscriberStatus,
+    YesBy,
+)
 
 __all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY", "describe_stranded"]
 
@@ -34,7 +43,8 @@ log = logging.getLogger(__name__)
 # under a running deployment) is looked at again this much later, never failed.
 ORPHAN_RETRY = timedelta(hours=1)
 
-Planned = tuple[int, DueRow, SendEmail]  # (message id, the due enrollment, what to send)
+# (message id, the due enrollment, what to send, its A/B variant)
+Planned = tuple[int, DueRow, SendEmail, str | None]
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,18 @@ class Delivery:
 
 
 class Journey:
-    def __init__(self, catalog: Catalog, *, orphan_retry: timedelta = ORPHAN_RETRY) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        orphan_retry: timedelta = ORPHAN_RETRY,
+        conditions: Conditions | None = None,
+        experiments: Experiments | None = None,
+    ) -> None:
         self.catalog = catalog
         self.orphan_retry = orphan_retry
+        self.conditions = conditions or Conditions()
+        self.experiments = experiments or Experiments()
 
     # -- entering ------------------------------------------------------------------------
 
@@ -92,13 +111,27 @@ class Journey:
                 decisions.append((row, engine.postpone(row.state, until=until, outcome="orphaned")))
                 continue
             confirmed = row.subscriber_status is SubscriberStatus.confirmed
+            admits = self._admits(item)
             decisions.append(
-                (row, engine.on_due(row.state, found[0], now=now, confirmed=confirmed))
+                (
+                    row,
+                    engine.on_due(row.state, found[0], now=now, confirmed=confirmed, admits=admits),
+                )
             )
         decisions = self._recheck_held(tx, decisions, now)
         by_id = {item.enrollment.id: item for item in due}
         made = self._apply(tx, decisions, now=now, worker=worker)
-        return [(message_id, by_id[row.id], send) for message_id, row, send in made]
+        return [(i, by_id[row.id], send, variant) for i, row, send, variant in made]
+
+    def _admits(self, item: DueRow) -> engine.Admits:
+        """A step's ``when:`` for the person of a due enrollment, as they are now."""
+        person = subscriber_context(item.email, item.fields, item.tags)
+
+        def admits(step: Step) -> tuple[bool, str]:
+            assert step.when is not None
+            return self.conditions.holds(step.when, person)
+
+        return admits
 
     def _recheck_held(
         self, tx: Tx, decisions: list[tuple[EnrollmentRow, Decision]], now: datetime
@@ -121,23 +154,51 @@ class Journey:
 
     # -- what people do ------------------------------------------------------------------
 
-    def answer(self, tx: Tx, message: MessageRow, by: YesBy, *, now: datetime) -> str:
-        """A click judged human on a counting link, or a person's reply, to ``message``: the
-        micro-yes if it answers the current ask. Returns the outcome, for the event."""
+    def answer(
+        self, tx: Tx, message: MessageRow, by: YesBy, *, now: datetime, answer: str | None = None
+    ) -> str:
+        """A click judged human on a counting link (with the answer its link gives, if any),
+        or a person's reply, to ``message``: the micro-yes if it answers the current ask.
+        Returns the outcome, for the event."""
         enrollment = self._locked(tx, message)
+        yes = engine.Yes(by, message.step_id, message.visit, answer=answer)
+        return self._yes(tx, enrollment, yes, now=now)
+
+    def event(
+        self, tx: Tx, subscriber_id: int, name: str, *, now: datetime
+    ) -> list[tuple[EnrollmentRow, str]]:
+        """An outside event for a person (POST /events): the micro-yes of every enrollment
+        waiting at a step whose ``events`` list it. Returns (enrollment, outcome) for those
+        it advanced."""
+        out = []
+        for row in tx.enrollments.of_subscriber(subscriber_id):
+            state = row.state
+            found = self.catalog.locate(row.sequence_id, state.step_id)
+            if found is None or state.status is not EnrollmentStatus.active:
+                continue
+            if state.phase is not Phase.wait or name not in found[1].events:
+                continue
+            yes = engine.Yes(YesBy.event, state.step_id, state.visit, event=name)
+            outcome = self._yes(tx, row, yes, now=now)
+            if not outcome.startswith("ignored"):
+                out.append((row, outcome))
+        return out
+
+    def _yes(self, tx: Tx, enrollment: EnrollmentRow, yes: engine.Yes, *, now: datetime) -> str:
         found = self.catalog.locate(enrollment.sequence_id, enrollment.state.step_id)
         if found is None:
             return "ignored:sequence_not_loaded"
-        yes = engine.Yes(by, message.step_id, message.visit)
         decision = engine.on_yes(enrollment.state, found[0], yes, now=now)
         if decision.state != enrollment.state or decision.actions:
             self._apply(tx, [(enrollment, decision)], now=now)
+            tx.answers.mark_yes(enrollment.id, yes.visit, by=yes.by, answer=yes.answer, now=now)
             log.info(
-                "enrollment %s: %s by %s on %s",
+                "enrollment %s: %s by %s on %s%s",
                 enrollment.id,
                 decision.outcome,
-                by.value,
-                message.step_id,
+                yes.by.value,
+                yes.step_id,
+                f" (answer {yes.answer})" if yes.answer else "",
                 extra={
                     "action": "micro_yes",
                     "enrollment_id": enrollment.id,
@@ -275,28 +336,58 @@ class Journey:
         *,
         now: datetime,
         worker: str | None = None,
-    ) -> list[tuple[int, EnrollmentRow, SendEmail]]:
+    ) -> list[tuple[int, EnrollmentRow, SendEmail, str | None]]:
         """Store decisions: each enrollment's new state, a message row per email to send
-        (record before send), then the confirmations they carry."""
+        (record before send, with its A/B variant), what an answer says about the person,
+        the steps skipped, then the confirmations they carry."""
         tx.enrollments.save([(row.id, d.state) for row, d in decisions], now=now)
         sends = [
-            (row, action)
+            (row, action, self._variant(tx, row, action, now=now))
             for row, d in decisions
             for action in d.actions
             if isinstance(action, SendEmail)
         ]
         ids = tx.outbox.add(
             [
-                NewMessage(row.id, row.subscriber_id, row.sequence_id, a.step_id, a.visit, a.kind)
-                for row, a in sends
+                NewMessage(
+                    row.id,
+                    row.subscriber_id,
+                    row.sequence_id,
+                    a.step_id,
+                    a.visit,
+                    a.kind,
+                    variant=variant,
+                )
+                for row, a, variant in sends
             ],
             now=now,
             claimed_by=worker,
         )
         for row, d in decisions:
+            for action in d.actions:
+                if isinstance(action, Remember):
+                    fields = dict(action.fields)
+                    tx.subscribers.merge_fields(row.subscriber_id, fields, action.tags)
+                elif isinstance(action, Skipped):
+                    tx.events.add(
+                        subscriber_id=row.subscriber_id,
+                        enrollment_id=row.id,
+                        kind=EventKind.skipped,
+                        outcome=f"skipped:{action.step_id}",
+                        detail={"step": action.step_id, "reason": action.reason},
+                        now=now,
+                    )
             if any(isinstance(a, ConfirmSubscriber) for a in d.actions):
                 self.confirm(tx, row.subscriber_id, now=now)
-        return [(i, row, a) for i, (row, a) in zip(ids, sends, strict=True)]
+        return [(i, row, a, v) for i, (row, a, v) in zip(ids, sends, strict=True)]
+
+    def _variant(self, tx: Tx, row: EnrollmentRow, send: SendEmail, *, now: datetime) -> str | None:
+        found = self.catalog.locate(row.sequence_id, send.step_id)
+        if found is None or not found[1].variants:
+            return None
+        return self.experiments.variant_for(
+            tx, found[0], found[1], enrollment_id=row.id, visit=send.visit, kind=send.kind, now=now
+        )
 
 
 def describe_stranded(stranded: Seq[tuple[str, str, int]]) -> list[str]:

@@ -102,6 +102,7 @@ class Tracker:
                     "method": request.method,
                     "ua": request.user_agent[:300],
                     "reasons": reasons,
+                    **({"answer": link.answer} if link.answer is not None else {}),
                 },
                 now=now,
             )
@@ -127,9 +128,11 @@ class Tracker:
                     policy=self.policy,
                 )
                 outcome = "bot" if verdict is Verdict.bot else "recorded"
-                counts = 0 <= click.link < len(links) and links[click.link].counts
-                if verdict is Verdict.human and counts:
-                    outcome = self.journey.answer(tx, message, YesBy.click, now=now)
+                link = links[click.link] if 0 <= click.link < len(links) else None
+                if verdict is Verdict.human and link is not None and link.counts:
+                    outcome = self.journey.answer(
+                        tx, message, YesBy.click, now=now, answer=link.answer
+                    )
                 tx.events.decide_click(click, verdict=verdict, outcome=outcome, reasons=reasons)
         return len(pending)
 

@@ -82,6 +82,17 @@ class ExitReason(StrEnum):
     converted = "converted"
     failed = "failed"  # sending kept failing until the retries ran out
     ended = "ended"  # an operator ended it (`nurture end`: its step is gone from the files)
+    removed = "removed"  # taken out of this one sequence (`nurture remove`, the API)
+
+    @property
+    def may_reenter(self) -> bool:
+        """A person who left this way may enter the sequence again where it allows that
+        (``reenter:``); one who unsubscribed, bounced or complained never silently does."""
+        return self not in (
+            ExitReason.unsubscribed,
+            ExitReason.bounced,
+            ExitReason.complained,
+        )
 
 
 class MessageStatus(StrEnum):
@@ -133,12 +144,14 @@ HONEYPOT_PATH = "/hp"  # where the hidden link of every email leads
 @dataclass(frozen=True)
 class Link:
     """One tracked link of a message: the URL a click on it redirects to (the only URLs
-    ``/c/`` ever redirects to), whether a click on it is the step's micro-yes, and whether it
-    is the hidden honeypot link only machines follow."""
+    ``/c/`` ever redirects to), whether a click on it is the step's micro-yes, whether it
+    is the hidden honeypot link only machines follow, and the answer it gives (a link
+    marked ``data-answer="ID"``), which routes the person."""
 
     url: str
     counts: bool
     honeypot: bool = False
+    answer: str | None = None
 
 
 class EventKind(StrEnum):
@@ -153,6 +166,10 @@ class EventKind(StrEnum):
     report = "report"  # any other automatic report
     failed = "failed"  # an email given up on
     goal = "goal"  # reported by the marketer's own app (POST /events)
+    event = "event"  # any other outside event from that app: a step's ask, or just recorded
+    skipped = "skipped"  # a step whose `when:` was false for this person: nothing was sent
+    entered = "entered"  # entered a sequence again (its `reenter:` allowed it)
+    removed = "removed"  # taken out of one sequence
 
 
 class YesBy(StrEnum):
@@ -160,6 +177,7 @@ class YesBy(StrEnum):
 
     click = "click"
     reply = "reply"
+    event = "event"  # an outside event the step lists (POST /events)
 
 
 class Verdict(StrEnum):

@@ -37,6 +37,7 @@ class DueRow:
     enrollment: EnrollmentRow
     email: str
     fields: dict[str, Any]
+    tags: tuple[str, ...] = ()
 
 
 def _state(r: Any) -> EnrollmentState:
@@ -122,6 +123,7 @@ def claim_due_query(now: datetime, limit: int) -> Select[Any]:
             S.status.label("subscriber_status"),
             S.email,
             S.fields,
+            S.tags,
         )
         .join(SUBSCRIBERS, S.id == E.subscriber_id)
         .where(E.status == EnrollmentStatus.active.value, E.due_at <= now)
@@ -196,6 +198,6 @@ class EnrollmentStore:
 
     def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
         return [
-            DueRow(_row(r), r.email, r.fields or {})
+            DueRow(_row(r), r.email, r.fields or {}, tuple(r.tags or ()))
             for r in self._conn.execute(claim_due_query(now, limit))
         ]

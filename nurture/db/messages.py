@@ -4,7 +4,7 @@ tracked links are stored."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ class NewMessage:
     step_id: str
     visit: int
     kind: MessageKind
+    variant: str | None = field(default=None, kw_only=True)  # its A/B variant, if any
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class OutgoingRow:
     fields: dict[str, Any]
     resumed: bool = False  # a previous worker was sending it when it stopped
     unknown_outcomes: int = 0  # attempts before this one that ended with no known outcome
+    tags: tuple[str, ...] = ()
+    variant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class ClaimedRow:
 def _link(item: list[Any], *, last: bool) -> Link:
     url, counts = str(item[0]), bool(item[1])
     if len(item) > 2:
-        return Link(url, counts, honeypot=item[2] == "honeypot")
+        answer = str(item[3]) if len(item) > 3 and item[3] is not None else None
+        return Link(url, counts, honeypot=item[2] == "honeypot", answer=answer)
     # Written before the honeypot was marked: it was always the last link, never counting,
     # and went to /hp under whatever base URL was configured then.
     legacy = last and not counts and urlsplit(url).path.endswith(HONEYPOT_PATH)
@@ -94,8 +98,15 @@ def links_from_json(items: list[Any] | None) -> tuple[Link, ...]:
     return tuple(_link(item, last=i == len(items) - 1) for i, item in enumerate(items))
 
 
+def _link_json(x: Link) -> list[Any]:
+    if x.answer is not None:
+        return [x.url, x.counts, "", x.answer]
+    return [x.url, x.counts, "honeypot"] if x.honeypot else [x.url, x.counts]
+
+
 def links_to_json(links: Sequence[Link]) -> list[list[Any]]:
-    return [[x.url, x.counts, "honeypot"] if x.honeypot else [x.url, x.counts] for x in links]
+    """[url, counts], [url, false, "honeypot"], or [url, counts, "", answer]."""
+    return [_link_json(x) for x in links]
 
 
 def message_row(r: Any) -> MessageRow:
@@ -110,4 +121,5 @@ def message_row(r: Any) -> MessageRow:
         status=MessageStatus(r.status),
         links=links_from_json(r.links),
         sent_at=r.sent_at,
+        variant=r.variant,
     )

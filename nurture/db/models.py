@@ -68,6 +68,8 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Tags answers, events, the form and imports gave the person (a list of strings).
+    tags: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     status: Mapped[str] = mapped_column(
         String(16)
     )  # pending confirmed unsubscribed bounced complained
@@ -120,6 +122,8 @@ class Message(Base):
             sqlite_where=text("status IN ('queued', 'sending')"),
         ),
         Index("ix_messages_subscriber_id", "subscriber_id"),
+        # The report's per-step counts.
+        Index("ix_messages_sequence_id_step_id", "sequence_id", "step_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -143,6 +147,13 @@ class Message(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(32))
     handed_at: Mapped[datetime | None] = mapped_column(When)
     unknown_outcomes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The A/B variant of its step this email is (None: the step has no variants).
+    variant: Mapped[str | None] = mapped_column(String(64))
+    # On a step's own email: when the person's micro-yes to that step came, how (click,
+    # reply, event) and by which answer (a data-answer link): the report reads these.
+    yes_at: Mapped[datetime | None] = mapped_column(When)
+    yes_by: Mapped[str | None] = mapped_column(String(8))
+    answer: Mapped[str | None] = mapped_column(String(64))
 
 
 class Event(Base):
@@ -156,6 +167,8 @@ class Event(Base):
             sqlite_where=text("verdict = 'pending'"),
         ),
         Index("ix_events_subscriber_id", "subscriber_id"),
+        # An app's own id for an outside event: the same id twice is one event.
+        Index("ux_events_external_id", "external_id", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -171,6 +184,7 @@ class Event(Base):
     evaluate_at: Mapped[datetime | None] = mapped_column(When)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(When)
+    external_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class Inbound(Base):

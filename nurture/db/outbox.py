@@ -49,6 +49,7 @@ _MESSAGE_COLUMNS = (
     M.status,
     M.links,
     M.sent_at,
+    M.variant,
 )
 _SET_RENDERED = (
     update(MESSAGES)
@@ -70,8 +71,10 @@ def _claimable() -> Select[Any]:
             M.visit,
             M.handed_at,
             M.unknown_outcomes,
+            M.variant,
             SUBSCRIBERS.c.email,
             SUBSCRIBERS.c.fields,
+            SUBSCRIBERS.c.tags,
             SUBSCRIBERS.c.status.label("subscriber_status"),
             ENROLLMENTS.c.status.label("enrollment_status"),
             ENROLLMENTS.c.visit.label("enrollment_visit"),
@@ -107,6 +110,8 @@ def _claimed(r: Any) -> ClaimedRow:
             dict(r.fields or {}),
             resumed=r.handed_at is not None,
             unknown_outcomes=r.unknown_outcomes,
+            tags=tuple(r.tags or ()),
+            variant=r.variant,
         ),
         visit=r.visit,
         subscriber_status=SubscriberStatus(r.subscriber_status),
@@ -199,6 +204,7 @@ class OutboxStore:
                 "step_id": m.step_id,
                 "visit": m.visit,
                 "kind": str(m.kind),
+                "variant": m.variant,
                 **common,
             }
             for m in messages

@@ -2,11 +2,10 @@
 
 ``Store.transaction()`` yields a ``Tx``; ``tx.subscribers``, ``tx.enrollments``,
 ``tx.outbox``, ``tx.events``, ``tx.inbound``, ``tx.mailboxes``, ``tx.reports``,
-``tx.workers`` and ``tx.control`` read and write inside that one transaction and hand back
-frozen rows. Every query is SQLAlchemy Core
-on one connection: there is no ORM session whose cached objects could go stale after a bulk
-update. The store stores; what a change means is decided by the engine and applied by
-``nurture.journey``.
+``tx.workers``, ``tx.control`` and ``tx.answers`` read and write inside that one
+transaction and hand back frozen rows. Every query is SQLAlchemy Core on one connection:
+there is no ORM session whose cached objects could go stale after a bulk update. The store
+stores; what a change means is decided by the engine and applied by ``nurture.journey``.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
+from nurture.db.answers import AnswerStore
 from nurture.db.enrollments import EnrollmentStore
 from nurture.db.events import EventStore
 from nurture.db.inbound import InboundStore, MailboxStore
@@ -40,6 +40,7 @@ class Tx:
         self.reports = ReportStore(conn)
         self.workers = WorkerStore(conn)
         self.control = ControlStore(conn)
+        self.answers = AnswerStore(conn)
 
 
 class Store:

@@ -24,6 +24,7 @@ class SubscriberRow:
     email: str
     fields: dict[str, Any]
     status: SubscriberStatus
+    tags: tuple[str, ...] = ()
 
     @property
     def confirmed(self) -> bool:
@@ -31,10 +32,12 @@ class SubscriberRow:
 
 
 def _row(r: Any) -> SubscriberRow:
-    return SubscriberRow(r.id, r.email, dict(r.fields or {}), SubscriberStatus(r.status))
+    return SubscriberRow(
+        r.id, r.email, dict(r.fields or {}), SubscriberStatus(r.status), tuple(r.tags or ())
+    )
 
 
-_COLUMNS = (S.id, S.email, S.fields, S.status)
+_COLUMNS = (S.id, S.email, S.fields, S.status, S.tags)
 
 
 class SubscriberStore:
@@ -51,34 +54,45 @@ class SubscriberStore:
         return _row(self._conn.execute(lock_keys_kept(q) if lock else q).one())
 
     def create(
-        self, email: str, fields: dict[str, Any], *, status: SubscriberStatus, now: datetime
+        self,
+        email: str,
+        fields: dict[str, Any],
+        *,
+        status: SubscriberStatus,
+        now: datetime,
+        tags: Sequence[str] = (),
     ) -> SubscriberRow:
         """A new subscriber; if a concurrent request created the same address first (a form
         submitted twice), that one, locked."""
         values = {
             "email": email,
             "fields": fields,
+            "tags": sorted(set(tags)),
             "status": status.value,
             "created_at": now,
             "confirmed_at": now if status is SubscriberStatus.confirmed else None,
         }
         new_id = insert_new(self._conn, SUBSCRIBERS, values)
         if new_id is not None:
-            return SubscriberRow(new_id, email, dict(fields), status)
+            return SubscriberRow(new_id, email, dict(fields), status, tuple(sorted(set(tags))))
         existing = self.by_email(email, lock=True)
         assert existing is not None  # the unique key was the address
         return existing
 
-    def merge_fields(self, subscriber_id: int, fields: dict[str, Any]) -> None:
-        """Add or replace fields; the others are kept."""
-        if not fields:
+    def merge_fields(
+        self, subscriber_id: int, fields: dict[str, Any], tags: Sequence[str] = ()
+    ) -> None:
+        """Add or replace fields and add tags; the others are kept."""
+        if not fields and not tags:
             return
         current = self.get(subscriber_id, lock=True)
-        self._conn.execute(
-            update(SUBSCRIBERS)
-            .where(S.id == subscriber_id)
-            .values(fields={**current.fields, **fields})
-        )
+        values: dict[str, Any] = {}
+        if fields:
+            values["fields"] = {**current.fields, **fields}
+        if tags and not set(tags) <= set(current.tags):
+            values["tags"] = sorted({*current.tags, *tags})
+        if values:
+            self._conn.execute(update(SUBSCRIBERS).where(S.id == subscriber_id).values(values))
 
     def set_status(self, subscriber_id: int, status: SubscriberStatus, *, now: datetime) -> None:
         """Store a new status, with when they confirmed or left."""

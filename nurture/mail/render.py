@@ -4,7 +4,8 @@ Templates run in a bounded sandbox (``nurture.mail.sandbox``): strict, capped in
 time; their context holds the subscriber's fields and a few URLs, never settings or secrets.
 Every http(s) link is rewritten to a signed ``/c/{token}`` link whose target is stored with
 the message; links marked ``data-micro-yes`` are the ask (when a template marks none, every
-tracked link counts).
+tracked link counts); a link marked ``data-answer="ID"`` is one answer of the step's question
+(it counts, and carries its answer).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import jinja2
 
+from nurture.conditions import subscriber_context
 from nurture.errors import Problem
 from nurture.mail.sandbox import Limits, Sandbox, make_environment
-from nurture.sequences import TEMPLATE_NAMES, Catalog, Sequence
+from nurture.sequences import TEMPLATE_NAMES, Catalog, Sequence, Step
 from nurture.tokens import Signer, TokenKind
 from nurture.vocabulary import HONEYPOT_PATH, Link, MessageKind
 
@@ -45,25 +47,34 @@ _TEXT_URL = re.compile(r"""https?://[^\s<>"'\)\]]+""")
 
 
 class _Links:
-    """Collects the links of one message and hands out their tracked URLs."""
+    """Collects the links of one message and hands out their tracked URLs: one per URL and
+    answer (two answers may lead to the same page)."""
 
     def __init__(self, tracked_url: Any) -> None:
         self._tracked_url = tracked_url
-        self.items: list[list[Any]] = []  # [url, counts, honeypot]
-        self._index: dict[str, int] = {}
+        self.items: list[list[Any]] = []  # [url, counts, honeypot, answer]
+        self._index: dict[tuple[str, str | None], int] = {}
+        self._first: dict[str, int] = {}
 
     def knows(self, url: str) -> bool:
-        return url in self._index
+        return url in self._first
 
-    def track(self, url: str, marked: bool, *, honeypot: bool = False) -> str:
-        i = self._index.get(url)
+    def track(
+        self, url: str, marked: bool, *, honeypot: bool = False, answer: str | None = None
+    ) -> str:
+        i = self._index.get((url, answer))
         if i is None:
             i = len(self.items)
-            self._index[url] = i
-            self.items.append([url, marked, honeypot])
+            self._index[(url, answer)] = i
+            self._first.setdefault(url, i)
+            self.items.append([url, marked or answer is not None, honeypot, answer])
         elif marked:
             self.items[i][1] = True
         return str(self._tracked_url(i))
+
+    def track_known(self, url: str) -> str:
+        """The tracked URL of the first link to ``url`` (for the text part)."""
+        return str(self._tracked_url(self._first[url]))
 
 
 class Renderer:
@@ -108,16 +119,21 @@ class Renderer:
         message_id: int,
         email: str,
         fields: dict[str, Any],
+        tags: tuple[str, ...] | list[str] = (),
+        variant: str | None = None,
     ) -> Rendered:
         step = sequence.step(step_id)
-        if kind.is_step:
+        chosen = step.variant(variant)
+        if kind.is_step and chosen is not None:
+            subject_src, template_name = chosen.subject, chosen.template
+        elif kind.is_step:
             subject_src, template_name = step.subject, step.template
         else:
             reminder = step.reminders[kind.reminder - 1]
             subject_src, template_name = reminder.subject, reminder.template
         unsubscribe_url = self.unsubscribe_url(message_id)
         context = {
-            "subscriber": {**fields, "email": email},
+            "subscriber": subscriber_context(email, fields, tags),
             "unsubscribe_url": unsubscribe_url,
             "base_url": self.base_url,
             "sequence": {"id": sequence.id, "name": sequence.name},
@@ -157,7 +173,7 @@ class Renderer:
             )
         if extra:
             html_body = _before_body_end(html_body, extra)
-        found = [Link(u, bool(c), honeypot=h) for u, c, h in links.items]
+        found = [Link(u, bool(c), honeypot=h, answer=a) for u, c, h, a in links.items]
         return Rendered(subject, text_body, html_body, found, unsubscribe_url)
 
     def unsubscribe_url(self, message_id: int) -> str:
@@ -170,32 +186,61 @@ def sample_problems(catalog: Catalog, renderer: Renderer) -> list[Problem]:
     refusal, a bound passed) fails here, with the file and the step's line."""
     problems = []
     for sequence in catalog:
-        fields = dict(sequence.sample)
+        fields: dict[str, Any] = dict(sequence.sample)
+        given = fields.pop("tags", [])
+        tags = given.split(";") if isinstance(given, str) else [str(t) for t in given]
         for step in sequence.steps:
-            kinds = [MessageKind(n) for n in range(len(step.reminders) + 1)]
-            for kind in kinds:
+            emails: list[tuple[MessageKind, str | None]] = [
+                (MessageKind.STEP, v.id) for v in step.variants
+            ] or [(MessageKind.STEP, None)]
+            emails += [(MessageKind(n), None) for n in range(1, len(step.reminders) + 1)]
+            for kind, variant in emails:
+                which = f"step '{step.id}'" + (
+                    f", reminder {kind.reminder}"
+                    if kind.reminder
+                    else f", variant '{variant}'"
+                    if variant
+                    else ""
+                )
                 try:
-                    renderer.render(
+                    out = renderer.render(
                         sequence,
                         step.id,
                         kind,
                         message_id=1,
                         email="sample@example.com",
                         fields=fields,
+                        tags=tags,
+                        variant=variant,
                     )
                 except Exception as exc:  # noqa: BLE001 - each mistake becomes one sentence
-                    which = f"step '{step.id}'" + (
-                        f", reminder {kind.reminder}" if kind.reminder else ""
-                    )
-                    problems.append(
-                        Problem(
-                            sequence.source, step.line, f"{which}: {_render_error(exc, fields)}"
-                        )
-                    )
+                    message = f"{which}: {_render_error(exc, fields)}"
+                    problems.append(Problem(sequence.source, step.line, message))
+                    continue
+                for message in _answer_problems(step, kind, out.links):
+                    problems.append(Problem(sequence.source, step.line, f"{which}: {message}"))
     return problems
 
 
-def _render_error(exc: Exception, fields: dict[str, str]) -> str:
+def _answer_problems(step: Step, kind: MessageKind, links: list[Link]) -> list[str]:
+    """Every answer of the step has a link in its email; every link's answer is one of the
+    step's (a reminder may leave answers out)."""
+    given = {x.answer for x in links if x.answer is not None}
+    wanted = {a.id for a in step.answers}
+    out = [
+        f'the template marks data-answer="{a}", which the step\'s answers do not have'
+        + (f" (answers: {', '.join(sorted(wanted))})" if wanted else "; add answers: to the step")
+        for a in sorted(given - wanted)
+    ]
+    if kind.is_step:
+        out += [
+            f"answer '{a}' has no link in the template (mark one data-answer=\"{a}\")"
+            for a in sorted(wanted - given)
+        ]
+    return out
+
+
+def _render_error(exc: Exception, fields: dict[str, Any]) -> str:
     if isinstance(exc, jinja2.UndefinedError):
         return (
             f"cannot be rendered for the sample subscriber {fields}: {exc.message}; give it "
@@ -236,7 +281,8 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
             return source
         names = {name for name, _, _ in attrs}
         marked = "data-micro-yes" in names
-        kept = [(n, v, text) for n, v, text in attrs if n != "data-micro-yes"]
+        answer = next((_value(v).strip() for n, v, _ in attrs if n == "data-answer"), None)
+        kept = [(n, v, text) for n, v, text in attrs if n not in ("data-micro-yes", "data-answer")]
         href = next((v for n, v, _ in kept if n == "href"), "")
         url = _value(href).strip()
         if (
@@ -245,8 +291,8 @@ def _rewrite_html(body: str, links: _Links, *, skip: str) -> tuple[str, bool]:
             or not url.lower().startswith(("http://", "https://"))
         ):
             return "<a" + "".join(text for _, _, text in kept) + ">"
-        marked_any = marked_any or marked
-        tracked = links.track(url, marked)
+        marked_any = marked_any or marked or bool(answer)
+        tracked = links.track(url, marked, answer=answer or None)
         parts = [f' href="{tracked}"' if n == "href" else text for n, _, text in kept]
         return "<a" + "".join(parts) + ">"
 
@@ -274,7 +320,7 @@ def _rewrite_text(body: str, links: _Links) -> str:
         rest = match.group(0)[len(found) :]
         if not links.knows(found):
             return match.group(0)
-        return links.track(found, False) + rest
+        return links.track_known(found) + rest
 
     return _TEXT_URL.sub(url, body)
 

@@ -6,12 +6,27 @@ from __future__ import annotations
 
 from nurture.sequences.checks import TEMPLATE_NAMES
 from nurture.sequences.loader import load_catalog, load_sequence_file
-from nurture.sequences.model import AdvanceOn, Catalog, Reminder, Sequence, Step, Timeout
+from nurture.sequences.model import (
+    AdvanceOn,
+    Answer,
+    Catalog,
+    PickWinner,
+    Reentry,
+    Reminder,
+    Sequence,
+    Step,
+    Timeout,
+    Variant,
+)
 
 __all__ = [
     "AdvanceOn",
     "Reminder",
     "Timeout",
+    "Answer",
+    "Variant",
+    "PickWinner",
+    "Reentry",
     "Step",
     "Sequence",
     "Catalog",

@@ -13,11 +13,24 @@ import jinja2.meta
 from nurture.durations import format_duration
 from nurture.sequences.schema import Loc, StepModel
 
-__all__ = ["TEMPLATE_NAMES", "check_goto", "check_step", "check_loops", "check_email"]
+__all__ = [
+    "TEMPLATE_NAMES",
+    "check_goto",
+    "check_step",
+    "check_asks",
+    "check_loops",
+    "check_email",
+    "check_condition",
+]
 
 
 def check_goto(raw: dict[str, Any], here: Loc, label: str, ids: list[str], problem: Any) -> None:
-    """Checked on the raw step, so a typo elsewhere in the step does not hide it."""
+    """Checked on the raw step, so a typo elsewhere in the step does not hide it (as is the
+    subject and template every step without variants needs)."""
+    if not raw.get("variants"):
+        for key in ("subject", "template"):
+            if key not in raw:
+                problem(here, f"{label}: missing required key '{key}'")
     rule = raw.get("on_timeout")
     target = rule.get("goto") if isinstance(rule, dict) else None
     if not isinstance(target, str):
@@ -63,6 +76,102 @@ def check_step(step: StepModel, i: int, count: int, problem: Any) -> None:
                 f"after the wait of {format_duration(step.wait)} is over; it would never be sent",
             )
         previous = reminder.after
+
+
+def check_asks(step: StepModel, i: int, ids: list[str], problem: Any) -> None:
+    """The newer kinds of ask: variants in place of subject and template, answers that lead
+    to steps that exist, events with the advance_on that takes them."""
+    here: Loc = ("steps", i)
+    name = f"step '{step.id}'"
+    if step.variants:
+        for key in ("subject", "template"):
+            if getattr(step, key) is not None:
+                problem(
+                    (*here, key),
+                    f"{name}: a step with variants takes its {key} from each variant; "
+                    f"remove the step's own {key}",
+                )
+        if len(step.variants) < 2:
+            problem((*here, "variants"), f"{name}: an A/B test needs at least two variants")
+        seen: set[str] = set()
+        for v, variant in enumerate(step.variants):
+            if variant.id in seen:
+                problem(
+                    (*here, "variants", v, "id"), f"{name}: duplicate variant id '{variant.id}'"
+                )
+            seen.add(variant.id)
+    elif step.pick_winner is not None:
+        problem((*here, "pick_winner"), f"{name}: pick_winner needs variants")
+    rule = step.pick_winner
+    if rule is not None and (rule.after_sent is None) == (rule.after is None):
+        problem(
+            (*here, "pick_winner"),
+            f"{name}: pick_winner takes one of after_sent: N or after: DURATION",
+        )
+    takes = step.advance_on.value.split("_or_")
+    if step.answers and "click" not in takes:
+        problem(
+            (*here, "answers"),
+            f"{name}: answers are links to click; advance_on must take a click "
+            f"(got {step.advance_on.value})",
+        )
+    if step.answers and step.confirms:
+        problem((*here, "answers"), f"{name}: a confirmation step cannot have answers")
+    for answer_id, answer in step.answers.items():
+        where = (*here, "answers", answer_id)
+        if answer.goto is not None and answer.next:
+            problem(where, f"{name}: answer '{answer_id}' takes goto or next, not both")
+        elif answer.goto is not None and answer.goto not in ids:
+            problem(
+                (*where, "goto"),
+                f"{name}: answer '{answer_id}' goes to step '{answer.goto}', which this "
+                f"sequence does not have (steps: {', '.join(ids)})",
+            )
+        elif answer.goto == step.id:
+            problem((*where, "goto"), f"{name}: answer '{answer_id}' cannot go to the step itself")
+    if "event" in takes and not step.events:
+        problem(
+            (*here, "events"),
+            f"{name}: advance_on {step.advance_on.value} needs the events that say yes "
+            "(events: [trial_started])",
+        )
+    if step.events and "event" not in takes:
+        problem(
+            (*here, "events"),
+            f"{name}: events are an ask only with advance_on: event, click_or_event, "
+            f"reply_or_event or click_or_reply_or_event (got {step.advance_on.value})",
+        )
+    if step.when is not None and step.confirms:
+        problem((*here, "when"), f"{name}: the confirmation step is for everyone; no when:")
+
+
+def check_condition(
+    env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str, problem: Any
+) -> None:
+    """A step's ``when:`` compiles, and uses only what a condition sees (the subscriber)."""
+    source = raw.get("when")
+    if source is None:
+        return
+    if not isinstance(source, str) or not source.strip():
+        problem(
+            (*here, "when"),
+            f"{label}: when must be an expression, e.g. \"'pro' in subscriber.tags\"",
+        )
+        return
+    try:
+        tree = env.parse("{{ (" + source + ") }}")
+    except jinja2.TemplateSyntaxError as exc:
+        problem(
+            (*here, "when"), f"{label}: when {source!r} is not a valid expression: {exc.message}"
+        )
+        return
+    unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - {"subscriber"})
+    if unknown:
+        problem(
+            (*here, "when"),
+            f"{label}: when uses {', '.join(repr(n) for n in unknown)}; a condition sees only "
+            "subscriber (its fields, subscriber.tags and subscriber.email)",
+        )
 
 
 def check_loops(steps: list[StepModel | None], problem: Any) -> None:

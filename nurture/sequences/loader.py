@@ -16,9 +16,35 @@ import yaml
 from pydantic import ValidationError
 
 from nurture.errors import Problem, SequenceError
-from nurture.sequences.checks import check_email, check_goto, check_loops, check_step
-from nurture.sequences.model import Catalog, Reminder, Sequence, Step, Timeout
-from nurture.sequences.schema import GotoModel, Loc, SequenceModel, StepModel, clean_loc, sentence
+from nurture.sequences.checks import (
+    check_asks,
+    check_condition,
+    check_email,
+    check_goto,
+    check_loops,
+    check_step,
+)
+from nurture.sequences.model import (
+    Answer,
+    Catalog,
+    PickWinner,
+    Reentry,
+    Reminder,
+    Sequence,
+    Step,
+    Timeout,
+    Variant,
+)
+from nurture.sequences.schema import (
+    GotoModel,
+    Loc,
+    PickWinnerModel,
+    ReenterAfterModel,
+    SequenceModel,
+    StepModel,
+    clean_loc,
+    sentence,
+)
 
 __all__ = ["load_catalog", "load_sequence_file", "MAX_FILE_BYTES"]
 
@@ -97,6 +123,63 @@ def _timeout(model: Literal["exit", "next"] | GotoModel) -> Timeout:
     return Timeout(model)
 
 
+def _reentry(model: str | ReenterAfterModel) -> Reentry:
+    if isinstance(model, ReenterAfterModel):
+        return Reentry("after", model.after)
+    return Reentry("always" if model == "always" else "never")
+
+
+def _pick(model: PickWinnerModel | None) -> PickWinner | None:
+    if model is None:
+        return None
+    return PickWinner(model.after_sent, model.after, model.min_sent)
+
+
+def _step(s: StepModel, line: int | None) -> Step:
+    variants = tuple(Variant(v.id, v.subject, v.template, v.weight) for v in s.variants)
+    first = variants[0] if variants else None
+    return Step(
+        id=s.id,
+        # A step with variants shows its first variant wherever one email stands for it.
+        subject=first.subject if first else s.subject or "",
+        template=first.template if first else s.template or "",
+        advance_on=s.advance_on,
+        wait=s.wait,
+        delay=s.delay,
+        reminders=tuple(Reminder(r.after, r.subject, r.template) for r in s.reminders),
+        on_timeout=_timeout(s.on_timeout),
+        confirms=s.confirms,
+        line=line,
+        answers=tuple(
+            Answer(key, a.goto, a.tags, tuple(sorted(a.set.items())))
+            for key, a in s.answers.items()
+        ),
+        when=s.when,
+        events=tuple(s.events),
+        variants=variants,
+        pick_winner=_pick(s.pick_winner),
+    )
+
+
+def _check_templates(
+    env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str, problem: Any
+) -> None:
+    variants = raw.get("variants")
+    if isinstance(variants, list) and variants:
+        for v, variant in enumerate(variants):
+            if isinstance(variant, dict):
+                which = f"{label}, variant '{variant.get('id', v + 1)}'"
+                check_email(env, variant, (*here, "variants", v), which, problem)
+    else:
+        check_email(env, raw, here, label, problem)
+    for r, reminder in enumerate(raw.get("reminders") or []):
+        if isinstance(reminder, dict):
+            check_email(
+                env, reminder, (*here, "reminders", r), f"{label}, reminder {r + 1}", problem
+            )
+    check_condition(env, raw, here, label, problem)
+
+
 def load_sequence_file(
     path: Path, *, env: jinja2.Environment | None = None, problems: list[Problem]
 ) -> Sequence | None:
@@ -138,8 +221,13 @@ def load_sequence_file(
     try:
         header = SequenceModel.model_validate(data)
     except ValidationError as exc:
+        said: set[str] = set()
         for err in exc.errors():
             loc = clean_loc(tuple(err["loc"]))
+            if loc[:1] == ("reenter",):
+                if "reenter" in said:  # each branch of the union reports its own error
+                    continue
+                said.add("reenter")
             problem(loc, sentence(err, loc))
     raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
     raw_ids = [s.get("id") if isinstance(s, dict) else None for s in raw_steps]
@@ -179,20 +267,12 @@ def load_sequence_file(
         if isinstance(raw, dict) and not bad_timeout:
             check_goto(raw, here, label(i), list(first_use), problem)
         if env is not None and isinstance(raw, dict):
-            check_email(env, raw, here, label(i), problem)
-            for r, reminder in enumerate(raw.get("reminders") or []):
-                if isinstance(reminder, dict):
-                    check_email(
-                        env,
-                        reminder,
-                        (*here, "reminders", r),
-                        f"{label(i)}, reminder {r + 1}",
-                        problem,
-                    )
+            _check_templates(env, raw, here, label(i), problem)
 
     for i, step in enumerate(steps):
         if step is not None:
             check_step(step, i, len(steps), problem)
+            check_asks(step, i, list(first_use), problem)
     check_loops(steps, problem)
     if header is not None and not _address_ok(header.sender):
         problem(
@@ -202,20 +282,7 @@ def load_sequence_file(
     if len(problems) > found or header is None:
         return None
     built = tuple(
-        Step(
-            id=s.id,
-            subject=s.subject,
-            template=s.template,
-            advance_on=s.advance_on,
-            wait=s.wait,
-            delay=s.delay,
-            reminders=tuple(Reminder(r.after, r.subject, r.template) for r in s.reminders),
-            on_timeout=_timeout(s.on_timeout),
-            confirms=s.confirms,
-            line=_line_for(lines, ("steps", i)),
-        )
-        for i, s in enumerate(steps)
-        if s is not None
+        _step(s, _line_for(lines, ("steps", i))) for i, s in enumerate(steps) if s is not None
     )
     return Sequence(
         id=header.id,
@@ -227,6 +294,7 @@ def load_sequence_file(
         line=_line_for(lines, ("id",)),
         sample=tuple(sorted(header.sample.items())),
         confirmed_elsewhere=header.confirmed_elsewhere,
+        reenter=_reentry(header.reenter),
     )
 
 

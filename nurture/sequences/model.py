@@ -11,18 +11,73 @@ from typing import Literal
 
 from nurture.vocabulary import YesBy
 
-__all__ = ["AdvanceOn", "Reminder", "Timeout", "Step", "Sequence", "Catalog"]
+__all__ = [
+    "AdvanceOn",
+    "Reminder",
+    "Timeout",
+    "Answer",
+    "Variant",
+    "PickWinner",
+    "Reentry",
+    "Step",
+    "Sequence",
+    "Catalog",
+]
 
 
 class AdvanceOn(StrEnum):
+    """The kinds of yes a step takes: any of click, reply and event joined by ``_or_``."""
+
     click = "click"
     reply = "reply"
+    event = "event"
     click_or_reply = "click_or_reply"
+    click_or_event = "click_or_event"
+    reply_or_event = "reply_or_event"
+    click_or_reply_or_event = "click_or_reply_or_event"
 
     def accepts(self, by: YesBy) -> bool:
-        if self is AdvanceOn.click_or_reply:
-            return by in (YesBy.click, YesBy.reply)
-        return by == self.value
+        return str(by) in self.value.split("_or_")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer of a step's question (a link marked ``data-answer="ID"``): where it leads
+    (``goto`` a step, else the next one) and what it says about the person."""
+
+    id: str
+    goto: str | None = None
+    tags: tuple[str, ...] = ()
+    fields: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a step's email in an A/B test."""
+
+    id: str
+    subject: str
+    template: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class PickWinner:
+    """When an A/B test stops splitting: once this many of its emails were sent, or this long
+    after the step's first one, if a variant has won by then."""
+
+    after_sent: int | None = None
+    after: timedelta | None = None
+    min_sent: int | None = None  # each variant's sample before a verdict (the setting if None)
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """Whether a person who left a sequence (timed out, completed, converted, removed) and
+    subscribes to it again starts it over: ``never``, ``always``, or ``after`` a while."""
+
+    mode: Literal["never", "always", "after"] = "never"
+    after: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +105,17 @@ class Step:
     on_timeout: Timeout = Timeout("exit")
     confirms: bool = False
     line: int | None = None
+    answers: tuple[Answer, ...] = ()
+    when: str | None = None  # a condition: the step is sent only when it is true
+    events: tuple[str, ...] = ()  # outside events that are this step's yes
+    variants: tuple[Variant, ...] = ()  # A/B: subject and template come from the variant
+    pick_winner: PickWinner | None = None
+
+    def answer(self, answer_id: str | None) -> Answer | None:
+        return next((a for a in self.answers if a.id == answer_id), None)
+
+    def variant(self, variant_id: str | None) -> Variant | None:
+        return next((v for v in self.variants if v.id == variant_id), None)
 
 
 @dataclass(frozen=True)
@@ -62,9 +128,10 @@ class Sequence:
     goals: tuple[str, ...] = ()
     line: int | None = None  # of the id
     # The fields of the sample subscriber validate and preview render every email for.
-    sample: tuple[tuple[str, str], ...] = (("first_name", "Ada"),)
+    sample: tuple[tuple[str, object], ...] = (("first_name", "Ada"),)
     # Everyone enrolled here confirmed outside nurture (subscribed with --confirmed).
     confirmed_elsewhere: bool = False
+    reenter: Reentry = Reentry()
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -11,7 +11,19 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from nurture.durations import parse_duration
 from nurture.sequences.model import AdvanceOn
 
-__all__ = ["Loc", "StepModel", "SequenceModel", "GotoModel", "clean_loc", "path_text", "sentence"]
+__all__ = [
+    "Loc",
+    "StepModel",
+    "SequenceModel",
+    "GotoModel",
+    "AnswerModel",
+    "VariantModel",
+    "PickWinnerModel",
+    "ReenterAfterModel",
+    "clean_loc",
+    "path_text",
+    "sentence",
+]
 
 Loc = tuple[str | int, ...]
 
@@ -22,6 +34,9 @@ def _duration(value: Any) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=64)]
+Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$", max_length=64)]
+FieldName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Scalar = str | int | float | bool
 
 
 class _Model(BaseModel):
@@ -38,16 +53,49 @@ class GotoModel(_Model):
     goto: StepId
 
 
-class StepModel(_Model):
+class AnswerModel(_Model):
+    goto: StepId | None = None
+    next: Literal[True] | None = None
+    tag: Tag | list[Tag] = []
+    set: dict[FieldName, Scalar] = {}
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self.tag,) if isinstance(self.tag, str) else tuple(self.tag)
+
+
+class VariantModel(_Model):
     id: StepId
     subject: str
     template: str
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+class PickWinnerModel(_Model):
+    after_sent: int | None = Field(default=None, ge=2)
+    after: Duration | None = None
+    min_sent: int | None = Field(default=None, ge=1)
+
+
+class ReenterAfterModel(_Model):
+    after: Duration
+
+
+class StepModel(_Model):
+    id: StepId
+    subject: str | None = None  # required, except with variants (each has its own)
+    template: str | None = None
     advance_on: AdvanceOn = AdvanceOn.click
     wait: Duration
     delay: Duration = timedelta(0)
     reminders: list[ReminderModel] = []
     on_timeout: Literal["exit", "next"] | GotoModel = "exit"
     confirms: bool = False
+    answers: dict[StepId, AnswerModel] = {}
+    when: str | None = None
+    events: list[Tag] = []
+    variants: list[VariantModel] = []
+    pick_winner: PickWinnerModel | None = None
 
 
 class SequenceModel(_Model):
@@ -59,8 +107,9 @@ class SequenceModel(_Model):
     sender: str = Field(alias="from")
     steps: list[Any] = Field(min_length=1)
     goals: list[str] = []
-    sample: dict[str, str] = {"first_name": "Ada"}
+    sample: dict[FieldName, Scalar | list[str]] = {"first_name": "Ada"}
     confirmed_elsewhere: bool = False
+    reenter: Literal["never", "always"] | ReenterAfterModel = "never"
 
 
 def clean_loc(loc: Loc) -> Loc:
@@ -82,6 +131,8 @@ def sentence(err: Any, loc: Loc) -> str:
     parent = path_text(loc[:-1])
     if loc and loc[0] == "on_timeout" and kind != "extra_forbidden":
         return f"on_timeout must be exit, next or {{goto: STEP_ID}} (got {err.get('input')!r})"
+    if loc and loc[0] == "reenter" and kind != "extra_forbidden":
+        return f"reenter must be never, always or {{after: DURATION}} (got {err.get('input')!r})"
     if kind == "extra_forbidden":
         return f"unknown key '{loc[-1]}'" + (f" in {parent}" if parent else "")
     if kind == "missing":

@@ -536,8 +536,8 @@ def test_a_field_value_inside_another_attribute_is_never_taken_for_the_link() ->
         skip="",
     )
     assert links.items == [
-        ["https://acme.example/a", False, False],
-        ["https://acme.example/b", True, False],
+        ["https://acme.example/a", False, False, None],
+        ["https://acme.example/b", True, False, None],
     ]
     assert marked
     assert "evil.example" in html and 'href="https://nurture.test/c/0"' in html

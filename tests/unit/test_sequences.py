@@ -205,8 +205,9 @@ CASES = {
         [
             (
                 9,
-                "step 'one': advance_on must be one of 'click', 'reply' or 'click_or_reply' "
-                "(got 'open')",
+                "step 'one': advance_on must be one of 'click', 'reply', 'event', "
+                "'click_or_reply', 'click_or_event', 'reply_or_event' or "
+                "'click_or_reply_or_event' (got 'open')",
             )
         ],
     ),
@@ -774,6 +775,10 @@ def test_counts_as_goal(full: Sequence, seq_dir: Path, env: jinja2.Environment) 
         (AdvanceOn.click, {"click"}),
         (AdvanceOn.reply, {"reply"}),
         (AdvanceOn.click_or_reply, {"click", "reply"}),
+        (AdvanceOn.event, {"event"}),
+        (AdvanceOn.click_or_event, {"click", "event"}),
+        (AdvanceOn.reply_or_event, {"reply", "event"}),
+        (AdvanceOn.click_or_reply_or_event, {"click", "reply", "event"}),
     ],
 )
 def test_advance_on_accepts(advance_on: AdvanceOn, accepts: set[str]) -> None:

@@ -1,0 +1,130 @@
+"""The answers on each step's own email: the micro-yes it got (when, how, which answer), the
+A/B variant it was, and the verdicts of A/B tests once one picked its winner."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nurture.db.models import CONTROL, MESSAGES
+from nurture.vocabulary import MessageKind, MessageStatus, YesBy
+
+__all__ = ["StepTally", "AnswerStore"]
+
+M = MESSAGES.c
+C = CONTROL.c
+STEP = str(MessageKind.STEP)
+
+
+@dataclass(frozen=True)
+class StepTally:
+    """Per sequence, step and variant: step emails sent, and the yeses they got by kind and
+    by answer."""
+
+    sequence_id: str
+    step_id: str
+    variant: str | None
+    sent: int
+    yes: int
+    by: dict[str, int]
+    answers: dict[str, int]
+
+
+def _winner_key(sequence_id: str, step_id: str) -> str:
+    # control.name holds 32 characters; a sequence and a step id hold 64 each.
+    return "ab:" + hashlib.sha256(f"{sequence_id}/{step_id}".encode()).hexdigest()[:29]
+
+
+class AnswerStore:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def mark_yes(
+        self,
+        enrollment_id: int,
+        visit: int,
+        *,
+        by: YesBy,
+        answer: str | None,
+        now: datetime,
+    ) -> None:
+        """The micro-yes to the step of ``visit``, on that step's own email (the first one
+        only: a step says yes once per visit)."""
+        self._conn.execute(
+            update(MESSAGES)
+            .where(
+                M.enrollment_id == enrollment_id,
+                M.visit == visit,
+                M.kind == STEP,
+                M.yes_at.is_(None),
+            )
+            .values(yes_at=now, yes_by=by.value, answer=answer)
+        )
+
+    def variant_of(self, enrollment_id: int, visit: int) -> str | None:
+        """The variant the step's own email of this visit was (its reminders are the same)."""
+        q = select(M.variant).where(
+            M.enrollment_id == enrollment_id, M.visit == visit, M.kind == STEP
+        )
+        found: str | None = self._conn.scalar(q.limit(1))
+        return found
+
+    def tallies(self, sequence_id: str | None = None) -> list[StepTally]:
+        """Sent and yes per sequence, step and variant, with yes by kind and by answer: one
+        aggregate query over the step emails (the index on sequence and step)."""
+        keys = (M.sequence_id, M.step_id, M.variant, M.yes_by, M.answer)
+        sent = func.count().filter(M.status == MessageStatus.sent.value)
+        yes = func.count(M.yes_at)
+        q = select(*keys, sent, yes).where(M.kind == STEP).group_by(*keys)
+        if sequence_id is not None:
+            q = q.where(M.sequence_id == sequence_id)
+        out: dict[tuple[str, str, str | None], StepTally] = {}
+        for seq, step, variant, by, answer, n_sent, n_yes in self._conn.execute(q):
+            key = (seq, step, variant)
+            tally = out.get(key) or StepTally(seq, step, variant, 0, 0, {}, {})
+            tally = StepTally(
+                seq, step, variant, tally.sent + n_sent, tally.yes + n_yes, tally.by, tally.answers
+            )
+            if by is not None and n_yes:
+                tally.by[by] = tally.by.get(by, 0) + n_yes
+            if answer is not None and n_yes:
+                tally.answers[answer] = tally.answers.get(answer, 0) + n_yes
+            out[key] = tally
+        return list(out.values())
+
+    def first_sent(self, sequence_id: str, step_id: str) -> datetime | None:
+        q = select(func.min(M.sent_at)).where(
+            and_(M.sequence_id == sequence_id, M.step_id == step_id, M.kind == STEP)
+        )
+        found: datetime | None = self._conn.scalar(q)
+        return found
+
+    def winner(self, sequence_id: str, step_id: str) -> dict[str, Any] | None:
+        """The A/B test's verdict once its step picked a winner: {variant, at, why}."""
+        q = select(C.value).where(C.name == _winner_key(sequence_id, step_id))
+        found: dict[str, Any] | None = self._conn.scalar(q)
+        return found
+
+    def set_winner(
+        self, sequence_id: str, step_id: str, variant: str, *, why: str, now: datetime
+    ) -> bool:
+        """Record the winner; False if another worker recorded one first (theirs stands)."""
+        value = {
+            "sequence": sequence_id,
+            "step": step_id,
+            "variant": variant,
+            "at": now.isoformat(),
+            "why": why,
+        }
+        row = {"name": _winner_key(sequence_id, step_id), "value": value, "updated_at": now}
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(insert(CONTROL).values(row))
+        except IntegrityError:
+            return False
+        return True
