@@ -1,5 +1,5 @@
 """The command line: ``nurture run | validate | preview | subscribe | unsubscribe | status |
-inbound | db``.
+inbound | resume | move | end | db``, and ``import | remove | report`` (``nurture.cli_more``).
 
 Each command parses its arguments, calls a service and prints; exit status 1 means the work
 could not be done (bad files, bad settings, refused input), 2 a usage mistake.
@@ -116,45 +116,6 @@ def cmd_end(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_preview(args: argparse.Namespace) -> int:
-    from nurture.services import build_renderer, load_sequences
-    from nurture.tokens import Signer
-    from nurture.vocabulary import MessageKind
-
-    settings = _settings(args)
-    env, catalog = load_sequences(settings)
-    sequence = catalog.get(args.sequence)
-    if sequence is None:
-        raise SubscribeError(
-            f"unknown sequence {args.sequence!r} (known: {', '.join(sorted(catalog.sequences))})"
-        )
-    if not sequence.has_step(args.step):
-        raise SubscribeError(
-            f"sequence {sequence.id} has no step {args.step!r} "
-            f"(steps: {', '.join(s.id for s in sequence.steps)})"
-        )
-    step = sequence.step(args.step)
-    if args.reminder and not 1 <= args.reminder <= len(step.reminders):
-        raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
-    fields = {**dict(sequence.sample), **_fields(args.field)}
-    # The same renderer as the daemon's (open pixel, honeypot), signing with a throwaway key:
-    # what is printed is what is sent, but its links lead nowhere.
-    renderer = build_renderer(settings, env, Signer("preview-only-key"))
-    kind = MessageKind(args.reminder)
-    out = renderer.render(sequence, step.id, kind, message_id=1, email=args.email, fields=fields)
-    print(f"From: {sequence.sender}\nTo: {args.email}\nSubject: {out.subject}\n")
-    print("----- text -----")
-    print(out.text.rstrip())
-    if not args.text_only:
-        print("\n----- html -----")
-        print(out.html.rstrip())
-    print("\n----- links -----")
-    for i, link in enumerate(out.links):
-        what = "   (micro-yes)" if link.counts else "   (hidden honeypot)" if link.honeypot else ""
-        print(f"{i}: {link.url}{what}")
-    return 0
-
-
 def _services(args: argparse.Namespace) -> Services:
     from nurture.db.migrate import ensure_schema
     from nurture.services import build_services
@@ -173,8 +134,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         now=services.clock.now(),
         confirmed=args.confirmed,
         resubscribe=args.resubscribe,
+        tags=args.tag,
     )
-    if result.created:
+    if result.outcome == "reentered":
+        print(f"{args.email} enters {args.sequence} again, from the first step")
+    elif result.created:
         print(
             f"enrolled {args.email} in {args.sequence} (subscriber {result.subscriber_id}, "
             f"{result.status.value}); the daemon sends the first email"
@@ -313,24 +277,20 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    from nurture import cli_more
+
     add(
         "run",
         "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
         cmd_run,
     )
+    cli_more.register_preview(add)
     sp = add("validate", "check every sequence file and template; list every problem", cmd_validate)
     sp.add_argument(
         "--against-db",
         action="store_true",
         help="also list the people waiting at steps these files do not have (exit 1 if any)",
     )
-    sp = add("preview", "print the rendered subject, text and HTML of one step", cmd_preview)
-    sp.add_argument("sequence")
-    sp.add_argument("step")
-    sp.add_argument("--reminder", type=int, default=0, help="preview reminder N (1-based)")
-    sp.add_argument("--email", default="sample@example.com")
-    sp.add_argument("--field", action="append", default=[], metavar="KEY=VALUE")
-    sp.add_argument("--text-only", action="store_true")
     sp = add("subscribe", "enroll an address in a sequence", cmd_subscribe)
     sp.add_argument("email")
     sp.add_argument("--sequence", required=True)
@@ -345,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="subscribe again someone who unsubscribed (they must confirm again)",
     )
+    sp.add_argument("--tag", action="append", default=[], help="a tag for the person")
     sp = add("unsubscribe", "stop every email to an address", cmd_unsubscribe)
     sp.add_argument("email")
     sp = add("status", "per sequence and step: waiting, completed, left and why", cmd_status)
@@ -360,6 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("end", "end the sequence for everyone waiting at a step", cmd_end)
     sp.add_argument("sequence")
     sp.add_argument("--step", required=True)
+    cli_more.register(add)
     sp = add("db", "database schema", cmd_db)
     sp.add_argument("action", choices=["upgrade"])
     sp.add_argument("revision", nargs="?", default="head")

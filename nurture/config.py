@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     click_min_seconds: float = Field(default=5.0, ge=0)  # sooner after sending is suspect
     click_window_seconds: float = Field(default=10.0, ge=0)  # clicks judged together
     click_burst_links: int = Field(default=3, ge=2)  # links of one message in a window: bot
+    # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
+    # say its own min_sent).
+    ab_min_sent: int = Field(default=100, ge=1)
 
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -81,3 +81,17 @@ class SubscribeError(NurtureError):
     def __init__(self, message: str, *, status: int = 400) -> None:
         self.status = status
         super().__init__(message)
+
+
+class SubscribeRefused(SubscribeError):
+    """Nobody is enrolled: the address left (unsubscribed, bounced, complained) or the sequence
+    takes nobody back. ``str()`` is the reason, for operators (the CLI, the log);
+    ``public`` says nothing about the address, for the form and the public API."""
+
+    public = (
+        "We did not subscribe this address. If you think that is a mistake, write to us "
+        "from it and we will sort it out."
+    )
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)

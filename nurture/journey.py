@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 
 from nurture import engine
@@ -87,6 +87,22 @@ class Journey:
         tx.enrollments.save(
             [(enrollment.id, engine.restart(enrollment.state, sequence, now=now))], now=now
         )
+
+    def reenter(
+        self,
+        tx: Tx,
+        enrollment: EnrollmentRow,
+        sequence: Sequence,
+        subscriber: SubscriberRow,
+        *,
+        now: datetime,
+    ) -> None:
+        """A person whose enrollment finished enters the sequence again (its ``reenter:``
+        allows it): from the first step, as a new visit, with nothing answered before; a
+        confirmed person skips the confirmation."""
+        fresh = engine.start(sequence, now=now, confirmed=subscriber.confirmed)
+        state = replace(fresh, visit=enrollment.state.visit + 1)
+        tx.enrollments.save([(enrollment.id, state)], now=now)
 
     # -- due work ------------------------------------------------------------------------
 

@@ -8,16 +8,19 @@ from dataclasses import dataclass
 
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
+from nurture.conditions import Conditions
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
 from nurture.db.store import Store
 from nurture.dispatcher import Dispatcher, DispatchPolicy
 from nurture.errors import SequenceError
+from nurture.experiments import Experiments
 from nurture.inbox import Inbox
 from nurture.journey import Journey
 from nurture.mail.render import Renderer, sample_problems
 from nurture.mail.sandbox import Limits, Sandbox, make_environment
 from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
+from nurture.outside import OutsideEvents
 from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
@@ -44,6 +47,7 @@ class Services:
     tracker: Tracker
     inbox: Inbox
     subscriptions: Subscriptions
+    events: OutsideEvents
     dispatcher: Dispatcher
 
     async def close(self) -> None:
@@ -99,7 +103,11 @@ def build_services(
     env, catalog = load_sequences(settings)
     signer = Signer(settings.secret_key)
     store = Store(connect_database(settings.database_url))
-    journey = Journey(catalog)
+    journey = Journey(
+        catalog,
+        conditions=Conditions(env),
+        experiments=Experiments(min_sent=settings.ab_min_sent),
+    )
     renderer = build_renderer(settings, env, signer)
     policy = ClickPolicy(
         min_seconds=settings.click_min_seconds,
@@ -136,5 +144,6 @@ def build_services(
             reply_address=settings.reply_address,
         ),
         subscriptions=Subscriptions(store=store, catalog=catalog, journey=journey, signer=signer),
+        events=OutsideEvents(store=store, catalog=catalog, journey=journey),
         dispatcher=dispatcher,
     )

@@ -1,31 +1,28 @@
-"""Joining and leaving: subscribe, unsubscribe (by address or by the link in every email), and
-goals reported by the marketer's app. Shared by the web app and the CLI."""
+"""Joining and leaving: subscribe (and enter a sequence again where it allows), unsubscribe (by
+address or by the link in every email), and leave one sequence. Shared by the web app, the
+API, the CLI and imports."""
 
 from __future__ import annotations
 
 import logging
-import re
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
-
-from nurture.db.store import Store
-from nurture.errors import SubscribeError, TokenError
+from nurture.db.enrollments import EnrollmentRow
+from nurture.db.store import Store, Tx
+from nurture.db.subscribers import SubscriberRow
+from nurture.errors import SubscribeError, SubscribeRefused, TokenError
 from nurture.journey import Journey
-from nurture.sequences import Catalog
+from nurture.people import clean_fields, clean_tags, normalize_email
+from nurture.sequences import Catalog, Sequence
 from nurture.tokens import Signer, TokenKind
 from nurture.vocabulary import EventKind, ExitReason, SubscriberStatus
 
-__all__ = ["SubscribeResult", "Subscriptions", "normalize_email", "clean_fields"]
+__all__ = ["SubscribeResult", "Subscriptions", "normalize_email", "reentry"]
 
 log = logging.getLogger(__name__)
-
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-MAX_FIELDS = 50
-MAX_FIELD_LENGTH = 1000
-RESERVED = {"email", "sequence"}
 
 
 @dataclass(frozen=True)
@@ -34,36 +31,31 @@ class SubscribeResult:
     enrollment_id: int | None
     created: bool  # False: already in that sequence, nothing changed
     status: SubscriberStatus
+    outcome: str = "enrolled"  # enrolled, reentered, already_enrolled
+    # A pending person with a confirmation email on its way (double opt-in); a pending person
+    # without one is held, nothing sent, until they confirm.
+    confirming: bool = False
 
 
-def normalize_email(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise SubscribeError("an email address is required")
-    try:
-        # SMTPUTF8 addresses (non-ASCII local parts) are refused: most relays cannot deliver
-        # them yet. Non-ASCII domains are kept in their ASCII (IDNA) form.
-        info = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise SubscribeError(f"{value.strip()!r} is not a valid email address: {exc}") from None
-    return str(info.ascii_email or info.normalized).lower()
-
-
-def clean_fields(raw: dict[str, Any]) -> dict[str, str]:
-    fields = {}
-    for key, value in raw.items():
-        if key in RESERVED:
-            continue
-        if not _FIELD_NAME.match(key):
-            raise SubscribeError(f"field name {key!r} must be letters, digits and '_' (at most 64)")
-        if value is None:
-            continue
-        text = str(value).strip()
-        if len(text) > MAX_FIELD_LENGTH:
-            raise SubscribeError(f"field {key!r} is longer than {MAX_FIELD_LENGTH} characters")
-        fields[key] = text
-    if len(fields) > MAX_FIELDS:
-        raise SubscribeError(f"at most {MAX_FIELDS} fields")
-    return fields
+def reentry(sequence: Sequence, enrollment: EnrollmentRow, *, now: datetime) -> str | None:
+    """None when a person whose ``enrollment`` in ``sequence`` finished may start it again
+    now; else the reason they may not (for operators, never shown to the public)."""
+    state = enrollment.state
+    why = (
+        f"completed {sequence.id}"
+        if state.exit_reason is None
+        else (f"left {sequence.id} ({state.exit_reason.value})")
+    )
+    rule = sequence.reenter
+    if state.exit_reason is not None and not state.exit_reason.may_reenter:
+        return f"{why}: never entered again without their new consent"
+    if rule.mode == "never":
+        return f"{why}, which takes nobody back (reenter: never)"
+    if rule.mode == "after" and rule.after is not None:
+        since = enrollment.updated_at
+        if since is not None and now - since < rule.after:
+            return f"{why} on {since:%Y-%m-%d}; {sequence.id} takes people back after {rule.after}"
+    return None
 
 
 class Subscriptions:
@@ -82,61 +74,174 @@ class Subscriptions:
         now: datetime,
         confirmed: bool = False,
         resubscribe: bool = False,
+        tags: Seq[str] = (),
     ) -> SubscribeResult:
-        """Enroll a person in a sequence. Twice is once (new field values are kept); someone
-        who left is refused unless ``resubscribe`` (an operator's explicit choice), which
-        starts over with a confirmation."""
+        """Enroll a person in a sequence. Twice is once (new field values and tags are kept);
+        someone who finished the sequence starts it again where its ``reenter:`` allows;
+        someone who left is refused (``SubscribeRefused``) unless ``resubscribe`` (an
+        operator's explicit choice), which starts over with a confirmation."""
         address = normalize_email(email)
+        sequence = self.sequence(sequence_id)
+        extra = clean_fields(fields)
+        tags = clean_tags(list(tags))
+        with self.store.transaction() as tx:
+            return self.enroll(
+                tx,
+                address,
+                sequence,
+                extra,
+                tags,
+                now=now,
+                confirmed=confirmed,
+                resubscribe=resubscribe,
+            )
+
+    def sequence(self, sequence_id: object) -> Sequence:
         sequence = self.catalog.get(str(sequence_id)) if sequence_id else None
         if sequence is None:
             known = ", ".join(sorted(self.catalog.sequences))
             raise SubscribeError(f"unknown sequence {sequence_id!r} (known: {known})", status=404)
-        extra = clean_fields(fields)
-        with self.store.transaction() as tx:
-            sub = tx.subscribers.by_email(address)
-            if sub is not None:
-                # Lock order: the person's enrollments, then the person (nurture.journey).
-                tx.enrollments.of_subscriber(sub.id)
-                sub = tx.subscribers.get(sub.id, lock=True)
-            if sub is None:
-                status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
-                sub = tx.subscribers.create(address, extra, status=status, now=now)
-            elif not sub.status.sendable:
-                if not resubscribe:
-                    raise SubscribeError(
-                        f"{address} has {sub.status.value} and is not subscribed again without "
-                        "their new consent (operators: nurture subscribe --resubscribe)",
-                        status=409,
-                    )
-                tx.subscribers.merge_fields(sub.id, extra)
-                tx.subscribers.set_status(sub.id, SubscriberStatus.pending, now=now)
-                sub = tx.subscribers.get(sub.id)
-                existing = tx.enrollments.of(sub.id, sequence.id)
-                if existing is not None:
-                    self.journey.restart(tx, existing, sequence, now=now)
-                    log.info(
-                        "%s resubscribed to %s",
-                        address,
-                        sequence.id,
-                        extra={"action": "resubscribed", "sequence": sequence.id},
-                    )
-                    return SubscribeResult(sub.id, existing.id, True, sub.status)
-            else:
-                tx.subscribers.merge_fields(sub.id, extra)
-                if confirmed and sub.status is SubscriberStatus.pending:
-                    self.journey.confirm(tx, sub.id, now=now)
-                sub = tx.subscribers.get(sub.id)
-            enrollment_id = self.journey.start(tx, sub, sequence, now=now)
-            if enrollment_id is None:
-                existing = tx.enrollments.of(sub.id, sequence.id)
-                return SubscribeResult(sub.id, existing.id if existing else None, False, sub.status)
+        return sequence
+
+    def enroll(
+        self,
+        tx: Tx,
+        address: str,
+        sequence: Sequence,
+        extra: dict[str, Any],
+        tags: Seq[str],
+        *,
+        now: datetime,
+        confirmed: bool = False,
+        resubscribe: bool = False,
+    ) -> SubscribeResult:
+        """``subscribe`` inside the caller's transaction, with clean values (an import runs
+        many of these in one)."""
+        sub = tx.subscribers.by_email(address)
+        if sub is not None:
+            # Lock order: the person's enrollments, then the person (nurture.journey).
+            tx.enrollments.of_subscriber(sub.id)
+            sub = tx.subscribers.get(sub.id, lock=True)
+        if sub is None:
+            status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
+            sub = tx.subscribers.create(address, extra, status=status, now=now, tags=tags)
+        elif not sub.status.sendable:
+            if not resubscribe:
+                log.info(
+                    "not subscribing %s to %s: %s",
+                    address,
+                    sequence.id,
+                    sub.status.value,
+                    extra={"action": "subscribe_refused", "sequence": sequence.id},
+                )
+                raise SubscribeRefused(
+                    f"{address} has {sub.status.value} and is not subscribed again without "
+                    "their new consent (operators: nurture subscribe --resubscribe)"
+                )
+            tx.subscribers.merge_fields(sub.id, extra, tags)
+            tx.subscribers.set_status(sub.id, SubscriberStatus.pending, now=now)
+            sub = tx.subscribers.get(sub.id)
+            existing = tx.enrollments.of(sub.id, sequence.id)
+            if existing is not None:
+                self.journey.restart(tx, existing, sequence, now=now)
+                log.info(
+                    "%s resubscribed to %s",
+                    address,
+                    sequence.id,
+                    extra={"action": "resubscribed", "sequence": sequence.id},
+                )
+                return SubscribeResult(sub.id, existing.id, True, sub.status, "reentered")
+        else:
+            tx.subscribers.merge_fields(sub.id, extra, tags)
+            if confirmed and sub.status is SubscriberStatus.pending:
+                self.journey.confirm(tx, sub.id, now=now)
+            sub = tx.subscribers.get(sub.id)
+        enrollment_id = self.journey.start(tx, sub, sequence, now=now)
+        if enrollment_id is None:
+            existing = tx.enrollments.of(sub.id, sequence.id)
+            assert existing is not None  # the unique key was (person, sequence)
+            if existing.state.status.finished:
+                return self._reenter(tx, sub, sequence, existing, now=now)
+            return SubscribeResult(sub.id, existing.id, False, sub.status, "already_enrolled")
         log.info(
             "subscribed %s to %s",
             address,
             sequence.id,
             extra={"action": "subscribed", "sequence": sequence.id, "enrollment_id": enrollment_id},
         )
-        return SubscribeResult(sub.id, enrollment_id, True, sub.status)
+        return SubscribeResult(
+            sub.id, enrollment_id, True, sub.status, confirming=self._confirming(tx, sub)
+        )
+
+    def _confirming(self, tx: Tx, sub: SubscriberRow) -> bool:
+        """Whether a pending person has an enrollment at a confirmation step (its email is
+        due or sent), so that what the form says is true."""
+        if sub.status is not SubscriberStatus.pending:
+            return False
+        for row in tx.enrollments.of_subscriber(sub.id):
+            found = self.catalog.locate(row.sequence_id, row.state.step_id)
+            if found is not None and found[1].confirms and not row.state.status.finished:
+                return True
+        return False
+
+    def _reenter(
+        self,
+        tx: Tx,
+        sub: SubscriberRow,
+        sequence: Sequence,
+        existing: EnrollmentRow,
+        *,
+        now: datetime,
+    ) -> SubscribeResult:
+        refused = reentry(sequence, existing, now=now)
+        if refused is not None:
+            log.info(
+                "not entering %s in %s again: %s",
+                sub.email,
+                sequence.id,
+                refused,
+                extra={"action": "reentry_refused", "enrollment_id": existing.id},
+            )
+            raise SubscribeRefused(f"{sub.email} {refused}")
+        self.journey.reenter(tx, existing, sequence, sub, now=now)
+        tx.events.add(
+            subscriber_id=sub.id,
+            enrollment_id=existing.id,
+            kind=EventKind.entered,
+            outcome="reentered",
+            detail={"sequence": sequence.id, "before": existing.state.exit_reason or "completed"},
+            now=now,
+        )
+        log.info(
+            "%s entered %s again",
+            sub.email,
+            sequence.id,
+            extra={"action": "reentered", "enrollment_id": existing.id},
+        )
+        return SubscribeResult(sub.id, existing.id, True, sub.status, "reentered")
+
+    def remove(self, *, email: object, sequence_id: object, now: datetime) -> bool:
+        """End one enrollment (ExitReason.removed) without unsubscribing the person from the
+        rest; its mail not sent yet is cancelled. False if it had finished already."""
+        address = normalize_email(email)
+        sequence = self.sequence(sequence_id)
+        with self.store.transaction() as tx:
+            sub = tx.subscribers.by_email(address)
+            row = tx.enrollments.of(sub.id, sequence.id) if sub is not None else None
+            if sub is None or row is None:
+                raise SubscribeError(f"{address} is not in {sequence.id}", status=404)
+            tx.enrollments.of_subscriber(sub.id)  # lock order, as everywhere
+            removed = self.journey.stop(tx, row.id, ExitReason.removed, now=now)
+            if removed:
+                tx.events.add(
+                    subscriber_id=sub.id,
+                    enrollment_id=row.id,
+                    kind=EventKind.removed,
+                    outcome="removed",
+                    detail={"sequence": sequence.id},
+                    now=now,
+                )
+        return removed
 
     def unsubscribe(
         self,
@@ -200,49 +305,3 @@ class Subscriptions:
         subscriber_id, address, message_id = self.unsubscribe_target(token)
         self.unsubscribe(subscriber_id, now=now, message_id=message_id, how=how)
         return address
-
-    def goal(
-        self,
-        *,
-        email: object,
-        event: object,
-        now: datetime,
-        sequence_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> list[str]:
-        """A goal (e.g. a purchase reported by the shop): enrollments whose sequence counts it
-        exit as converted. Returns the sequence ids that converted."""
-        address = normalize_email(email)
-        if not isinstance(event, str) or not event.strip():
-            raise SubscribeError('an event name is required, e.g. "purchase"')
-        name = event.strip()
-        converted = []
-        with self.store.transaction() as tx:
-            sub = tx.subscribers.by_email(address)
-            if sub is None:
-                raise SubscribeError(f"no subscriber {address}", status=404)
-            for row in tx.enrollments.of_subscriber(sub.id):
-                if sequence_id and row.sequence_id != sequence_id:
-                    continue
-                sequence = self.catalog.get(row.sequence_id)
-                if sequence is None or not sequence.counts_as_goal(name):
-                    continue
-                if self.journey.stop(tx, row.id, ExitReason.converted, now=now):
-                    converted.append(row.sequence_id)
-                    tx.events.add(
-                        subscriber_id=sub.id,
-                        enrollment_id=row.id,
-                        kind=EventKind.goal,
-                        outcome="converted",
-                        detail={"event": name, **(detail or {})},
-                        now=now,
-                    )
-            if not converted:
-                tx.events.add(
-                    subscriber_id=sub.id,
-                    kind=EventKind.goal,
-                    outcome="recorded",
-                    detail={"event": name, **(detail or {})},
-                    now=now,
-                )
-        return converted

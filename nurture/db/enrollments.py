@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, select, update
+from sqlalchemy import Connection, Select, bindparam, insert, select, update
 
 from nurture.db.dialect import claim, insert_new, lock
 from nurture.db.models import ENROLLMENTS, SUBSCRIBERS
@@ -28,6 +28,7 @@ class EnrollmentRow:
     sequence_id: str
     state: EnrollmentState
     subscriber_status: SubscriberStatus
+    updated_at: datetime | None = None  # for a finished one: when it finished
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ def _state(r: Any) -> EnrollmentState:
 
 def _row(r: Any) -> EnrollmentRow:
     return EnrollmentRow(
-        r.id, r.subscriber_id, r.sequence_id, _state(r), SubscriberStatus(r.subscriber_status)
+        r.id,
+        r.subscriber_id,
+        r.sequence_id,
+        _state(r),
+        SubscriberStatus(r.subscriber_status),
+        r.updated_at,
     )
 
 
@@ -178,6 +184,20 @@ class EnrollmentStore:
             **_values(state, now),
         }
         return insert_new(self._conn, ENROLLMENTS, values)
+
+    def create_many(
+        self, rows: Sequence[tuple[int, str, EnrollmentState]], *, now: datetime
+    ) -> None:
+        """New enrollments (subscriber, sequence, state) in one statement; IntegrityError if
+        one is there already (the caller's savepoint)."""
+        if rows:
+            self._conn.execute(
+                insert(ENROLLMENTS),
+                [
+                    {"subscriber_id": s, "sequence_id": q, "created_at": now, **_values(st, now)}
+                    for s, q, st in rows
+                ],
+            )
 
     def save(self, states: Sequence[tuple[int, EnrollmentState]], *, now: datetime) -> None:
         """Write new states: one statement for a whole batch."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from nurture.db.dialect import claim
+from nurture.db.dialect import claim, insert_new
 from nurture.db.models import EVENTS
 from nurture.vocabulary import EventKind, Verdict
 
@@ -60,19 +60,30 @@ class EventStore:
         detail: dict[str, Any] | None = None,
         verdict: Verdict | None = None,
         evaluate_at: datetime | None = None,
-    ) -> None:
+        external_id: str | None = None,
+    ) -> int | None:
+        """Record an event; its id. With ``external_id`` (an app's own id for it), None when
+        an event with that id is recorded already: the same id twice is one event."""
+        values = {
+            "subscriber_id": subscriber_id,
+            "enrollment_id": enrollment_id,
+            "message_id": message_id,
+            "kind": kind.value,
+            "outcome": outcome[:48],
+            "detail": detail or {},
+            "verdict": verdict.value if verdict is not None else None,
+            "evaluate_at": evaluate_at,
+            "created_at": now,
+            "external_id": external_id,
+        }
+        if external_id is not None:
+            return insert_new(self._conn, EVENTS, values)
+        key = self._conn.execute(insert(EVENTS).values(values)).inserted_primary_key
+        return int(key[0]) if key else None
+
+    def set_outcome(self, event_id: int, outcome: str, detail: dict[str, Any]) -> None:
         self._conn.execute(
-            insert(EVENTS).values(
-                subscriber_id=subscriber_id,
-                enrollment_id=enrollment_id,
-                message_id=message_id,
-                kind=kind.value,
-                outcome=outcome[:48],
-                detail=detail or {},
-                verdict=verdict.value if verdict is not None else None,
-                evaluate_at=evaluate_at,
-                created_at=now,
-            )
+            update(EVENTS).where(V.id == event_id).values(outcome=outcome[:48], detail=detail)
         )
 
     def of_subscriber(self, subscriber_id: int, *, kind: EventKind | None = None) -> list[EventRow]:

@@ -53,6 +53,16 @@ class ReportStore:
         )
         return {a: int(n) for a, n in self._conn.execute(q)}
 
+    def skipped_by_step(self, sequence_id: str) -> dict[str, int]:
+        """Steps skipped by their condition, per step of one sequence."""
+        q = (
+            select(V.outcome, func.count())
+            .join(ENROLLMENTS, E.id == V.enrollment_id)
+            .where(V.kind == EventKind.skipped.value, E.sequence_id == sequence_id)
+            .group_by(V.outcome)
+        )
+        return {str(o).split(":", 1)[1]: int(n) for o, n in self._conn.execute(q)}
+
     def message_counts(self) -> dict[str, int]:
         q = select(M.status, func.count()).group_by(M.status)
         return {status: n for status, n in self._conn.execute(q)}

@@ -31,6 +31,7 @@ class Tx:
     """The queries of one transaction, by table family."""
 
     def __init__(self, conn: Connection) -> None:
+        self._conn = conn
         self.subscribers = SubscriberStore(conn)
         self.enrollments = EnrollmentStore(conn)
         self.outbox = OutboxStore(conn)
@@ -41,6 +42,13 @@ class Tx:
         self.workers = WorkerStore(conn)
         self.control = ControlStore(conn)
         self.answers = AnswerStore(conn)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction that is undone alone if it raises (one row of an
+        import)."""
+        with self._conn.begin_nested():
+            yield
 
 
 class Store:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from nurture.db.dialect import insert_new, lock_keys_kept, lock_shared
 from nurture.db.models import SUBSCRIBERS
@@ -78,6 +78,37 @@ class SubscriberStore:
         existing = self.by_email(email, lock=True)
         assert existing is not None  # the unique key was the address
         return existing
+
+    def ids_of(self, emails: Sequence[str]) -> dict[str, int]:
+        """The ids of the addresses that are subscribers already."""
+        q = select(S.email, S.id).where(S.email.in_(list(emails)))
+        return {email: i for email, i in self._conn.execute(q)}
+
+    def create_many(
+        self,
+        people: Sequence[tuple[str, dict[str, Any], Sequence[str]]],
+        *,
+        status: SubscriberStatus,
+        now: datetime,
+    ) -> dict[str, int]:
+        """New subscribers (email, fields, tags) in one statement; their ids by address.
+        IntegrityError if one of the addresses is there already (the caller's savepoint)."""
+        confirmed_at = now if status is SubscriberStatus.confirmed else None
+        self._conn.execute(
+            insert(SUBSCRIBERS),
+            [
+                {
+                    "email": email,
+                    "fields": fields,
+                    "tags": sorted(set(tags)),
+                    "status": status.value,
+                    "created_at": now,
+                    "confirmed_at": confirmed_at,
+                }
+                for email, fields, tags in people
+            ],
+        )
+        return self.ids_of([email for email, _, _ in people])
 
     def merge_fields(
         self, subscriber_id: int, fields: dict[str, Any], tags: Sequence[str] = ()

@@ -1,5 +1,6 @@
 """What the marketer's site and app, mail providers and operators call: the subscribe form
-and endpoint, goal events, the inbound-mail webhook, the health check."""
+and endpoint, outside events and goals, taking a person out of one sequence, the inbound-mail
+webhook, the health check."""
 
 from __future__ import annotations
 
@@ -16,14 +17,23 @@ from starlette.responses import (
     Response,
 )
 
-from nurture.errors import SubscribeError
+from nurture.errors import SubscribeError, SubscribeRefused
 from nurture.mail.inbound import MAX_INBOUND_BYTES
-from nurture.vocabulary import InboundSource, InboundStatus
+from nurture.subscriptions import SubscribeResult
+from nurture.vocabulary import InboundSource, InboundStatus, SubscriberStatus
 from nurture.web.body import BodyError, read_body, read_payload
 from nurture.web.links import services
 from nurture.web.pages import page
 
-__all__ = ["index", "healthz", "subscribe_form", "subscribe_post", "events", "inbound"]
+__all__ = [
+    "index",
+    "healthz",
+    "subscribe_form",
+    "subscribe_post",
+    "events",
+    "remove",
+    "inbound",
+]
 
 
 def _wants_json(request: Request) -> bool:
@@ -39,6 +49,16 @@ def _bearer(request: Request) -> str:
 
 def _same(supplied: str, secret: str) -> bool:
     return hmac.compare_digest(supplied.encode(), secret.encode())
+
+
+def _authorized(request: Request) -> bool:
+    token = services(request).settings.api_token
+    return token is not None and token != "" and _same(_bearer(request), token)
+
+
+def _unauthorized() -> Response:
+    error = {"error": "a valid API token is required (NURTURE_API_TOKEN)"}
+    return JSONResponse(error, status_code=401)
 
 
 async def index(request: Request) -> Response:
@@ -84,22 +104,28 @@ async def subscribe_post(request: Request) -> Response:
     data: dict[str, Any] = {}
     try:
         data = await read_payload(request)
-        fields = {k: v for k, v in data.items() if k not in ("email", "sequence")}
+        fields = {k: v for k, v in data.items() if k not in ("email", "sequence", "tags")}
         result = await run_in_threadpool(
             lambda: s.subscriptions.subscribe(
                 email=data.get("email"),
                 sequence_id=data.get("sequence"),
                 fields=fields,
+                tags=_tags(data.get("tags")),
                 now=s.clock.now(),
             )
         )
     except (SubscribeError, BodyError) as exc:
+        # A refusal says nothing about the address (the log and `nurture person` say why).
+        message = exc.public if isinstance(exc, SubscribeRefused) else str(exc)
         if as_json:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            said = {"error": message}
+            if isinstance(exc, SubscribeRefused):
+                said["result"] = "refused"
+            return JSONResponse(said, status_code=exc.status)
         return _form_page(
             request,
             status=exc.status,
-            error=str(exc),
+            error=message,
             email=data.get("email"),
             first_name=data.get("first_name"),
         )
@@ -109,34 +135,86 @@ async def subscribe_post(request: Request) -> Response:
             "subscriber_id": result.subscriber_id,
             "enrollment_id": result.enrollment_id,
             "created": result.created,
+            "result": result.outcome,
             "status": result.status.value,
         }
         return JSONResponse(body, status_code=status)
-    text = "Check your inbox: we sent you an email."
-    if request.app.state.outbox is not None:
+    title, text = _told(result)
+    if request.app.state.outbox is not None and result.created:
         text += " (It is in the outbox.)"
-    return HTMLResponse(page("message.html", title="Almost there", text=text), status_code=status)
+    return HTMLResponse(page("message.html", title=title, text=text), status_code=status)
+
+
+def _tags(raw: Any) -> list[str]:
+    from nurture.people import clean_tags
+
+    try:
+        return clean_tags(raw)
+    except SubscribeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any odd value is the sender's mistake
+        raise SubscribeError(f"tags: {exc}") from None
+
+
+def _told(result: SubscribeResult) -> tuple[str, str]:
+    """What the form tells the person, true to what happened."""
+    if result.outcome == "already_enrolled":
+        return "Already subscribed", "This address is on the list already: nothing changed."
+    if result.confirming:
+        return (
+            "Almost there",
+            "Check your inbox: we are sending you an email with a link to confirm your "
+            "subscription.",
+        )
+    if result.status is SubscriberStatus.pending:
+        return "Thank you", "Nothing will be sent to this address until it is confirmed."
+    return "You are in", "You are subscribed: your first email is on its way."
 
 
 async def events(request: Request) -> Response:
     s = services(request)
-    token = s.settings.api_token
-    if not token or not _same(_bearer(request), token):
-        error = {"error": "a valid API token is required (NURTURE_API_TOKEN)"}
-        return JSONResponse(error, status_code=401)
+    if not _authorized(request):
+        return _unauthorized()
     try:
         data = await read_payload(request)
-        converted = await run_in_threadpool(
-            lambda: s.subscriptions.goal(
+        properties = data.get("properties")
+        if properties is None and ("set" in data or "tags" in data):
+            properties = {k: data[k] for k in ("set", "tags") if k in data}
+        result = await run_in_threadpool(
+            lambda: s.events.event(
                 email=data.get("email"),
                 event=data.get("event"),
                 sequence_id=data.get("sequence"),
+                properties=properties,
+                external_id=data.get("id"),
                 now=s.clock.now(),
             )
         )
     except (SubscribeError, BodyError) as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
-    return JSONResponse({"converted": converted})
+    body = {
+        "converted": result.converted,
+        "advanced": result.advanced,
+        "duplicate": result.duplicate,
+    }
+    return JSONResponse(body)
+
+
+async def remove(request: Request) -> Response:
+    """Take a person out of one sequence (not out of everything: that is an unsubscribe)."""
+    s = services(request)
+    if not _authorized(request):
+        return _unauthorized()
+    try:
+        data = await read_payload(request)
+        removed = await run_in_threadpool(
+            lambda: s.subscriptions.remove(
+                email=data.get("email"), sequence_id=data.get("sequence"), now=s.clock.now()
+            )
+        )
+    except (SubscribeError, BodyError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"removed": removed})
 
 
 async def inbound(request: Request) -> Response:

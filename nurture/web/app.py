@@ -28,6 +28,7 @@ ROUTES = [
     Route("/subscribe", api.subscribe_form, methods=["GET"]),
     Route("/subscribe", api.subscribe_post, methods=["POST"]),
     Route("/events", api.events, methods=["POST"]),
+    Route("/remove", api.remove, methods=["POST"]),
     Route("/inbound", api.inbound, methods=["POST"]),
     Route("/confirmed", links.confirmed),
     Route("/hp", links.honeypot, methods=["GET", "HEAD"]),

@@ -163,7 +163,7 @@ def test_unsubscribe_cancels_mail_that_was_queued_but_not_sent(world: World) -> 
 def test_goal_event_exits_as_converted(world: World) -> None:
     world.subscribe("gus@example.com", confirmed=True)
     world.tick()
-    goal = world.services.subscriptions.goal
+    goal = world.services.events.goal
     assert goal(email="gus@example.com", event="newsletter", now=world.clock.now()) == []
     # (not a goal of this sequence)
     assert goal(email="GUS@example.com", event="purchase", now=world.clock.now()) == ["journey"]

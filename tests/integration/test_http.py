@@ -175,7 +175,8 @@ def test_events_need_the_api_token(world: World, http: httpx.Client) -> None:
         == 401
     )
     r = http.post("/events", json=body, headers={"authorization": "Bearer test-api-token"})
-    assert r.status_code == 200 and r.json() == {"converted": ["journey"]}
+    assert r.status_code == 200
+    assert r.json() == {"converted": ["journey"], "advanced": [], "duplicate": False}
     assert world.state("hoa@example.com").exit_reason is ExitReason.converted
     r = http.post(
         "/events",

@@ -1,0 +1,209 @@
+"""The commands for what marketers write and the lists they bring: ``nurture preview |
+import | remove | report``. Registered on the parser by ``nurture.cli``; each parses, calls a
+service and prints, as there."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nurture.errors import SubscribeError
+
+__all__ = ["register"]
+
+
+def _services(args: argparse.Namespace) -> Any:
+    from nurture.cli import _services as services
+
+    return services(args)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from nurture.services import build_renderer, load_sequences
+    from nurture.tokens import Signer
+    from nurture.vocabulary import MessageKind
+
+    settings = _settings_of(args)
+    env, catalog = load_sequences(settings)
+    sequence = catalog.get(args.sequence)
+    if sequence is None:
+        raise SubscribeError(
+            f"unknown sequence {args.sequence!r} (known: {', '.join(sorted(catalog.sequences))})"
+        )
+    if not sequence.has_step(args.step):
+        raise SubscribeError(
+            f"sequence {sequence.id} has no step {args.step!r} "
+            f"(steps: {', '.join(s.id for s in sequence.steps)})"
+        )
+    step = sequence.step(args.step)
+    if args.reminder and not 1 <= args.reminder <= len(step.reminders):
+        raise SubscribeError(f"step {step.id} has {len(step.reminders)} reminders")
+    if args.variant and step.variant(args.variant) is None:
+        names = ", ".join(v.id for v in step.variants) or "none"
+        raise SubscribeError(f"step {step.id} has no variant {args.variant!r} (variants: {names})")
+    fields: dict[str, Any] = {**dict(sequence.sample), **_fields_of(args.field)}
+    tags = fields.pop("tags", [])
+    tags = tags.split(";") if isinstance(tags, str) else list(tags)
+    # The same renderer as the daemon's (open pixel, honeypot), signing with a throwaway key:
+    # what is printed is what is sent, but its links lead nowhere.
+    renderer = build_renderer(settings, env, Signer("preview-only-key"))
+    kind = MessageKind(args.reminder)
+    variant = args.variant or (step.variants[0].id if step.variants else None)
+    out = renderer.render(
+        sequence,
+        step.id,
+        kind,
+        message_id=1,
+        email=args.email,
+        fields=fields,
+        tags=tags,
+        variant=variant,
+    )
+    print(f"From: {sequence.sender}\nTo: {args.email}\nSubject: {out.subject}")
+    for line in _ask_lines(step, variant):
+        print(line)
+    print()
+    print("----- text -----")
+    print(out.text.rstrip())
+    if not args.text_only:
+        print("\n----- html -----")
+        print(out.html.rstrip())
+    print("\n----- links -----")
+    for i, link in enumerate(out.links):
+        what = (
+            f"   (answer: {link.answer})"
+            if link.answer
+            else "   (micro-yes)"
+            if link.counts
+            else "   (hidden honeypot)"
+            if link.honeypot
+            else ""
+        )
+        print(f"{i}: {link.url}{what}")
+    return 0
+
+
+def _ask_lines(step: Any, variant: str | None) -> list[str]:
+    """What preview says about a step beyond its email: who gets it, what yes it takes,
+    where each answer leads, which variant this is."""
+    out = []
+    if step.when:
+        out.append(f"# sent only when: {step.when} (else skipped, on to the next step)")
+    takes = step.advance_on.value.replace("_or_", " or ")
+    out.append(f"# yes: {takes}" + (f" (events: {', '.join(step.events)})" if step.events else ""))
+    for a in step.answers:
+        where = f"goto {a.goto}" if a.goto else "next step"
+        said = [f"tag {t}" for t in a.tags] + [f"set {k}={v!r}" for k, v in a.fields]
+        out.append(f"# answer {a.id}: {where}" + (f"; {', '.join(said)}" if said else ""))
+    if step.variants:
+        weights = ", ".join(f"{v.id} (weight {v.weight})" for v in step.variants)
+        out.append(f"# variant {variant} of {weights}")
+    return out
+
+
+def _settings_of(args: argparse.Namespace) -> Any:
+    from nurture.cli import _settings
+
+    return _settings(args)
+
+
+def _fields_of(pairs: list[str]) -> dict[str, str]:
+    from nurture.cli import _fields
+
+    return _fields(pairs)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from nurture.importer import import_csv
+
+    services = _services(args)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if tty:
+            width = 30
+            filled = round(width * done / total) if total else width
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r[{bar}] {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+
+    report = import_csv(
+        services.subscriptions,
+        Path(args.file),
+        sequence_id=args.sequence,
+        now=services.clock.now,
+        confirmed=args.confirmed,
+        tags=args.tag,
+        progress=progress,
+    )
+    for refused in report.refused:
+        print(
+            f"{args.file}:{refused.line}: {refused.email or '-'}: {refused.reason}", file=sys.stderr
+        )
+    print(
+        f"{report.rows} rows: {report.enrolled} enrolled in {args.sequence}, "
+        f"{report.reentered} entered it again, {report.already} were in it already, "
+        f"{len(report.refused)} refused"
+    )
+    return 1 if report.refused else 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    services = _services(args)
+    removed = services.subscriptions.remove(
+        email=args.email, sequence_id=args.sequence, now=services.clock.now()
+    )
+    if removed:
+        print(f"{args.email} removed from {args.sequence}; their other sequences go on")
+    else:
+        print(f"{args.email} had already left {args.sequence}; nothing changed")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nurture.errors import SubscribeError
+    from nurture.report import build_report, format_report
+
+    services = _services(args)
+    if args.sequence and services.catalog.get(args.sequence) is None:
+        known = ", ".join(sorted(services.catalog.sequences))
+        raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
+    with services.store.transaction() as tx:
+        report = build_report(
+            tx, services.catalog, services.journey.experiments, sequence_id=args.sequence
+        )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def register_preview(add: Any) -> None:
+    sp = add("preview", "print the rendered subject, text and HTML of one step", cmd_preview)
+    sp.add_argument("sequence")
+    sp.add_argument("step")
+    sp.add_argument("--reminder", type=int, default=0, help="preview reminder N (1-based)")
+    sp.add_argument("--email", default="sample@example.com")
+    sp.add_argument("--field", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--text-only", action="store_true")
+    sp.add_argument("--variant", metavar="ID", help="preview this A/B variant of the step")
+
+
+def register(add: Any) -> None:
+    sp = add(
+        "import", "enroll every row of a CSV file (email, fields, tags) in a sequence", cmd_import
+    )
+    sp.add_argument("file", metavar="FILE.csv")
+    sp.add_argument("--sequence", required=True)
+    sp.add_argument(
+        "--confirmed", action="store_true", help="they confirmed elsewhere: no confirmation email"
+    )
+    sp.add_argument("--tag", action="append", default=[], help="a tag for everyone imported")
+    sp = add("remove", "take an address out of one sequence (not out of the others)", cmd_remove)
+    sp.add_argument("email")
+    sp.add_argument("--sequence", required=True)
+    sp = add(
+        "report", "per step: sent, yes (by click, reply, event), answers, A/B verdicts", cmd_report
+    )
+    sp.add_argument("sequence", nargs="?", help="only this sequence")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")

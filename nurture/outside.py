@@ -1,0 +1,118 @@
+"""Outside events: what the marketer's own app reports about a person (POST /events): a trial
+started, a payment made. An event may set fields and tags, answer the step a person waits at
+(``events:``), and be a goal that converts them. The same event id twice counts once, so the
+app can retry safely."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nurture.db.store import Store
+from nurture.errors import SubscribeError
+from nurture.journey import Journey
+from nurture.people import TAG, clean_fields, clean_tags, normalize_email
+from nurture.sequences import Catalog
+from nurture.vocabulary import EventKind, ExitReason
+
+__all__ = ["EventResult", "OutsideEvents"]
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What an outside event did: the sequences it converted (a goal) and those whose
+    waiting step it answered; ``duplicate`` when its id was seen before (nothing done)."""
+
+    converted: list[str] = field(default_factory=list)
+    advanced: list[str] = field(default_factory=list)
+    duplicate: bool = False
+
+
+class OutsideEvents:
+    def __init__(self, *, store: Store, catalog: Catalog, journey: Journey) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.journey = journey
+
+    def goal(
+        self,
+        *,
+        email: object,
+        event: object,
+        now: datetime,
+        sequence_id: str | None = None,
+    ) -> list[str]:
+        """A goal (e.g. a purchase reported by the shop): the sequence ids that converted."""
+        return self.event(email=email, event=event, now=now, sequence_id=sequence_id).converted
+
+    def event(
+        self,
+        *,
+        email: object,
+        event: object,
+        now: datetime,
+        sequence_id: str | None = None,
+        properties: dict[str, Any] | None = None,
+        external_id: object = None,
+    ) -> EventResult:
+        """An outside event from the marketer's app (POST /events). Its ``set`` and ``tags``
+        (in ``properties``) are stored on the person first; then it is the micro-yes of every
+        step waiting for it (``events:``), and a goal of every sequence that counts it. Any
+        other event is recorded. With ``external_id``, the same id twice counts once."""
+        address = normalize_email(email)
+        if not isinstance(event, str) or not TAG.match(event.strip()):
+            raise SubscribeError(
+                'an event name is required, e.g. "purchase" (letters, digits, _ - . :)'
+            )
+        name = event.strip()
+        props = properties if properties is not None else {}
+        if not isinstance(props, dict):
+            raise SubscribeError("properties must be an object")
+        fields = props.get("set") or {}
+        if not isinstance(fields, dict):
+            raise SubscribeError(
+                'properties.set must be an object of fields, e.g. {"plan": "trial"}'
+            )
+        fields, tags = clean_fields(fields), clean_tags(props.get("tags"))
+        key = None if external_id is None else str(external_id).strip()[:200] or None
+        with self.store.transaction() as tx:
+            sub = tx.subscribers.by_email(address)
+            if sub is None:
+                raise SubscribeError(f"no subscriber {address}", status=404)
+            rows = tx.enrollments.of_subscriber(sub.id)  # lock order: enrollments first
+            detail: dict[str, Any] = {"event": name, "properties": props}
+            event_id = tx.events.add(
+                subscriber_id=sub.id,
+                kind=EventKind.event,
+                outcome="recorded",
+                detail=detail,
+                now=now,
+                external_id=key,
+            )
+            if event_id is None:
+                return EventResult(duplicate=True)
+            tx.subscribers.merge_fields(sub.id, fields, tags)
+            converted = []
+            for row in rows:
+                if sequence_id and row.sequence_id != sequence_id:
+                    continue
+                sequence = self.catalog.get(row.sequence_id)
+                if sequence is None or not sequence.counts_as_goal(name):
+                    continue
+                if self.journey.stop(tx, row.id, ExitReason.converted, now=now):
+                    converted.append(row.sequence_id)
+                    tx.events.add(
+                        subscriber_id=sub.id,
+                        enrollment_id=row.id,
+                        kind=EventKind.goal,
+                        outcome="converted",
+                        detail={"event": name},
+                        now=now,
+                    )
+            # After the goals: someone a goal converted has nothing left to answer.
+            advanced = [row.sequence_id for row, _ in self.journey.event(tx, sub.id, name, now=now)]
+            outcome = "converted" if converted else "advanced" if advanced else "recorded"
+            detail.update(advanced=advanced, converted=converted)
+            tx.events.set_outcome(event_id, outcome, detail)
+        return EventResult(converted, advanced)
