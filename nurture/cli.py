@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nurture.journey import describe_stranded
+    from nurture import edits
     from nurture.services import load_sequences
 
     _, catalog = load_sequences(_settings(args))
@@ -87,8 +87,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 0
     services = _services(args)
     with services.store.transaction() as tx:
-        stranded = services.journey.stranded(tx)
-    for line in describe_stranded(stranded):
+        stranded = edits.stranded(services.journey, tx)
+    for line in edits.describe_stranded(stranded):
         print(line, file=sys.stderr)
     if not stranded:
         print("ok  nobody in the database waits at a step these files do not have")
@@ -96,11 +96,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_move(args: argparse.Namespace) -> int:
+    from nurture import edits
+
     services = _services(args)
     try:
         with services.store.transaction() as tx:
-            n = services.journey.move(
-                tx, args.sequence, args.from_step, args.to_step, now=services.clock.now()
+            n = edits.move(
+                services.journey,
+                tx,
+                args.sequence,
+                args.from_step,
+                args.to_step,
+                now=services.clock.now(),
             )
     except ValueError as exc:
         raise SubscribeError(str(exc)) from None
@@ -109,9 +116,11 @@ def cmd_move(args: argparse.Namespace) -> int:
 
 
 def cmd_end(args: argparse.Namespace) -> int:
+    from nurture import edits
+
     services = _services(args)
     with services.store.transaction() as tx:
-        n = services.journey.end(tx, args.sequence, args.step, now=services.clock.now())
+        n = edits.end(services.journey, tx, args.sequence, args.step, now=services.clock.now())
     print(f"ended {args.sequence} for {n} waiting at {args.step}")
     return 0
 

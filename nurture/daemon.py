@@ -34,11 +34,11 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.engine import make_url
 
+from nurture import edits
 from nurture.config import Settings
 from nurture.db.connect import is_sqlite, normalize_url
 from nurture.db.migrate import ensure_schema
 from nurture.errors import ConfigError
-from nurture.journey import describe_stranded
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
@@ -186,9 +186,9 @@ class Daemon:
         `nurture move` or `nurture end`), and people held for a confirmation."""
         assert self.services is not None
         with self.services.store.transaction() as tx:
-            stranded = self.services.journey.stranded(tx)
+            stranded = edits.stranded(self.services.journey, tx)
             held = tx.reports.held_by_sequence()
-        for line in describe_stranded(stranded):
+        for line in edits.describe_stranded(stranded):
             log.warning("%s", line, extra={"action": "enrollments_stranded"})
         for sequence_id, n in sorted(held.items()):
             log.info(

@@ -71,8 +71,11 @@ class ConfirmSubscriber:
 
 @dataclass(frozen=True)
 class Remember:
-    """What an answer says about the person: tags to add, fields to set."""
+    """What an answer says about the person: which answer they gave to which step (kept as
+    ``subscriber.answers``), tags to add, fields to set."""
 
+    step_id: str
+    answer: str
     tags: tuple[str, ...] = ()
     fields: tuple[tuple[str, object], ...] = ()
 
@@ -277,8 +280,8 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
         # A step that asks a question moves on only by one of its answers.
         return Decision(state, outcome="ignored:not_an_answer")
     actions: tuple[Action, ...] = (ConfirmSubscriber(),) if step.confirms else ()
-    if answer is not None and (answer.tags or answer.fields):
-        actions += (Remember(answer.tags, answer.fields),)
+    if answer is not None:
+        actions += (Remember(step.id, answer.id, answer.tags, answer.fields),)
     if answer is not None and answer.goto is not None:
         done = state.done + (step.id,) if step.id not in state.done else state.done
         target = sequence.step(answer.goto)

@@ -35,7 +35,7 @@ from nurture.vocabulary import (
     YesBy,
 )
 
-__all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY", "describe_stranded"]
+__all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY"]
 
 log = logging.getLogger(__name__)
 
@@ -310,39 +310,6 @@ class Journey:
         tx.outbox.cancel_open(subscriber_id=subscriber_id, why=f"subscriber {status.value}")
         return len(stopped)
 
-    # -- when the files change -------------------------------------------------------------
-
-    def stranded(self, tx: Tx) -> list[tuple[str, str, int]]:
-        """(sequence, step, people) waiting at a step the loaded files do not have."""
-        return [
-            (seq, step, n)
-            for seq, step, n in tx.reports.waiting_by_step()
-            if self.catalog.locate(seq, step) is None
-        ]
-
-    def move(self, tx: Tx, sequence_id: str, from_step: str, to_step: str, *, now: datetime) -> int:
-        """Everyone waiting at ``from_step`` goes to ``to_step`` (a new visit; their mail not
-        sent yet for the old step is cancelled). Returns how many moved."""
-        sequence = self.catalog.get(sequence_id)
-        if sequence is None or not sequence.has_step(to_step):
-            raise ValueError(f"{sequence_id} has no step {to_step!r} in the loaded files")
-        rows = tx.enrollments.at_step(sequence_id, from_step)
-        moved = []
-        for row in rows:
-            confirmed = row.subscriber_status is SubscriberStatus.confirmed
-            state = engine.move_to(row.state, sequence, to_step, now=now, confirmed=confirmed)
-            moved.append((row.id, state))
-            tx.outbox.cancel_open(enrollment_id=row.id, why=f"moved from step {from_step}")
-        tx.enrollments.save(moved, now=now)
-        return len(moved)
-
-    def end(self, tx: Tx, sequence_id: str, step_id: str, *, now: datetime) -> int:
-        """Everyone waiting at ``step_id`` leaves the sequence (ExitReason.ended)."""
-        ended = 0
-        for row in tx.enrollments.at_step(sequence_id, step_id):
-            ended += self.stop(tx, row.id, ExitReason.ended, now=now)
-        return ended
-
     # -- storing a decision --------------------------------------------------------------
 
     def _apply(
@@ -382,8 +349,12 @@ class Journey:
         for row, d in decisions:
             for action in d.actions:
                 if isinstance(action, Remember):
-                    fields = dict(action.fields)
-                    tx.subscribers.merge_fields(row.subscriber_id, fields, action.tags)
+                    tx.subscribers.merge_fields(
+                        row.subscriber_id,
+                        dict(action.fields),
+                        action.tags,
+                        answers={action.step_id: action.answer},
+                    )
                 elif isinstance(action, Skipped):
                     tx.events.add(
                         subscriber_id=row.subscriber_id,
@@ -404,14 +375,3 @@ class Journey:
         return self.experiments.variant_for(
             tx, found[0], found[1], enrollment_id=row.id, visit=send.visit, kind=send.kind, now=now
         )
-
-
-def describe_stranded(stranded: Seq[tuple[str, str, int]]) -> list[str]:
-    """What to tell an operator about people waiting at steps the files no longer have, with
-    the two commands that settle it."""
-    return [
-        f"{n} {'person waits' if n == 1 else 'people wait'} at {seq}/{step}, which the "
-        f"loaded sequences do not have: `nurture move {seq} --from {step} --to STEP` or "
-        f"`nurture end {seq} --step {step}`"
-        for seq, step, n in stranded
-    ]

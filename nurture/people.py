@@ -19,7 +19,7 @@ MAX_FIELDS = 50
 MAX_FIELD_LENGTH = 1000
 MAX_LIST = 100
 MAX_TAGS = 50
-RESERVED = {"email", "sequence", "tags"}
+RESERVED = {"email", "sequence", "tags", "answers"}  # answers: kept by nurture (answers:)
 
 
 def normalize_email(value: object) -> str:

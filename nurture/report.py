@@ -8,6 +8,8 @@ The JSON keys are the ones issue 10's funnel keeps; it adds the rest of the funn
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +25,15 @@ def _rate(yes: int, sent: int) -> float | None:
     return round(yes / sent, 4) if sent else None
 
 
+def _times(seconds: list[float]) -> dict[str, float | None]:
+    """Median and 90th percentile (nearest rank) of the seconds to a yes."""
+    if not seconds:
+        return {"median_seconds": None, "p90_seconds": None}
+    ordered = sorted(seconds)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median_seconds": round(statistics.median(ordered), 1), "p90_seconds": round(p90, 1)}
+
+
 def _step(
     step: Step,
     tallies: list[StepTally],
@@ -30,6 +41,7 @@ def _step(
     skipped: int,
     experiments: Experiments,
     picked: dict[str, Any] | None,
+    times: dict[str | None, list[float]],
 ) -> dict[str, Any]:
     mine = [t for t in tallies if t.step_id == step.id]
     sent = sum(t.sent for t in mine)
@@ -70,6 +82,7 @@ def _step(
                 "p_value": None if arm.p_value is None else float(f"{arm.p_value:.4g}"),
                 "lift": None if arm.lift is None else round(arm.lift, 4),
                 "winner": arm.winner,
+                "time_to_yes": _times(times.get(arm.id, [])),
             }
             for arm in verdict.arms
         ]
@@ -88,11 +101,9 @@ def _sequence(
     steps = []
     for step in sequence.steps:
         picked = tx.answers.winner(sequence.id, step.id) if step.pick_winner else None
-        steps.append(
-            _step(
-                step, tallies, where.get(step.id, {}), skipped.get(step.id, 0), experiments, picked
-            )
-        )
+        times = tx.answers.yes_times(sequence.id, step.id) if step.variants else {}
+        here, skips = where.get(step.id, {}), skipped.get(step.id, 0)
+        steps.append(_step(step, tallies, here, skips, experiments, picked, times))
     enrolled = sum(sum(c.values()) for c in where.values())
     converted = sum(c.get("left:converted", 0) for c in where.values())
     return {
@@ -151,7 +162,9 @@ def format_report(report: dict[str, Any]) -> str:
             for v in st.get("variants", []):
                 p = "" if v["p_value"] is None else f"  p={v['p_value']:.3g}"
                 lift = "" if v["lift"] is None else f"  lift {v['lift'] * 100:+.1f}%"
-                win = "  WINNER" if v["winner"] else ""
+                median = v["time_to_yes"]["median_seconds"]
+                win = f"  median {median / 3600:.1f} h to yes" if median is not None else ""
+                win += "  WINNER" if v["winner"] else ""
                 lines.append(
                     f"      variant {v['id']:<12} sent {v['sent']:>6}  yes {v['yes']:>6}  "
                     f"{_pct(v['yes_rate']):>7}{p}{lift}{win}"

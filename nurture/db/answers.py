@@ -97,6 +97,21 @@ class AnswerStore:
             out[key] = tally
         return list(out.values())
 
+    def yes_times(self, sequence_id: str, step_id: str) -> dict[str | None, list[float]]:
+        """Seconds from each step email's delivery to its yes, per variant (an A/B step's
+        report; one row per yes of that step)."""
+        q = select(M.variant, M.sent_at, M.yes_at).where(
+            M.sequence_id == sequence_id,
+            M.step_id == step_id,
+            M.kind == STEP,
+            M.yes_at.is_not(None),
+            M.sent_at.is_not(None),
+        )
+        out: dict[str | None, list[float]] = {}
+        for variant, sent_at, yes_at in self._conn.execute(q):
+            out.setdefault(variant, []).append(max(0.0, (yes_at - sent_at).total_seconds()))
+        return out
+
     def first_sent(self, sequence_id: str, step_id: str) -> datetime | None:
         q = select(func.min(M.sent_at)).where(
             and_(M.sequence_id == sequence_id, M.step_id == step_id, M.kind == STEP)

@@ -111,13 +111,25 @@ class SubscriberStore:
         return self.ids_of([email for email, _, _ in people])
 
     def merge_fields(
-        self, subscriber_id: int, fields: dict[str, Any], tags: Sequence[str] = ()
+        self,
+        subscriber_id: int,
+        fields: dict[str, Any],
+        tags: Sequence[str] = (),
+        *,
+        answers: dict[str, str] | None = None,
     ) -> None:
-        """Add or replace fields and add tags; the others are kept."""
-        if not fields and not tags:
+        """Add or replace fields and add tags; the others are kept. ``answers`` (step id ->
+        answer id) are kept in the ``answers`` field, the latest per step."""
+        if not fields and not tags and not answers:
             return
         current = self.get(subscriber_id, lock=True)
         values: dict[str, Any] = {}
+        if answers:
+            given = current.fields.get("answers")
+            fields = {
+                **fields,
+                "answers": {**(given if isinstance(given, dict) else {}), **answers},
+            }
         if fields:
             values["fields"] = {**current.fields, **fields}
         if tags and not set(tags) <= set(current.tags):

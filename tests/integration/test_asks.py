@@ -86,6 +86,7 @@ def test_next_answer_sets_typed_fields_and_a_false_condition_skips_its_step(
     assert asks.state("gil@example.com", "asks").step_id == "growth"
     tags, fields = person(asks, "gil@example.com")
     assert tags == [] and fields["stage"] == "growing" and fields["level"] == 2
+    assert fields["answers"] == {"survey": "growing"}  # templates: subscriber.answers.survey
     asks.tick()
     growth = asks.smtp.to("gil@example.com")[-1]
     assert growth.subject == "Growth"
@@ -198,6 +199,8 @@ def test_forty_people_through_two_variants_give_a_verdict_for_the_one_clicked(
     assert (b["id"], b["yes"], b["sent"]) == ("b", len(b_people), len(b_people))
     assert b["winner"] is True and b["p_value"] < 0.05 and b["yes_rate"] == 1.0
     assert "wins" in step["verdict"]
+    assert b["time_to_yes"]["median_seconds"] is not None
+    assert a["time_to_yes"]["p90_seconds"] is None
     # The reminder of a person's step is their variant too.
     asks.clock.advance(hours=13)
     asks.tick()

@@ -251,13 +251,13 @@ def test_an_answer_with_goto_jumps_and_remembers() -> None:
     decision = engine.on_yes(waiting("q"), SURVEY, Yes(YesBy.click, "q", 1, answer="x"), now=T0)
     assert decision.state.step_id == "t" and decision.state.visit == 2
     assert decision.state.done == ("q",) and decision.state.phase is Phase.send
-    assert decision.actions == (Remember(("beginner",), ()),)
+    assert decision.actions == (Remember("q", "x", ("beginner",), ()),)
 
 
 def test_an_answer_with_next_moves_on_and_sets_fields() -> None:
     decision = engine.on_yes(waiting("q"), SURVEY, Yes(YesBy.click, "q", 1, answer="y"), now=T0)
     assert decision.state.step_id == "w"
-    assert decision.actions == (Remember((), (("stage", "y"),)),)
+    assert decision.actions == (Remember("q", "y", (), (("stage", "y"),)),)
 
 
 def test_a_click_that_is_no_answer_is_not_a_yes_but_a_reply_is() -> None:
