@@ -11,12 +11,11 @@ import pytest
 from support.clock import FixedClock
 from support.settings import make_settings
 from support.smtp import RecordingHandler
-from support.web import ServedApp
+from support.web import served_client
 from support.world import MakeWorld, World
 
 from nurture.mail.catcher import SmtpServerThread
 from nurture.services import build_services
-from nurture.web.app import create_app
 
 
 @pytest.fixture
@@ -50,8 +49,5 @@ def world(make_world: MakeWorld) -> World:
 
 @pytest.fixture
 def http(world: World) -> Iterator[httpx.Client]:
-    with (
-        ServedApp(create_app(world.services)) as base,
-        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
-    ):
+    with served_client(world.services) as client:
         yield client

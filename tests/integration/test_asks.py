@@ -13,7 +13,7 @@ import pytest
 from support.db import EVENTS, MESSAGES, rows
 from support.mail import visible_links
 from support.paths import DATA
-from support.web import ServedApp
+from support.web import served_client
 from support.world import MakeWorld, World
 
 from nurture.errors import SubscribeRefused
@@ -33,12 +33,7 @@ def asks(make_world: MakeWorld) -> World:
 
 @pytest.fixture
 def api(asks: World) -> Iterator[httpx.Client]:
-    from nurture.web.app import create_app
-
-    with (
-        ServedApp(create_app(asks.services)) as base,
-        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
-    ):
+    with served_client(asks.services) as client:
         yield client
 
 

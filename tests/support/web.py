@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 
 from support.net import wait_for
@@ -44,3 +47,16 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def served_client(services: Any) -> Iterator[httpx.Client]:
+    """The real app of ``services`` served on loopback, and an HTTP client for it that does
+    not follow redirects."""
+    from nurture.web.app import create_app
+
+    with (
+        ServedApp(create_app(services)) as base,
+        httpx.Client(base_url=base, follow_redirects=False, timeout=10) as client,
+    ):
+        yield client

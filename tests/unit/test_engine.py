@@ -9,26 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.clock import T0
+from support.steps import step
 
 from nurture import engine
 from nurture.engine import ConfirmSubscriber, EnrollmentState, SendEmail, Yes
-from nurture.sequences import AdvanceOn, Reminder, Sequence, Step, Timeout
+from nurture.sequences import AdvanceOn, Reminder, Sequence, Timeout
 from nurture.vocabulary import EnrollmentStatus as Status
 from nurture.vocabulary import ExitReason, MessageKind, Phase, YesBy
 
 D = timedelta(days=1)
 H = timedelta(hours=1)
-
-
-def step(id: str, **kw: object) -> Step:
-    values: dict[str, object] = {
-        "subject": id,
-        "template": f"{id}.html",
-        "advance_on": AdvanceOn.click,
-        "wait": 3 * D,
-    }
-    values.update(kw)
-    return Step(id=id, **values)  # type: ignore[arg-type]
 
 
 def journey() -> Sequence:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.clock import T0
+from support.steps import step
 
 from nurture import engine
 from nurture.abtest import Arm, assign, fisher_exact, judge, two_proportions
@@ -24,7 +25,6 @@ from nurture.sequences import (
     Catalog,
     Reentry,
     Sequence,
-    Step,
     Timeout,
     Variant,
     load_sequence_file,
@@ -211,17 +211,6 @@ def test_validate_matches_answers_with_the_templates_links(tmp_path: Path) -> No
         "step 'q': the template marks data-answer=\"y\", which the step's answers do not have"
         " (answers: x, z)",
     ]
-
-
-def step(id: str, **kw: object) -> Step:
-    values: dict[str, object] = {
-        "subject": id,
-        "template": f"{id}.html",
-        "advance_on": AdvanceOn.click,
-        "wait": 3 * D,
-    }
-    values.update(kw)
-    return Step(id=id, **values)  # type: ignore[arg-type]
 
 
 SURVEY = Sequence(
