@@ -189,7 +189,36 @@ def register_preview(add: Any) -> None:
     sp.add_argument("--variant", metavar="ID", help="preview this A/B variant of the step")
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from nurture.conditions import Conditions
+    from nurture.services import load_sequences
+    from nurture.simulate import PERSONAS, format_runs, load_personas, simulate, warnings
+
+    env, catalog = load_sequences(_settings_of(args))
+    sequence = catalog.get(args.sequence)
+    if sequence is None:
+        known = ", ".join(sorted(catalog.sequences))
+        raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
+    personas = load_personas(Path(args.personas)) if args.personas else list(PERSONAS)
+    conditions = Conditions(env)
+    runs = [simulate(sequence, p, conditions=conditions) for p in personas]
+    if args.json:
+        body = {"personas": [r.to_json() for r in runs], "notes": warnings(sequence, runs)}
+        print(json.dumps(body, indent=2))
+    else:
+        print(format_runs(sequence, runs))
+    return 0
+
+
 def register(add: Any) -> None:
+    sp = add(
+        "simulate",
+        "run a sequence on a virtual clock for personas (eager, after-reminder, silent)",
+        cmd_simulate,
+    )
+    sp.add_argument("sequence")
+    sp.add_argument("--personas", metavar="FILE", help="personas from a YAML file")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp = add(
         "import", "enroll every row of a CSV file (email, fields, tags) in a sequence", cmd_import
     )

@@ -1,0 +1,80 @@
+"""``nurture simulate``: the real engine on a virtual clock, for personas, on the shipped
+sequences (no database, no mail)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from support.paths import REPO
+
+from nurture.errors import SubscribeError
+from nurture.mail.render import make_environment
+from nurture.sequences import Sequence, load_catalog
+from nurture.simulate import PERSONAS, Persona, load_personas, offset, simulate, warnings
+
+H = timedelta(hours=1)
+D = timedelta(days=1)
+
+
+def shipped(sequence_id: str) -> Sequence:
+    catalog = load_catalog(REPO / "sequences", env=make_environment(REPO / "templates"))
+    found = catalog.get(sequence_id)
+    assert found is not None
+    return found
+
+
+def test_the_starter_sequence_for_the_three_personas() -> None:
+    starter = shipped("starter")
+    eager, late, silent = (simulate(starter, p) for p in PERSONAS)
+    # eager: each email answered an hour later; then each step's delay (10m, 1d, 1d, 1d).
+    assert [(e.at, e.step, e.kind) for e in eager.emails] == [
+        (timedelta(0), "confirm", "step"),
+        (H + 10 * timedelta(minutes=1), "welcome", "step"),
+        (D + 2 * H + 10 * timedelta(minutes=1), "guide", "step"),
+        (2 * D + 3 * H + 10 * timedelta(minutes=1), "webinar", "step"),
+        (3 * D + 4 * H + 10 * timedelta(minutes=1), "offer", "step"),
+    ]
+    assert eager.outcome == "completed"
+    # after-reminder: the confirmation's reminder at +1d, the yes an hour later; welcome has
+    # no reminder, so it times out (7d, next) and the guide follows a day later.
+    assert [(offset(e.at), e.step, e.kind) for e in late.emails][:4] == [
+        ("+0", "confirm", "step"),
+        ("+1d", "confirm", "reminder1"),
+        ("+1d 1h 10m", "welcome", "step"),
+        ("+1w 2d 1h 10m", "guide", "step"),
+    ]
+    assert late.outcome == "completed"
+    assert silent.outcome == "exited:timeout" and silent.elapsed == 3 * D
+    assert [e.kind for e in silent.emails] == ["step", "reminder1"]
+    notes = warnings(starter, [eager, late, silent])
+    assert notes == [f"longest path: {offset(late.elapsed)} (after-reminder)"]
+
+
+def test_answers_conditions_events_and_variants_in_the_trial_journey() -> None:
+    trial = shipped("trial")
+    pro = Persona("pro", H, answers={"survey": "pro"})
+    run = simulate(trial, pro)
+    steps = [e.step for e in run.emails]
+    assert steps == ["confirm", "welcome", "survey", "trial", "pro_tips", "pay"]  # no basics
+    assert run.outcome == "completed"
+    [trial_email] = [e for e in run.emails if e.step == "trial"]
+    assert trial_email.variant in ("a", "b")
+    beginner = simulate(trial, PERSONAS[0])  # the first answer: starting -> basics
+    assert "basics" in [e.step for e in beginner.emails]
+    assert [s for _, s, _ in beginner.skipped] == ["pro_tips"]
+
+
+def test_personas_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("- name: slow\n  yes_after: 2d\n  steps: {offer: never}\n")
+    [slow] = load_personas(path)
+    run = simulate(shipped("starter"), slow)
+    assert run.outcome == "exited:timeout" and run.emails[-1].step == "offer"
+    path.write_text("- name: x\n  colour: blue\n")
+    with pytest.raises(SubscribeError, match="unknown key"):
+        load_personas(path)
+    path.write_text("- name: x\n  yes_after: soon\n")
+    with pytest.raises(SubscribeError, match="persona x"):
+        load_personas(path)
