@@ -1,6 +1,6 @@
-"""The commands for what marketers write and the lists they bring: ``nurture preview |
-import | remove | report``. Registered on the parser by ``nurture.cli``; each parses, calls a
-service and prints, as there."""
+"""The commands for what marketers write, the lists they bring and what they look at:
+``nurture preview | simulate | import | remove | report | person``. Registered on the parser
+by ``nurture.cli``; each parses, calls a service and prints, as there."""
 
 from __future__ import annotations
 
@@ -210,7 +210,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_person(args: argparse.Namespace) -> int:
+    from nurture.people import normalize_email
+    from nurture.person import format_story, person_story
+
+    services = _services(args)
+    address = normalize_email(args.email)
+    with services.store.transaction() as tx:
+        story = person_story(
+            tx,
+            services.catalog,
+            services.signer,
+            address,
+            message_id_domain=services.settings.message_id_domain,
+        )
+    if story is None:
+        raise SubscribeError(f"no subscriber {address}")
+    print(json.dumps(story, indent=2) if args.json else format_story(story))
+    return 0
+
+
 def register(add: Any) -> None:
+    sp = add(
+        "person", "one person: every enrollment, email and event, and what is due next", cmd_person
+    )
+    sp.add_argument("email")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp = add(
         "simulate",
         "run a sequence on a virtual clock for personas (eager, after-reminder, silent)",

@@ -1,8 +1,10 @@
-"""Counts for `nurture status` and /healthz: read-only aggregates over the other tables."""
+"""Counts for `nurture status`, `nurture report` and /healthz: read-only aggregates over the
+other tables, and one person's messages for `nurture person`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 
@@ -52,6 +54,15 @@ class ReportStore:
             .group_by(E.sequence_id)
         )
         return {a: int(n) for a, n in self._conn.execute(q)}
+
+    def messages_of(self, subscriber_id: int) -> list[Any]:
+        """Every message row of one person, by enrollment and in the order decided."""
+        q = (
+            select(MESSAGES)
+            .where(M.subscriber_id == subscriber_id)
+            .order_by(M.enrollment_id, M.created_at, M.id)
+        )
+        return list(self._conn.execute(q))
 
     def skipped_by_step(self, sequence_id: str) -> dict[str, int]:
         """Steps skipped by their condition, per step of one sequence."""

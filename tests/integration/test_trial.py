@@ -101,7 +101,11 @@ def test_a_beginner_gets_the_basics_and_skips_the_advanced_track(trial: World) -
 
 def run(*args: str, database_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env.update(NURTURE_DATABASE_URL=database_url, NURTURE_DATA_DIR=str(tmp_path))
+    env.update(
+        NURTURE_DATABASE_URL=database_url,
+        NURTURE_DATA_DIR=str(tmp_path),
+        NURTURE_SECRET_KEY="test-secret-key",  # the world's: one key per deployment
+    )
     return subprocess.run(
         [str(NURTURE), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
@@ -157,3 +161,36 @@ def test_report_and_remove_from_the_command_line(
     )
     assert gone.returncode == 0 and "removed from trial" in gone.stdout
     assert trial.state("gro@example.com", "trial").exit_reason is ExitReason.removed
+
+
+def test_person_tells_one_persons_whole_story(
+    trial: World, database_url: str, tmp_path: Path
+) -> None:
+    _, _, pro = to_survey(trial, "kim@example.com")
+    trial.click(pro)
+    trial.services.events.event(email="kim@example.com", event="not_asked", now=trial.clock.now())
+    r = run("person", "KIM@example.com", "--json", database_url=database_url, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    story = json.loads(r.stdout)
+    assert story["status"] == "confirmed" and story["tags"] == ["pro"]
+    assert story["fields"]["answers"] == {"survey": "pro"}
+    [enrollment] = story["enrollments"]
+    assert enrollment["step"] == "trial" and enrollment["next"].startswith("the trial email at")
+    emails = enrollment["emails"]
+    assert [(m["step"], m["kind"]) for m in emails] == [
+        ("confirm", "step"),
+        ("welcome", "step"),
+        ("survey", "step"),
+    ]
+    survey = emails[-1]
+    assert survey["yes"]["by"] == "click" and survey["yes"]["answer"] == "pro"
+    assert [(e["kind"], e.get("verdict"), e.get("answer")) for e in survey["events"]] == [
+        ("click", "human", "pro")
+    ]
+    assert survey["message_id"] == trial.smtp.to("kim@example.com")[2].message["Message-ID"]
+    assert [e["event"] for e in story["events"]] == ["not_asked"]
+    text = run("person", "kim@example.com", database_url=database_url, tmp_path=tmp_path)
+    assert "trial: active at trial; next: the trial email at" in text.stdout
+    assert "yes by click at" in text.stdout and "answer pro" in text.stdout
+    missing = run("person", "nobody@example.com", database_url=database_url, tmp_path=tmp_path)
+    assert missing.returncode == 1 and "no subscriber nobody@example.com" in missing.stderr
