@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.variant and step.variant(args.variant) is None:
         names = ", ".join(v.id for v in step.variants) or "none"
         raise SubscribeError(f"step {step.id} has no variant {args.variant!r} (variants: {names})")
-    fields: dict[str, Any] = {**dict(sequence.sample), **_fields_of(args.field)}
-    tags = fields.pop("tags", [])
-    tags = tags.split(";") if isinstance(tags, str) else list(tags)
+    from nurture.conditions import sample_person
+
+    fields, tags = sample_person(sequence)
+    given = _fields_of(args.field)
+    if "tags" in given:
+        tags = [t for t in given.pop("tags").split(";") if t]
+    fields.update(given)
     # The same renderer as the daemon's (open pixel, honeypot), signing with a throwaway key:
     # what is printed is what is sent, but its links lead nowhere.
     renderer = build_renderer(settings, env, Signer("preview-only-key"))
@@ -172,7 +177,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
     with services.store.transaction() as tx:
         report = build_report(
-            tx, services.catalog, services.journey.experiments, sequence_id=args.sequence
+            tx,
+            services.catalog,
+            services.journey.experiments,
+            sequence_id=args.sequence,
+            since=_since(args.since),
         )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -230,6 +239,16 @@ def cmd_person(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise SubscribeError(f"--since takes a date like 2026-12-01 (got {value!r})") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def register(add: Any) -> None:
     sp = add(
         "person", "one person: every enrollment, email and event, and what is due next", cmd_person
@@ -260,4 +279,5 @@ def register(add: Any) -> None:
         "report", "per step: sent, yes (by click, reply, event), answers, A/B verdicts", cmd_report
     )
     sp.add_argument("sequence", nargs="?", help="only this sequence")
+    sp.add_argument("--since", metavar="DATE", help="count only what happened since (UTC)")
     sp.add_argument("--json", action="store_true", help="print one JSON object")

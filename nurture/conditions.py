@@ -10,17 +10,19 @@ with a number, say) is false, and the skip records why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence as Seq
 from typing import Any
 
 import jinja2
 
+from nurture.errors import Problem
 from nurture.mail.sandbox import Sandbox, make_environment
+from nurture.sequences import Catalog, Sequence
 
-__all__ = ["Conditions", "subscriber_context"]
+__all__ = ["Conditions", "subscriber_context", "sample_person", "condition_problems"]
 
 
-def subscriber_context(email: str, fields: dict[str, Any], tags: Sequence[str]) -> dict[str, Any]:
+def subscriber_context(email: str, fields: dict[str, Any], tags: Seq[str]) -> dict[str, Any]:
     """What templates and conditions see as ``subscriber``."""
     return {**fields, "email": email, "tags": list(tags)}
 
@@ -28,6 +30,8 @@ def subscriber_context(email: str, fields: dict[str, Any], tags: Sequence[str]) 
 class Conditions:
     def __init__(self, env: Sandbox | None = None) -> None:
         base = env or make_environment_for_strings()
+        self._base = base
+        self.seconds = 1.0  # a condition that takes longer is false, with that reason
         self._env = base.overlay(undefined=jinja2.ChainableUndefined)
         self._compiled: dict[str, Any] = {}
 
@@ -40,12 +44,49 @@ class Conditions:
     def holds(self, source: str, subscriber: dict[str, Any]) -> tuple[bool, str]:
         """Whether the expression is true for this subscriber, and a sentence saying so."""
         try:
-            value = self.compile(source)(subscriber=subscriber)
+            with self._base.bounded(self.seconds):
+                value = self.compile(source)(subscriber=subscriber)
         except Exception as exc:  # noqa: BLE001 - a condition that cannot be decided is false
             return False, f"when {source!r} could not be evaluated: {type(exc).__name__}: {exc}"
         if isinstance(value, jinja2.Undefined):
             value = False
         return bool(value), f"when {source!r} was {'true' if value else 'false'}"
+
+
+def sample_person(sequence: Sequence) -> tuple[dict[str, Any], list[str]]:
+    """The fields and tags of a sequence's sample subscriber (``sample:``; its ``tags`` a
+    list, or text separated by ';')."""
+    fields: dict[str, Any] = dict(sequence.sample)
+    given = fields.pop("tags", [])
+    if isinstance(given, str):
+        return fields, [t for t in given.split(";") if t]
+    return fields, [str(t) for t in given] if isinstance(given, list) else []
+
+
+def condition_problems(catalog: Catalog, conditions: Conditions) -> list[Problem]:
+    """Every ``when:`` evaluated for its sequence's sample subscriber: one that cannot be
+    evaluated at all (a field the sample lacks compared with a number, a filter that fails)
+    would skip its step for everyone, so it is a problem now, with the step's line. Whether
+    it is true or false for the sample is not."""
+    out = []
+    for sequence in catalog:
+        fields, tags = sample_person(sequence)
+        person = subscriber_context("sample@example.com", fields, tags)
+        for step in sequence.steps:
+            if step.when is None:
+                continue
+            _, why = conditions.holds(step.when, person)
+            if "could not be evaluated" in why:
+                out.append(
+                    Problem(
+                        sequence.source,
+                        step.line,
+                        f"step '{step.id}': {why}, for the sample subscriber {fields}; give the "
+                        "field a default (subscriber.seats | default(0) > 5) or add it to "
+                        "the sequence's sample:",
+                    )
+                )
+    return out
 
 
 def make_environment_for_strings() -> Sandbox:

@@ -163,10 +163,13 @@ def on_due(
     now: datetime,
     confirmed: bool,
     admits: Admits | None = None,
+    reported: frozenset[str] = frozenset(),
 ) -> Decision:
     """Something fell due for this enrollment: send its email, a reminder, or time out. A
     step with a condition (``when:``) is sent only if ``admits`` says it holds now; else it
-    is skipped and the person moves on to the next step, whose delay counts from now."""
+    is skipped and the person moves on to the next step, whose delay counts from now. A step
+    whose ask is an outside event the person ``reported`` already (since enrolling) is
+    answered: its email is not sent, and they move on as after a yes."""
     if state.status is not EnrollmentStatus.active or state.due_at is None or state.due_at > now:
         return Decision(state)
     step = sequence.step(state.step_id)
@@ -185,6 +188,19 @@ def on_due(
                 )
                 skipped = Skipped(step.id, state.visit, why)
                 return Decision(moved.state, (skipped,), moved.outcome)
+        earlier = sorted(reported.intersection(step.events))
+        if earlier and step.advance_on.accepts(YesBy.event):
+            moved = _move(
+                state,
+                sequence,
+                step,
+                now=now,
+                confirmed=confirmed,
+                outcome="answered:earlier",
+                answered=True,
+            )
+            why = f"{earlier[0]} was reported before this step's email: its ask is answered"
+            return Decision(moved.state, (Skipped(step.id, state.visit, why),), moved.outcome)
         # Nothing more falls due until the email is delivered (on_delivered).
         sent = replace(state, phase=Phase.wait, step_sent_at=None, reminders_sent=0, due_at=None)
         return Decision(sent, (SendEmail(step.id, state.visit),), outcome="sent")

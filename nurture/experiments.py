@@ -1,15 +1,18 @@
 """A/B tests while they run: the variant each email of a step is, and, for a step with
 ``pick_winner``, the moment the test stops splitting and everyone later gets the winner.
 
-The verdict, once in, is stored (``tx.answers.set_winner``), so every worker and every
-restart sends the same winner; until then each worker looks again at most once a minute,
-with one aggregate query.
+The test is looked at once: the first time its threshold (``after_sent``, or ``after``) is
+found reached, its verdict is taken and stored (``tx.answers.set_winner``), winner or not, so
+every worker and every restart keeps it. Looking again and again until p < 0.05 ("peeking")
+would name a false winner far more often than one time in twenty. Until the threshold each
+worker checks it at most once a minute, with one aggregate query.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from nurture.abtest import Arm, Verdict, assign, judge
 from nurture.db.answers import StepTally
@@ -40,7 +43,8 @@ class Experiments:
     def __init__(self, *, min_sent: int = MIN_SENT, recheck: timedelta = RECHECK) -> None:
         self.min_sent = min_sent
         self.recheck = recheck
-        self._winners: dict[tuple[str, str], tuple[str | None, datetime]] = {}
+        # (sequence, step) -> (the winner or None, when looked, whether the look was taken)
+        self._winners: dict[tuple[str, str], tuple[str | None, datetime, bool]] = {}
 
     def min_sent_for(self, step: Step) -> int:
         rule = step.pick_winner
@@ -77,16 +81,21 @@ class Experiments:
             return None
         key = (sequence.id, step.id)
         cached = self._winners.get(key)
-        if cached is not None and (cached[0] is not None or now - cached[1] < self.recheck):
+        if cached is not None and (cached[2] or now - cached[1] < self.recheck):
             return cached[0]
         stored = tx.answers.winner(sequence.id, step.id)
+        if stored is None:
+            stored = self._decide(tx, sequence, step, now=now)
         found = stored.get("variant") if stored else None
         if step.variant(found) is None:
-            found = self._decide(tx, sequence, step, now=now)
-        self._winners[key] = (found, now)
+            found = None  # no winner at the look (or one the file no longer has): split on
+        self._winners[key] = (found, now, stored is not None)
         return found
 
-    def _decide(self, tx: Tx, sequence: Sequence, step: Step, *, now: datetime) -> str | None:
+    def _decide(
+        self, tx: Tx, sequence: Sequence, step: Step, *, now: datetime
+    ) -> dict[str, Any] | None:
+        """The one look, once the threshold is reached: the stored verdict; None before."""
         rule = step.pick_winner
         assert rule is not None
         tallies = [t for t in tx.answers.tallies(sequence.id) if t.step_id == step.id]
@@ -98,18 +107,19 @@ class Experiments:
             if first is None or now - first < rule.after:
                 return None
         verdict = self.verdict(step, tallies)
-        if verdict.winner is None:
-            return None
         why = f"{verdict.note}; {sent} sent"
         if tx.answers.set_winner(sequence.id, step.id, verdict.winner, why=why, now=now):
+            then = (
+                f"everyone from now on gets variant {verdict.winner}"
+                if verdict.winner
+                else "the variants go on being split"
+            )
             log.info(
-                "%s/%s: %s; everyone from now on gets variant %s",
+                "%s/%s: the A/B test's one look: %s; %s",
                 sequence.id,
                 step.id,
                 why,
-                verdict.winner,
-                extra={"action": "ab_winner", "sequence": sequence.id, "step": step.id},
+                then,
+                extra={"action": "ab_verdict", "sequence": sequence.id, "step": step.id},
             )
-            return verdict.winner
-        stored = tx.answers.winner(sequence.id, step.id)  # another worker was first
-        return stored.get("variant") if stored else None
+        return tx.answers.winner(sequence.id, step.id)  # ours, or another worker's first

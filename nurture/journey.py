@@ -128,14 +128,15 @@ class Journey:
                 continue
             confirmed = row.subscriber_status is SubscriberStatus.confirmed
             admits = self._admits(item)
-            decisions.append(
-                (
-                    row,
-                    engine.on_due(row.state, found[0], now=now, confirmed=confirmed, admits=admits),
-                )
+            reported = frozenset[str]()
+            if found[1].events and row.state.phase is Phase.send:
+                reported = tx.events.reported(row.subscriber_id, since=row.created_at)
+            decision = engine.on_due(
+                row.state, found[0], now=now, confirmed=confirmed, admits=admits, reported=reported
             )
-        decisions = self._recheck_held(tx, decisions, now)
+            decisions.append((row, decision))
         by_id = {item.enrollment.id: item for item in due}
+        decisions = self._recheck_held(tx, decisions, now, by_id)
         made = self._apply(tx, decisions, now=now, worker=worker)
         return [(i, by_id[row.id], send, variant) for i, row, send, variant in made]
 
@@ -150,7 +151,11 @@ class Journey:
         return admits
 
     def _recheck_held(
-        self, tx: Tx, decisions: list[tuple[EnrollmentRow, Decision]], now: datetime
+        self,
+        tx: Tx,
+        decisions: list[tuple[EnrollmentRow, Decision]],
+        now: datetime,
+        by_id: dict[int, DueRow],
     ) -> list[tuple[EnrollmentRow, Decision]]:
         """A person who confirmed (a click, in another transaction) after their status was
         read would stay held for good: nothing releases an enrollment held after the
@@ -164,7 +169,10 @@ class Journey:
             if decision.state.status is EnrollmentStatus.held and row.subscriber_id in confirmed:
                 sequence = self.catalog.get(row.sequence_id)
                 assert sequence is not None  # it was located just before
-                decision = engine.on_due(row.state, sequence, now=now, confirmed=True)
+                admits = self._admits(by_id[row.id])
+                decision = engine.on_due(
+                    row.state, sequence, now=now, confirmed=True, admits=admits
+                )
             out.append((row, decision))
         return out
 

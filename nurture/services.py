@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
-from nurture.conditions import Conditions
+from nurture.conditions import Conditions, condition_problems
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
 from nurture.db.store import Store
@@ -62,6 +62,7 @@ def load_sequences(settings: Settings) -> tuple[Sandbox, Catalog]:
     env = make_environment(settings.templates_dir)
     catalog = load_catalog(settings.sequences_dir, env=env)
     problems = sample_problems(catalog, build_renderer(settings, env, Signer("sample-only")))
+    problems += condition_problems(catalog, Conditions(env))
     if problems:
         raise SequenceError(problems)
     return env, catalog

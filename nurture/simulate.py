@@ -21,7 +21,7 @@ import yaml
 
 from nurture import engine
 from nurture.abtest import assign
-from nurture.conditions import Conditions, subscriber_context
+from nurture.conditions import Conditions, sample_person, subscriber_context
 from nurture.durations import format_duration, parse_duration
 from nurture.errors import SubscribeError
 from nurture.sequences import Sequence, Step
@@ -131,9 +131,10 @@ def simulate(
 ) -> Run:
     """One persona through ``sequence``, from subscribing (not yet confirmed) to the end."""
     conditions = conditions or Conditions()
-    fields: dict[str, Any] = dict(sample if sample is not None else dict(sequence.sample))
-    given = fields.pop("tags", [])
-    tags = set(given.split(";") if isinstance(given, str) else [str(t) for t in given])
+    fields, listed = sample_person(sequence)
+    if sample is not None:
+        fields = dict(sample)
+    tags = set(listed)
     confirmed = False
     now = START
     state = engine.start(sequence, now=now, confirmed=confirmed)

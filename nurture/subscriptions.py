@@ -75,8 +75,11 @@ class Subscriptions:
         confirmed: bool = False,
         resubscribe: bool = False,
         tags: Seq[str] = (),
+        trusted: bool = True,
     ) -> SubscribeResult:
-        """Enroll a person in a sequence. Twice is once (new field values and tags are kept);
+        """Enroll a person in a sequence. Twice is once (new field values and tags are kept,
+        unless the request is not ``trusted``: the public form cannot change what is known
+        about an address that is already there, since conditions read it);
         someone who finished the sequence starts it again where its ``reenter:`` allows;
         someone who left is refused (``SubscribeRefused``) unless ``resubscribe`` (an
         operator's explicit choice), which starts over with a confirmation."""
@@ -94,6 +97,7 @@ class Subscriptions:
                 now=now,
                 confirmed=confirmed,
                 resubscribe=resubscribe,
+                trusted=trusted,
             )
 
     def sequence(self, sequence_id: object) -> Sequence:
@@ -114,6 +118,7 @@ class Subscriptions:
         now: datetime,
         confirmed: bool = False,
         resubscribe: bool = False,
+        trusted: bool = True,
     ) -> SubscribeResult:
         """``subscribe`` inside the caller's transaction, with clean values (an import runs
         many of these in one)."""
@@ -122,6 +127,8 @@ class Subscriptions:
             # Lock order: the person's enrollments, then the person (nurture.journey).
             tx.enrollments.of_subscriber(sub.id)
             sub = tx.subscribers.get(sub.id, lock=True)
+            if not trusted:
+                extra, tags = {}, []
         if sub is None:
             status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
             sub = tx.subscribers.create(address, extra, status=status, now=now, tags=tags)
@@ -178,7 +185,9 @@ class Subscriptions:
         due or sent), so that what the form says is true."""
         if sub.status is not SubscriberStatus.pending:
             return False
-        for row in tx.enrollments.of_subscriber(sub.id):
+        # Read without locks: the person may be locked already (created by a concurrent
+        # request), and enrollments are never locked after the person.
+        for row in tx.enrollments.of_subscriber(sub.id, locked=False):
             found = self.catalog.locate(row.sequence_id, row.state.step_id)
             if found is not None and found[1].confirms and not row.state.status.finished:
                 return True

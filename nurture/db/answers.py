@@ -74,15 +74,21 @@ class AnswerStore:
         found: str | None = self._conn.scalar(q.limit(1))
         return found
 
-    def tallies(self, sequence_id: str | None = None) -> list[StepTally]:
+    def tallies(
+        self, sequence_id: str | None = None, since: datetime | None = None
+    ) -> list[StepTally]:
         """Sent and yes per sequence, step and variant, with yes by kind and by answer: one
         aggregate query over the step emails (the index on sequence and step)."""
         keys = (M.sequence_id, M.step_id, M.variant, M.yes_by, M.answer)
         sent = func.count().filter(M.status == MessageStatus.sent.value)
-        yes = func.count(M.yes_at)
+        # A yes counts only on an email that went out: an event can answer a step while its
+        # email is still queued, and that email may then never be sent.
+        yes = func.count(M.yes_at).filter(M.sent_at.is_not(None))
         q = select(*keys, sent, yes).where(M.kind == STEP).group_by(*keys)
         if sequence_id is not None:
             q = q.where(M.sequence_id == sequence_id)
+        if since is not None:
+            q = q.where(M.created_at >= since)
         out: dict[tuple[str, str, str | None], StepTally] = {}
         for seq, step, variant, by, answer, n_sent, n_yes in self._conn.execute(q):
             key = (seq, step, variant)
@@ -126,9 +132,11 @@ class AnswerStore:
         return found
 
     def set_winner(
-        self, sequence_id: str, step_id: str, variant: str, *, why: str, now: datetime
+        self, sequence_id: str, step_id: str, variant: str | None, *, why: str, now: datetime
     ) -> bool:
-        """Record the winner; False if another worker recorded one first (theirs stands)."""
+        """Record the verdict of the test's one look (``variant`` None: no winner, the
+        variants go on being split); False if another worker recorded one first (theirs
+        stands)."""
         value = {
             "sequence": sequence_id,
             "step": step_id,

@@ -29,6 +29,7 @@ class EnrollmentRow:
     state: EnrollmentState
     subscriber_status: SubscriberStatus
     updated_at: datetime | None = None  # for a finished one: when it finished
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def _row(r: Any) -> EnrollmentRow:
         _state(r),
         SubscriberStatus(r.subscriber_status),
         r.updated_at,
+        r.created_at,
     )
 
 
@@ -159,10 +161,11 @@ class EnrollmentStore:
         q = _with_subscriber().where(E.id.in_(sorted(set(enrollment_ids)))).order_by(E.id)
         return {r.id: _row(r) for r in self._conn.execute(lock(q))}
 
-    def of_subscriber(self, subscriber_id: int) -> list[EnrollmentRow]:
-        """Every enrollment of a person, locked, oldest first."""
+    def of_subscriber(self, subscriber_id: int, *, locked: bool = True) -> list[EnrollmentRow]:
+        """Every enrollment of a person, oldest first; locked unless ``locked=False`` (a read
+        that must not take locks out of the usual order)."""
         q = _with_subscriber().where(E.subscriber_id == subscriber_id).order_by(E.id)
-        return [_row(r) for r in self._conn.execute(lock(q))]
+        return [_row(r) for r in self._conn.execute(lock(q) if locked else q)]
 
     def at_step(self, sequence_id: str, step_id: str) -> list[EnrollmentRow]:
         """The unfinished enrollments at one step of one sequence, locked."""

@@ -106,6 +106,15 @@ class EventStore:
             for r in self._conn.execute(q.order_by(V.id))
         ]
 
+    def reported(self, subscriber_id: int, *, since: datetime | None) -> frozenset[str]:
+        """The names of the outside events a person's app reported since then."""
+        q = select(V.detail).where(
+            V.subscriber_id == subscriber_id, V.kind == EventKind.event.value
+        )
+        if since is not None:
+            q = q.where(V.created_at >= since)
+        return frozenset(str((d or {}).get("event")) for d in self._conn.scalars(q))
+
     def pending_clicks(self, now: datetime, limit: int) -> list[PendingClick]:
         """Clicks whose burst window has closed, locked for deciding."""
         q = (

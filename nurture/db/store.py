@@ -2,7 +2,7 @@
 
 ``Store.transaction()`` yields a ``Tx``; ``tx.subscribers``, ``tx.enrollments``,
 ``tx.outbox``, ``tx.events``, ``tx.inbound``, ``tx.mailboxes``, ``tx.reports``,
-``tx.workers``, ``tx.control`` and ``tx.answers`` read and write inside that one
+``tx.workers``, ``tx.control``, ``tx.answers`` and ``tx.funnel`` read and write inside that one
 transaction and hand back frozen rows. Every query is SQLAlchemy Core on one connection:
 there is no ORM session whose cached objects could go stale after a bulk update. The store
 stores; what a change means is decided by the engine and applied by ``nurture.journey``.
@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine
 from nurture.db.answers import AnswerStore
 from nurture.db.enrollments import EnrollmentStore
 from nurture.db.events import EventStore
+from nurture.db.funnel import FunnelStore
 from nurture.db.inbound import InboundStore, MailboxStore
 from nurture.db.outbox import OutboxStore
 from nurture.db.reports import ReportStore
@@ -42,6 +43,7 @@ class Tx:
         self.workers = WorkerStore(conn)
         self.control = ControlStore(conn)
         self.answers = AnswerStore(conn)
+        self.funnel = FunnelStore(conn)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import jinja2
 
-from nurture.conditions import subscriber_context
+from nurture.conditions import sample_person, subscriber_context
 from nurture.errors import Problem
 from nurture.mail.sandbox import Limits, Sandbox, make_environment
 from nurture.sequences import TEMPLATE_NAMES, Catalog, Sequence, Step
@@ -186,9 +186,7 @@ def sample_problems(catalog: Catalog, renderer: Renderer) -> list[Problem]:
     refusal, a bound passed) fails here, with the file and the step's line."""
     problems = []
     for sequence in catalog:
-        fields: dict[str, Any] = dict(sequence.sample)
-        given = fields.pop("tags", [])
-        tags = given.split(";") if isinstance(given, str) else [str(t) for t in given]
+        fields, tags = sample_person(sequence)
         for step in sequence.steps:
             emails: list[tuple[MessageKind, str | None]] = [
                 (MessageKind.STEP, v.id) for v in step.variants
@@ -237,6 +235,18 @@ def _answer_problems(step: Step, kind: MessageKind, links: list[Link]) -> list[s
             f"answer '{a}' has no link in the template (mark one data-answer=\"{a}\")"
             for a in sorted(wanted - given)
         ]
+    elif wanted and not given:
+        out.append(
+            "a reminder of a question has no answer links: a click on it can never answer; "
+            'mark its links data-answer="ID" like the step\'s email'
+        )
+    urls: dict[str, str] = {}
+    for x in links:
+        if x.answer is not None and urls.setdefault(x.url, x.answer) != x.answer:
+            out.append(
+                f"answers '{urls[x.url]}' and '{x.answer}' lead to the same URL {x.url}: the "
+                "text part cannot tell them apart; give each answer its own URL (?a=...)"
+            )
     return out
 
 

@@ -13,6 +13,7 @@ others go on.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import operator
 import time
@@ -70,8 +71,21 @@ class Sandbox(SandboxedEnvironment):
         if operator_ == "**":
             if isinstance(right, int | float) and abs(right) > 100:
                 raise RenderLimit("an exponent over 100")
+            whole = isinstance(left, int) and isinstance(right, int) and right > 1
+            if whole and abs(left).bit_length() * right > 64 * MAX_VALUE:
+                raise RenderLimit("a power too large to compute")
             return operator.pow(left, right)
         return super().call_binop(context, operator_, left, right)
+
+    @contextlib.contextmanager
+    def bounded(self, seconds: float) -> Iterator[None]:
+        """Everything run inside (a condition, say) stops with RenderLimit after ``seconds``
+        at its next loop turn."""
+        token = _deadline.set(time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
 
     def render(self, template: jinja2.Template, context: dict[str, Any], limits: Limits) -> str:
         """Render within the limits; RenderLimit past them."""

@@ -165,13 +165,22 @@ def check_condition(
             (*here, "when"), f"{label}: when {source!r} is not a valid expression: {exc.message}"
         )
         return
-    unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - {"subscriber"})
+    try:
+        unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - {"subscriber"})
+    except jinja2.TemplateError as exc:  # an unknown filter or test
+        problem((*here, "when"), f"{label}: when {source!r}: {exc}")
+        return
     if unknown:
         problem(
             (*here, "when"),
             f"{label}: when uses {', '.join(repr(n) for n in unknown)}; a condition sees only "
             "subscriber (its fields, subscriber.tags and subscriber.email)",
         )
+        return
+    try:
+        env.compile_expression(source)  # unknown filters and tests fail here
+    except jinja2.TemplateError as exc:
+        problem((*here, "when"), f"{label}: when {source!r}: {exc}")
 
 
 def check_loops(steps: list[StepModel | None], problem: Any) -> None:

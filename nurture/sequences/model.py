@@ -148,7 +148,12 @@ class Sequence:
         return self.steps[i] if i < len(self.steps) else None
 
     def counts_as_goal(self, event_name: str) -> bool:
-        return not self.goals or event_name in self.goals
+        """Whether an outside event converts this sequence: one of its ``goals:``; without
+        that list, any event but those its steps ask for (``events:``), which answer a step
+        instead of ending the sequence."""
+        if self.goals:
+            return event_name in self.goals
+        return not any(event_name in step.events for step in self.steps)
 
 
 @dataclass(frozen=True)

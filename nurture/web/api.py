@@ -112,6 +112,7 @@ async def subscribe_post(request: Request) -> Response:
                 fields=fields,
                 tags=_tags(data.get("tags")),
                 now=s.clock.now(),
+                trusted=False,
             )
         )
     except (SubscribeError, BodyError) as exc:

@@ -196,10 +196,19 @@ def test_forty_people_through_two_variants_give_a_verdict_for_the_one_clicked(
     assert "wins" in step["verdict"]
     assert b["time_to_yes"]["median_seconds"] is not None
     assert a["time_to_yes"]["p90_seconds"] is None
+    # The one look (40 sent): b wins, and everyone after gets b, whatever their hash.
+    for i in range(40, 50):
+        asks.subscribe(f"p{i}@example.com", "ab", confirmed=True)
+    asks.tick()
+    later = [m for m in rows(asks.services.store, MESSAGES, step_id="guide") if m.id not in stored]
+    assert len(later) == 10 and {m.variant for m in later} == {"b"}
+    with asks.services.store.transaction() as tx:
+        decided = tx.answers.winner("ab", "guide")
+    assert decided is not None and decided["variant"] == "b" and "40 sent" in decided["why"]
     # The reminder of a person's step is their variant too.
     asks.clock.advance(hours=13)
     asks.tick()
-    reminders = rows(asks.services.store, MESSAGES, kind="reminder1")
+    reminders = [m for m in rows(asks.services.store, MESSAGES, kind="reminder1")]
     by_enrollment = {
         m.enrollment_id: m.variant for m in rows(asks.services.store, MESSAGES, kind="step")
     }
@@ -282,3 +291,28 @@ def test_the_form_tells_the_truth_and_a_refusal_reveals_nothing(
     assert typed.status_code == 201 and typed.json()["result"] == "enrolled"
     tags, fields = person(asks, "ty@example.com")
     assert tags == ["vip"] and fields == {"score": 7, "ok": True}
+
+
+def test_an_event_reported_before_its_step_answers_that_step(
+    asks: World, api: httpx.Client
+) -> None:
+    links = survey(asks, "ian@example.com")
+    body = {"email": "ian@example.com", "event": "trial_started"}
+    assert api.post("/events", json=body, headers=AUTH).json()["advanced"] == []
+    asks.click(links["pro"])  # on to the trial step, whose ask was reported already
+    asks.tick()
+    assert asks.state("ian@example.com", "asks").step_id == "offer"
+    asks.tick()
+    assert subjects(asks, "ian@example.com") == ["Where are you, Ian?", "Offer for you"]
+    [skip] = rows(asks.services.store, EVENTS, kind=EventKind.skipped.value)
+    assert skip.outcome == "skipped:trial" and "reported before" in skip.detail["reason"]
+
+
+def test_the_public_form_never_changes_what_is_known_about_an_address(
+    asks: World, api: httpx.Client
+) -> None:
+    asks.subscribe("zoe@example.com", "asks", confirmed=True, tags=["basic"])
+    form = {"email": "zoe@example.com", "sequence": "ab", "tags": "pro", "plan": "gold"}
+    assert api.post("/subscribe", data=form).status_code == 201
+    tags, fields = person(asks, "zoe@example.com")
+    assert tags == ["basic"] and "plan" not in fields

@@ -329,3 +329,79 @@ def test_the_verdict_needs_the_minimum_sample_and_significance() -> None:
     assert tie.winner is None and "no winner" in tie.note
     control = judge([Arm("a", 200, 60), Arm("b", 200, 10)], min_sent=100)
     assert control.winner == "a"
+
+
+def test_without_goals_an_event_a_step_asks_for_is_no_goal() -> None:
+    open_goals = Sequence(id="o", name="O", sender="a@b.c", steps=SURVEY.steps)
+    assert not open_goals.counts_as_goal("trial_started")  # step t asks for it
+    assert open_goals.counts_as_goal("purchase")
+    listed = Sequence(id="g", name="G", sender="a@b.c", steps=SURVEY.steps, goals=("paid",))
+    assert listed.counts_as_goal("paid") and not listed.counts_as_goal("purchase")
+
+
+def test_an_event_reported_before_its_step_answers_it_without_an_email() -> None:
+    decision = engine.on_due(due("t"), SURVEY, now=T0, confirmed=True, reported=frozenset({"x"}))
+    assert decision.actions == (SendEmail("t", 2),)
+    early = engine.on_due(
+        due("t"), SURVEY, now=T0, confirmed=True, reported=frozenset({"trial_started"})
+    )
+    assert early.state.status is EnrollmentStatus.completed and early.state.done == ("t",)
+    [skipped] = early.actions
+    assert isinstance(skipped, Skipped) and "trial_started was reported before" in skipped.reason
+
+
+def test_a_condition_cannot_compute_without_bound() -> None:
+    holds, why = Conditions().holds("(((9**100)**100)**100)**100", {"tags": []})
+    assert not holds and "too large" in why
+
+
+def test_validation_evaluates_each_condition_for_the_sample(tmp_path: Path) -> None:
+    from nurture.conditions import condition_problems
+
+    seq, problems = load(
+        tmp_path,
+        """
+        steps:
+          - {id: a, subject: A, template: a.html, wait: 1d, when: "subscriber.seats > 5"}
+          - {id: b, subject: B, template: a.html, wait: 1d, when: "subscriber.plan == 'x'"}
+        """,
+    )
+    assert problems == [] and seq is not None
+    [problem] = condition_problems(Catalog({"s": seq}), Conditions())
+    assert problem.line == 6 and "step 'a'" in problem.message and "default(0)" in problem.message
+    _, bad = load(
+        tmp_path,
+        "steps:\n  - {id: a, subject: A, template: a.html, wait: 1d,"
+        " when: 'subscriber.x | nosuch'}\n",
+    )
+    assert any("No filter named 'nosuch'" in p.message for p in bad)
+
+
+def test_reminders_of_a_question_and_answers_sharing_a_url_are_problems(tmp_path: Path) -> None:
+    TEMPLATES["same.html"] = (
+        '<a href="https://acme.example/q" data-answer="x">X</a>'
+        '<a href="https://acme.example/q" data-answer="y">Y</a>\n'
+    )
+    try:
+        seq, problems = load(
+            tmp_path,
+            """
+            steps:
+              - id: q
+                subject: Q
+                template: same.html
+                wait: 2d
+                answers: {x: {}, y: {}}
+                reminders: [{after: 1d, subject: R, template: a.html}]
+            """,
+        )
+    finally:
+        del TEMPLATES["same.html"]
+    assert problems == [] and seq is not None
+    env = make_environment(tmp_path / "templates")
+    found = [
+        p.message
+        for p in sample_problems(Catalog({"s": seq}), Renderer(env, Signer("k"), "http://n.test"))
+    ]
+    assert any("lead to the same URL https://acme.example/q" in m for m in found), found
+    assert any("reminder 1: a reminder of a question has no answer links" in m for m in found)
