@@ -316,3 +316,52 @@ def test_the_public_form_never_changes_what_is_known_about_an_address(
     assert api.post("/subscribe", data=form).status_code == 201
     tags, fields = person(asks, "zoe@example.com")
     assert tags == ["basic"] and "plan" not in fields
+
+
+def test_the_report_counts_a_journey_whose_truth_is_known(asks: World) -> None:
+    """Four people get the guide: one clicks at once, one after the reminder, a scanner
+    fetches the third's link, and two time out. Every figure of the step is known."""
+    from nurture.tracking import ClickRequest
+
+    for name in ("ann", "bob", "cyd", "dee"):
+        asks.subscribe(f"{name}@example.com", "ab", confirmed=True)
+    asks.tick()
+    link = {m.recipient.split("@")[0]: visible_links(m.part("html"))[0] for m in asks.smtp.caught}
+    asks.click(link["ann"])  # judged 11 s later: the yes
+    head = ClickRequest(method="HEAD", user_agent="Mozilla/5.0", has_browser_headers=False)
+    asks.services.tracker.click(link["cyd"].rsplit("/c/", 1)[1], now=asks.clock.now(), request=head)
+    asks.clock.advance(hours=13)
+    asks.tick()  # reminders to bob, cyd and dee
+    asks.click(link["bob"])
+    asks.clock.advance(days=1)
+    asks.tick()  # cyd and dee time out
+    with asks.services.store.transaction() as tx:
+        report = build_report(tx, asks.services.catalog, asks.services.journey.experiments, "ab")
+    [seq] = report["sequences"]
+    guide, done = seq["steps"]
+    assert (seq["enrolled"], seq["converted"]) == (4, 0)
+    expected = {
+        "entered": 4,
+        "sent": 4,
+        "reminded": 3,
+        "yes": 2,
+        "by_click": 2,
+        "by_reply": 0,
+        "yes_rate": 0.5,
+        "after_reminder": 1,
+        "human_clickers": 2,
+        "bot_clicks": 1,
+        "waiting": 0,
+        "left": {"timeout": 2},
+    }
+    assert {k: guide[k] for k in expected} == expected
+    # ann: 11 s (one click window and a second); bob: 13 h 11 s + 11 s after delivery.
+    assert guide["time_to_yes"] == {"median_seconds": 11.0, "p90_seconds": 13 * 3600 + 22.0}
+    assert guide["bot_reasons"] == [{"reason": "HEAD request", "clicks": 1}]
+    # ann's "done" email came 13 h 11 s before bob's: her wait of a day is over, his is not.
+    assert (done["entered"], done["sent"], done["waiting"], done["left"]) == (
+        2,
+        2,
+        1,
+        {"timeout": 1},
+    )
