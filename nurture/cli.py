@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["templates_dir"] = args.templates
     settings = load_settings(**overrides)
     if args.command == "run":
-        _logging(settings.log_level)
+        _logging(settings.log_level, settings.log_format)
     for warning in unknown_variables():
         log.warning("%s", warning, extra={"action": "unknown_setting"})
     return settings
@@ -50,12 +50,17 @@ def _fields(pairs: Sequence[str]) -> dict[str, str]:
     return fields
 
 
-def _logging(level: str) -> None:
+def _logging(level: str, form: str = "text") -> None:
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if form == "json":
+        from nurture.logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # One line per tick from APScheduler drowns what matters.
     quiet = max(logging.WARNING, logging.getLevelName(level))
     for noisy in ("apscheduler", "mail.log", "alembic.runtime.migration"):

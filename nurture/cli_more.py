@@ -210,7 +210,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
     personas = load_personas(Path(args.personas)) if args.personas else list(PERSONAS)
     conditions = Conditions(env)
-    runs = [simulate(sequence, p, conditions=conditions) for p in personas]
+
+    def subject(source: str, person: dict[str, Any]) -> str:
+        try:
+            return " ".join(env.from_string(source).render(subscriber=person).split())
+        except Exception:  # noqa: BLE001 - validate renders every subject; show it as written
+            return source
+
+    runs = [simulate(sequence, p, conditions=conditions, subject=subject) for p in personas]
     if args.json:
         body = {"personas": [r.to_json() for r in runs], "notes": warnings(sequence, runs)}
         print(json.dumps(body, indent=2))

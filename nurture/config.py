@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).
     ab_min_sent: int = Field(default=100, ge=1)
+    # The dashboard (/admin) and /metrics: HTTP Basic with this password (or, with the
+    # built-in catcher only, from a loopback address); /metrics may be opened alone.
+    admin_password: str | None = None
+    metrics_public: bool = False
+    log_format: Literal["text", "json"] = "text"
 
     tick_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=10_000)

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ from nurture.errors import ConfigError
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
+from nurture.metrics import TICK_SECONDS
 from nurture.reader import MailboxReader
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
@@ -216,12 +218,15 @@ class Daemon:
             self.services.dispatcher,
             self.services.clock,
         )
+        began = time.perf_counter()
         try:
             await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
             planned, sent = await dispatcher.run_once()
         except Exception:
             log.exception("tick failed; the next one tries again", extra={"action": "tick_failed"})
             return
+        finally:
+            TICK_SECONDS.observe(time.perf_counter() - began)
         if planned or sent:
             log.info(
                 "tick: %d enrollments decided, %d emails attempted",

@@ -178,6 +178,8 @@ def _pct(rate: float | None) -> str:
 def _span(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
     if seconds < 3600:
         return f"{seconds / 60:.0f}m"
     if seconds < 86400 * 2:
@@ -209,7 +211,8 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{_span(t['p90_seconds']):>7}{st['after_reminder']:>6}{clicks:>13}"
                 f"{st['waiting']:>8}  {left}"
             )
-            lines.append(f"  {'':<14}{'#' * round((st['yes_rate'] or 0) * 40)}")
+            if st["yes_rate"]:
+                lines.append(f"  {'':<14}{'#' * round(st['yes_rate'] * 40)}")
             lines += _details(st)
     if report["sequences"]:
         lines.append(

@@ -11,6 +11,7 @@ their answers gave; an A/B step sends the variant the hash gives the simulated e
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -128,9 +129,11 @@ def simulate(
     *,
     sample: dict[str, Any] | None = None,
     conditions: Conditions | None = None,
+    subject: Callable[[str, dict[str, Any]], str] | None = None,
 ) -> Run:
     """One persona through ``sequence``, from subscribing (not yet confirmed) to the end."""
     conditions = conditions or Conditions()
+    render = subject
     fields, listed = sample_person(sequence)
     if sample is not None:
         fields = dict(sample)
@@ -181,17 +184,20 @@ def simulate(
             if isinstance(action, engine.SendEmail):
                 step = sequence.step(action.step_id)
                 variant = assign(step, 1)
-                subject = step.subject if action.kind.is_step else ""
+                title = step.subject if action.kind.is_step else ""
                 if variant is not None and action.kind.is_step:
-                    subject = variant.subject
+                    title = variant.subject
                 elif not action.kind.is_step:
-                    subject = step.reminders[action.kind.reminder - 1].subject
+                    title = step.reminders[action.kind.reminder - 1].subject
+                if render is not None and "{" in title:
+                    person = subscriber_context("sim@example.com", fields, sorted(tags))
+                    title = render(title, person)
                 run.emails.append(
                     Email(
                         now - START,
                         step.id,
                         str(action.kind),
-                        subject,
+                        title,
                         variant.id if variant else None,
                     )
                 )
@@ -327,7 +333,7 @@ def format_runs(sequence: Sequence, runs: Seq[Run]) -> str:
         ]
         events += [(at, f"{step} skipped", why) for at, step, why in r.skipped]
         for at, what, detail in sorted(events, key=lambda x: x[0]):
-            lines.append(f"  {offset(at):<14}{what:<28}{detail}")
+            lines.append(f"  {offset(at):<16}{what:<26}{detail}")
     found = warnings(sequence, runs)
     if found:
         lines.append("")

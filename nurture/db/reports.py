@@ -4,6 +4,7 @@ other tables, and one person's messages for `nurture person`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -80,6 +81,20 @@ class ReportStore:
             if step is not None:
                 out[step] = out.get(step, 0) + int(n)
         return out
+
+    def message_totals(self) -> list[tuple[str, str, str, str, int, int]]:
+        """(sequence, step, kind, status, messages, of them retried) for /metrics."""
+        keys = (M.sequence_id, M.step_id, M.kind, M.status)
+        q = select(*keys, func.count(), func.count().filter(M.attempts > 1)).group_by(*keys)
+        return [(a, b, c, d, int(n), int(r)) for a, b, c, d, n, r in self._conn.execute(q)]
+
+    def yes_totals(self) -> dict[str, int]:
+        q = select(M.yes_by, func.count()).where(M.yes_at.is_not(None)).group_by(M.yes_by)
+        return {str(by): int(n) for by, n in self._conn.execute(q)}
+
+    def due_enrollments(self, now: datetime) -> int:
+        q = select(func.count()).where(E.status == EnrollmentStatus.active.value, E.due_at <= now)
+        return int(self._conn.scalar(q) or 0)
 
     def message_counts(self) -> dict[str, int]:
         q = select(M.status, func.count()).group_by(M.status)

@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from nurture.mail.catcher import Outbox
 from nurture.services import Services
-from nurture.web import api, links
+from nurture.web import admin, api, links
 from nurture.web import outbox as outbox_pages
 
 __all__ = ["create_app"]
@@ -37,7 +37,7 @@ ROUTES = [
 
 def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette:
     """The app; with ``outbox`` (the catcher's mail) the outbox pages exist too."""
-    routes = ROUTES + (outbox_pages.routes if outbox is not None else [])
+    routes = ROUTES + admin.routes + (outbox_pages.routes if outbox is not None else [])
     app = Starlette(routes=routes)
     app.state.services = services
     app.state.outbox = outbox

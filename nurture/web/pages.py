@@ -67,6 +67,42 @@ Every email it sent is here. <a href="/subscribe">Subscribe someone</a>.</p>
 {% for m in mails %}<tr><td>{{ m.received.strftime('%Y-%m-%d %H:%M:%S') }}</td><td>{{ m.to }}</td>
 <td><a href="/outbox/{{ m.key }}">{{ m.subject }}</a></td></tr>{% endfor %}</table>{% endif %}
 {% endblock %}""",
+    "admin.html": """{% extends "base.html" %}{% block main %}
+<h1>nurture</h1>
+<h2>Sending</h2>
+<p>{% if pause %}<strong class="error">Paused since {{ pause.since.strftime('%Y-%m-%d %H:%M') }} UTC:
+{{ pause.reason }}</strong> (retried at {{ pause.until.strftime('%H:%M') }}; <code>nurture resume</code>)
+{% else %}Sending normally.{% endif %}
+Messages: {% for k, v in messages|dictsort %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.</p>
+{% for q in report.sequences %}
+<h2>{{ q.name }} <span class="muted">({{ q.id }}): {{ q.enrolled }} enrolled, {{ q.converted }} converted</span></h2>
+{{ charts[q.id] }}
+<table><tr><th>step</th><th>entered</th><th>sent</th><th>yes</th><th>rate</th><th>click / reply / event</th>
+<th>median to yes</th><th>people / bot clicks</th><th>waiting</th><th>left</th></tr>
+{% for st in q.steps %}<tr><td>{{ st.id }}</td><td>{{ st.entered }}</td><td>{{ st.sent }}</td><td>{{ st.yes }}</td>
+<td>{% if st.yes_rate is not none %}{{ '%.1f' % (st.yes_rate * 100) }}%{% else %}-{% endif %}</td>
+<td>{{ st.by_click }} / {{ st.by_reply }} / {{ st.by_event }}</td>
+<td>{% if st.time_to_yes.median_seconds is not none %}{{ '%.1f' % (st.time_to_yes.median_seconds / 3600) }} h{% else %}-{% endif %}</td>
+<td>{{ st.human_clickers }} / {{ st.bot_clicks }}</td><td>{{ st.waiting }}</td>
+<td>{% for k, v in st.left|dictsort %}{{ k }} {{ v }} {% else %}-{% endfor %}</td></tr>{% endfor %}
+</table>{% endfor %}
+<h2>One person</h2>
+<form method="get" action="/admin"><label>Email <input type="email" name="email" value="{{ email }}"></label>
+<button type="submit">Look up</button></form>
+{% if email and not story %}<p>No subscriber {{ email }}.</p>{% endif %}
+{% if story %}<p><strong>{{ story.email }}</strong>: {{ story.status }}{% if story.tags %}; tags {{ story.tags|join(', ') }}{% endif %}</p>
+{% for en in story.enrollments %}<h3>{{ en.sequence }}: {{ en.status }} at {{ en.step }}</h3>
+<p class="muted">Next: {{ en.next }}</p>
+<table><tr><th>sent (UTC)</th><th>email</th><th>subject</th><th>status</th><th>yes</th><th>events</th></tr>
+{% for m in en.emails %}<tr><td>{{ m.sent_at or '-' }}</td><td>{{ m.step }} {{ m.kind }}{% if m.variant %} [{{ m.variant }}]{% endif %}</td>
+<td>{{ m.subject or '-' }}</td><td>{{ m.status }}</td><td>{% if m.yes %}{{ m.yes.by }}{% if m.yes.answer %} ({{ m.yes.answer }}){% endif %}{% else %}-{% endif %}</td>
+<td>{% for e in m.events %}{{ e.kind }} {{ e.verdict or '' }} {{ e.outcome }}{% if not loop.last %}; {% endif %}{% endfor %}</td></tr>{% endfor %}
+</table>{% endfor %}{% endif %}
+<h2>Recent inbound mail</h2>
+{% if not inbound %}<p>None yet.</p>{% else %}<table><tr><th>received (UTC)</th><th>from</th><th>kind</th><th>status</th><th>what was done</th></tr>
+{% for r in inbound %}<tr><td>{{ r.received_at.strftime('%Y-%m-%d %H:%M') }}</td><td>{{ r.sender or '-' }}</td>
+<td>{{ r.kind or '-' }}</td><td>{{ r.status.value }}</td><td>{{ r.note or '' }}</td></tr>{% endfor %}</table>{% endif %}
+{% endblock %}""",
     "outbox_message.html": """{% extends "base.html" %}{% block main %}
 <p><a href="/outbox">&larr; Outbox</a></p>
 <h1>{{ mail.subject }}</h1>

@@ -9,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.db import MESSAGES, rows
 from support.mail import visible_links
 from support.paths import REPO
 from support.world import MakeWorld, World
@@ -194,3 +196,61 @@ def test_person_tells_one_persons_whole_story(
     assert "yes by click at" in text.stdout and "answer pro" in text.stdout
     missing = run("person", "nobody@example.com", database_url=database_url, tmp_path=tmp_path)
     assert missing.returncode == 1 and "no subscriber nobody@example.com" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["eager", "after-reminder", "silent"])
+def test_the_simulation_of_the_starter_journey_is_what_the_daemon_does(
+    make_world: MakeWorld, name: str
+) -> None:
+    """The simulation's timeline, replayed on the real services with a fixed clock: a minute
+    before each simulated email nothing new has gone out; at its time (plus the click
+    windows the real yeses waited for) exactly that email has."""
+    from nurture.simulate import PERSONAS, simulate
+
+    world = make_world(**SHIPPED, click_window_seconds=0)
+    sequence = world.services.catalog.get("starter")
+    assert sequence is not None
+    persona = next(p for p in PERSONAS if p.name == name)
+    run = simulate(sequence, persona)
+    start = world.clock.now()
+    world.subscribe("sim@example.com", "starter")
+    drift = timedelta(0)  # each real click is judged a second later (the window, plus one)
+
+    def run_until(target: datetime) -> None:
+        """Tick at every moment something falls due, up to ``target``, as the daemon does
+        (it ticks every second), then at ``target``."""
+        for _ in range(50):
+            due = world.state("sim@example.com", "starter").due_at
+            if due is None or due > target or due < world.clock.now():
+                break
+            world.clock.current = due
+            world.tick()
+        world.clock.current = target
+        world.tick()
+
+    for expected in run.emails:
+        if expected.at > timedelta(minutes=1):
+            before = len(world.smtp.to("sim@example.com"))
+            run_until(start + drift + expected.at - timedelta(minutes=1))
+            assert len(world.smtp.to("sim@example.com")) == before, expected
+        run_until(start + drift + expected.at)
+        mail = world.smtp.to("sim@example.com")[-1]
+        last = rows(world.services.store, MESSAGES)[-1]
+        assert (last.step_id, last.kind, last.sent_at) == (
+            expected.step,
+            expected.kind,
+            world.clock.now(),
+        )
+        answers_now = {"eager": "step", "after-reminder": "reminder1"}.get(name)
+        if expected.kind == answers_now:
+            world.clock.advance(hours=1)
+            before_click = world.clock.now()
+            world.click(visible_links(mail.part("html"))[0])
+            drift += world.clock.now() - before_click
+    run_until(start + drift + run.elapsed + timedelta(minutes=1))
+    state = world.state("sim@example.com", "starter")
+    outcome = (
+        state.status.value if state.exit_reason is None else f"exited:{state.exit_reason.value}"
+    )
+    assert outcome == run.outcome
+    assert len(world.smtp.to("sim@example.com")) == len(run.emails)
