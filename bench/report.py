@@ -88,6 +88,7 @@ def fill(url: str, n: int, chunk: int = 20_000) -> int:
                     sent = T0 + timedelta(days=k)
                     yes = k < reached - 1 or rng.random() < 0.3
                     message_id = i * 10 + k
+                    took = rng.randint(1, 3000)  # minutes from delivery to the yes
                     messages.append(
                         {
                             "id": message_id,
@@ -102,10 +103,12 @@ def fill(url: str, n: int, chunk: int = 20_000) -> int:
                             "links": [],
                             "created_at": sent,
                             "sent_at": sent,
-                            "yes_at": sent + timedelta(minutes=rng.randint(1, 3000))
-                            if yes
-                            else None,
+                            "yes_at": sent + timedelta(minutes=took) if yes else None,
                             "yes_by": "click" if yes else None,
+                            "yes_seconds": took * 60 if yes else None,
+                            "after_reminder": False if yes else None,
+                            "clicked_at": sent if yes else None,
+                            "bot_clicks": 0,
                         }
                     )
                     if rng.random() < 0.25:
@@ -116,6 +119,9 @@ def fill(url: str, n: int, chunk: int = 20_000) -> int:
                                 "kind": "reminder1",
                                 "yes_at": None,
                                 "yes_by": None,
+                                "yes_seconds": None,
+                                "after_reminder": None,
+                                "clicked_at": None,
                                 "sent_at": sent + timedelta(hours=20),
                             }
                         )

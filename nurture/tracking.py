@@ -88,6 +88,8 @@ class Tracker:
             else:
                 outcome = "pending"
                 evaluate_at = now + timedelta(seconds=self.policy.window_seconds)
+            if verdict is Verdict.bot:
+                tx.answers.clicked(message.id, human=False, now=now)
             tx.events.add(
                 subscriber_id=message.subscriber_id,
                 enrollment_id=message.enrollment_id,
@@ -134,6 +136,7 @@ class Tracker:
                         tx, message, YesBy.click, now=now, answer=link.answer
                     )
                 tx.events.decide_click(click, verdict=verdict, outcome=outcome, reasons=reasons)
+                tx.answers.clicked(message.id, human=verdict is Verdict.human, now=now)
         return len(pending)
 
     def _confirms(self, message: MessageRow) -> bool:

@@ -54,17 +54,38 @@ class AnswerStore:
         now: datetime,
     ) -> None:
         """The micro-yes to the step of ``visit``, on that step's own email (the first one
-        only: a step says yes once per visit)."""
+        only: a step says yes once per visit), with how long after its delivery it came and
+        whether a reminder had gone out before."""
+        emails = self._conn.execute(
+            select(M.id, M.kind, M.sent_at, M.yes_at).where(
+                M.enrollment_id == enrollment_id, M.visit == visit
+            )
+        ).all()
+        step = next((e for e in emails if e.kind == STEP and e.yes_at is None), None)
+        if step is None:
+            return
+        reminded = any(e.kind != STEP and e.sent_at is not None for e in emails)
+        took = None if step.sent_at is None else max(0, int((now - step.sent_at).total_seconds()))
         self._conn.execute(
             update(MESSAGES)
-            .where(
-                M.enrollment_id == enrollment_id,
-                M.visit == visit,
-                M.kind == STEP,
-                M.yes_at.is_(None),
+            .where(M.id == step.id)
+            .values(
+                yes_at=now,
+                yes_by=by.value,
+                answer=answer,
+                yes_seconds=took,
+                after_reminder=reminded,
             )
-            .values(yes_at=now, yes_by=by.value, answer=answer)
         )
+
+    def clicked(self, message_id: int, *, human: bool, now: datetime) -> None:
+        """A click judged: the first human one is kept on its email, machines are counted."""
+        if human:
+            q = update(MESSAGES).where(M.id == message_id, M.clicked_at.is_(None))
+            self._conn.execute(q.values(clicked_at=now))
+        else:
+            q = update(MESSAGES).where(M.id == message_id)
+            self._conn.execute(q.values(bot_clicks=M.bot_clicks + 1))
 
     def variant_of(self, enrollment_id: int, visit: int) -> str | None:
         """The variant the step's own email of this visit was (its reminders are the same)."""

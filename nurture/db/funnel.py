@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, select
-from sqlalchemy.orm import aliased
 
 from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
 from nurture.vocabulary import EnrollmentStatus, EventKind, ExitReason, MessageKind, Phase
@@ -56,8 +55,12 @@ class FunnelStore:
         return [column >= since] if since is not None else []
 
     def steps(self, sequence_id: str, since: datetime | None = None) -> dict[str, StepFunnel]:
+        """One grouped pass over the sequence's messages (the counters each email keeps: its
+        yes, how long after delivery, after a reminder or not, its clicks), then the
+        percentiles by the time-to-yes index."""
         out: dict[str, StepFunnel] = {}
         here = [M.sequence_id == sequence_id, *self._since(M.created_at, since)]
+        went = M.sent_at.is_not(None)
         q = (
             select(
                 M.step_id,
@@ -65,14 +68,33 @@ class FunnelStore:
                 M.yes_by,
                 func.count(),
                 func.count().filter(M.visit > 1),
-                func.count().filter(M.sent_at.is_not(None)),
-                func.count(M.yes_at).filter(M.sent_at.is_not(None)),  # on emails that went out
+                func.count().filter(went),
+                func.count(M.yes_at).filter(went),
+                func.count().filter(went, M.after_reminder.is_(True)),
+                func.count(M.clicked_at),
+                func.coalesce(func.sum(M.bot_clicks), 0),
+                func.count(M.yes_seconds).filter(went),
             )
             .where(*here)
             .group_by(M.step_id, M.kind, M.yes_by)
         )
-        for step, kind, by, n, revisits, sent, yes in self._conn.execute(q):
+        timed: dict[str, int] = {}
+        for (
+            step,
+            kind,
+            by,
+            n,
+            revisits,
+            sent,
+            yes,
+            late,
+            clicked,
+            bots,
+            seconds,
+        ) in self._conn.execute(q):
             f = out.setdefault(step, StepFunnel())
+            f.human_clickers += clicked
+            f.bot_clicks += int(bots)
             if kind != STEP:
                 f.reminded += sent
                 continue
@@ -80,88 +102,62 @@ class FunnelStore:
             f.revisits += revisits
             f.sent += sent
             f.yes += yes
+            f.after_reminder += late
+            timed[step] = timed.get(step, 0) + seconds
             if by is not None and yes:
                 f.by[by] = f.by.get(by, 0) + yes
-        reminder = aliased(MESSAGES)
-        earlier = (
-            select(reminder.c.id)
-            .where(
-                reminder.c.enrollment_id == M.enrollment_id,
-                reminder.c.visit == M.visit,
-                reminder.c.kind != STEP,
-                reminder.c.sent_at.is_not(None),
-                reminder.c.sent_at < M.yes_at,
-            )
-            .exists()
-        )
-        q2 = (
-            select(M.step_id, func.count())
-            .where(*here, M.kind == STEP, M.yes_at.is_not(None), M.sent_at.is_not(None), earlier)
-            .group_by(M.step_id)
-        )
-        for step, n in self._conn.execute(q2):
-            out.setdefault(step, StepFunnel()).after_reminder = n
-        self._clicks(sequence_id, since, out)
         for step, f in out.items():
-            f.median_seconds, f.p90_seconds = self._percentiles(sequence_id, step, f.yes, since)
+            f.median_seconds, f.p90_seconds = self._percentiles(
+                sequence_id, step, timed.get(step, 0), since
+            )
+            if f.bot_clicks:
+                f.bot_reasons = self._bot_reasons(sequence_id, step, since)
         return out
 
-    def _clicks(self, sequence_id: str, since: datetime | None, out: dict[str, StepFunnel]) -> None:
-        join = and_(M.id == V.message_id, M.sequence_id == sequence_id)
-        clicks = [V.kind == EventKind.click.value, *self._since(V.created_at, since)]
-        q = (
-            select(
-                M.step_id,
-                func.count(V.enrollment_id.distinct()).filter(V.verdict == "human"),
-                func.count().filter(V.verdict == "bot"),
-            )
+    def _bot_reasons(
+        self, sequence_id: str, step_id: str, since: datetime | None
+    ) -> list[tuple[str, int]]:
+        """The main reasons, from the latest thousand bot clicks of the step."""
+        join = and_(M.id == V.message_id, M.sequence_id == sequence_id, M.step_id == step_id)
+        recent = (
+            select(V.detail)
             .select_from(EVENTS.join(MESSAGES, join))
-            .where(*clicks)
-            .group_by(M.step_id)
+            .where(
+                V.kind == EventKind.click.value,
+                V.verdict == "bot",
+                *self._since(V.created_at, since),
+            )
+            .order_by(V.id.desc())
+            .limit(1000)
         )
-        for step, humans, bots in self._conn.execute(q):
-            f = out.setdefault(step, StepFunnel())
-            f.human_clickers, f.bot_clicks = humans, bots
-            if bots:
-                # The main reasons, from the latest thousand bot clicks of the step.
-                recent = (
-                    select(V.detail)
-                    .select_from(EVENTS.join(MESSAGES, join))
-                    .where(*clicks, V.verdict == "bot", M.step_id == step)
-                    .order_by(V.id.desc())
-                    .limit(1000)
-                )
-                reasons: Counter[str] = Counter()
-                for detail in self._conn.scalars(recent):
-                    reasons.update((detail or {}).get("reasons", [])[:3])
-                f.bot_reasons = reasons.most_common(3)
+        reasons: Counter[str] = Counter()
+        for detail in self._conn.scalars(recent):
+            reasons.update((detail or {}).get("reasons", [])[:3])
+        return reasons.most_common(3)
 
     def _percentiles(
         self, sequence_id: str, step_id: str, count: int, since: datetime | None
     ) -> tuple[float | None, float | None]:
         """Median and 90th percentile (nearest rank) of the seconds from a step email's
-        delivery to its yes."""
+        delivery to its yes, read along the index on (sequence, step, yes_seconds)."""
         if count == 0:
             return None, None
-        took = seconds_between(self._conn, M.yes_at, M.sent_at)
         base = (
-            select(took)
+            select(M.yes_seconds)
             .where(
                 M.sequence_id == sequence_id,
                 M.step_id == step_id,
-                M.kind == STEP,
-                M.yes_at.is_not(None),
-                M.sent_at.is_not(None),
+                M.yes_seconds.is_not(None),  # set only on an email delivered before its yes
                 *self._since(M.created_at, since),
             )
-            .order_by(took)
+            .order_by(M.yes_seconds)
             .limit(1)
         )
         median = self._conn.scalar(base.offset((count - 1) // 2))
         p90 = self._conn.scalar(base.offset(max(0, -(-count * 9 // 10) - 1)))
         return (
-            None if median is None else round(max(0.0, float(median)), 1),
-            None if p90 is None else round(max(0.0, float(p90)), 1),
+            None if median is None else float(median),
+            None if p90 is None else float(p90),
         )
 
     def entering(self, sequence_id: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -122,8 +123,9 @@ class Message(Base):
             sqlite_where=text("status IN ('queued', 'sending')"),
         ),
         Index("ix_messages_subscriber_id", "subscriber_id"),
-        # The report's per-step counts.
+        # The report's per-step counts, and its percentiles of the time to a yes.
         Index("ix_messages_sequence_id_step_id", "sequence_id", "step_id"),
+        Index("ix_messages_time_to_yes", "sequence_id", "step_id", "yes_seconds"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -154,6 +156,13 @@ class Message(Base):
     yes_at: Mapped[datetime | None] = mapped_column(When)
     yes_by: Mapped[str | None] = mapped_column(String(8))
     answer: Mapped[str | None] = mapped_column(String(64))
+    # Kept as the yes and the clicks come, so the report adds up columns instead of joining
+    # events: seconds from delivery to the yes, whether a reminder had gone out before it,
+    # the first human click, and how many clicks on it were judged machines.
+    yes_seconds: Mapped[int | None] = mapped_column(Integer)
+    after_reminder: Mapped[bool | None] = mapped_column(Boolean)
+    clicked_at: Mapped[datetime | None] = mapped_column(When)
+    bot_clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Event(Base):
