@@ -118,9 +118,10 @@ def _sequence(
     where: dict[str, dict[str, int]],
     experiments: Experiments,
     since: datetime | None,
+    scanned: tuple[dict[str, dict[str, StepFunnel]], list[StepTally]],
 ) -> dict[str, Any]:
-    tallies = tx.answers.tallies(sequence.id, since)
-    funnel = tx.funnel.steps(sequence.id, since)
+    funnel = scanned[0].get(sequence.id, {})
+    tallies = [t for t in scanned[1] if t.sequence_id == sequence.id]
     skipped = tx.reports.skipped_by_step(sequence.id, [s.id for s in sequence.steps])
     entering = tx.funnel.entering(sequence.id)
     steps = []
@@ -161,10 +162,11 @@ def build_report(
     for r in tx.reports.status_counts():
         label = r.status if r.status != "exited" else f"left:{r.exit_reason}"
         where[r.sequence_id][r.step_id][label] = r.count
+    scanned = tx.funnel.scan(since)
     return {
         "since": since.isoformat() if since else None,
         "sequences": [
-            _sequence(tx, seq, where.get(seq.id, {}), experiments, since)
+            _sequence(tx, seq, where.get(seq.id, {}), experiments, since, scanned)
             for seq in catalog
             if sequence_id is None or seq.id == sequence_id
         ],

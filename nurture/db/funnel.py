@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 
+from nurture.db.answers import StepTally
 from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
 from nurture.vocabulary import EnrollmentStatus, EventKind, ExitReason, MessageKind, Phase
 
@@ -38,6 +39,7 @@ class StepFunnel:
     bot_reasons: list[tuple[str, int]] = field(default_factory=list)
     median_seconds: float | None = None
     p90_seconds: float | None = None
+    timed: int = 0  # yeses whose time from delivery is known
 
 
 def seconds_between(conn: Connection, later: Any, earlier: Any) -> ColumnElement[Any]:
@@ -54,45 +56,34 @@ class FunnelStore:
     def _since(self, column: Any, since: datetime | None) -> list[Any]:
         return [column >= since] if since is not None else []
 
-    def steps(self, sequence_id: str, since: datetime | None = None) -> dict[str, StepFunnel]:
-        """One grouped pass over the sequence's messages (the counters each email keeps: its
-        yes, how long after delivery, after a reminder or not, its clicks), then the
-        percentiles by the time-to-yes index."""
-        out: dict[str, StepFunnel] = {}
-        here = [M.sequence_id == sequence_id, *self._since(M.created_at, since)]
+    def scan(
+        self, since: datetime | None = None
+    ) -> tuple[dict[str, dict[str, StepFunnel]], list[StepTally]]:
+        """One grouped pass over every message (the counters each email keeps: its yes, how
+        long after delivery, after a reminder or not, its clicks): per sequence and step the
+        funnel, and per variant the tallies of A/B tests and answers. One pass for all
+        sequences: on SQLite a full scan beats millions of lookups through an index."""
         went = M.sent_at.is_not(None)
-        q = (
-            select(
-                M.step_id,
-                M.kind,
-                M.yes_by,
-                func.count(),
-                func.count().filter(M.visit > 1),
-                func.count().filter(went),
-                func.count(M.yes_at).filter(went),
-                func.count().filter(went, M.after_reminder.is_(True)),
-                func.count(M.clicked_at),
-                func.coalesce(func.sum(M.bot_clicks), 0),
-                func.count(M.yes_seconds).filter(went),
-            )
-            .where(*here)
-            .group_by(M.step_id, M.kind, M.yes_by)
-        )
-        timed: dict[str, int] = {}
-        for (
-            step,
-            kind,
-            by,
-            n,
-            revisits,
-            sent,
-            yes,
-            late,
-            clicked,
-            bots,
-            seconds,
-        ) in self._conn.execute(q):
-            f = out.setdefault(step, StepFunnel())
+        keys = (M.sequence_id, M.step_id, M.kind, M.variant, M.yes_by, M.answer)
+        q = select(
+            *keys,
+            func.count(),
+            func.count().filter(M.visit > 1),
+            func.count().filter(went),
+            func.count(M.yes_at).filter(went),
+            func.count().filter(went, M.after_reminder.is_(True)),
+            func.count(M.clicked_at),
+            func.coalesce(func.sum(M.bot_clicks), 0),
+            func.count(M.yes_seconds).filter(went),
+        ).group_by(*keys)
+        if since is not None:
+            q = q.where(M.created_at >= since)
+        out: dict[str, dict[str, StepFunnel]] = {}
+        tallies: dict[tuple[str, str, str | None], StepTally] = {}
+        for row in self._conn.execute(q):
+            seq, step, kind, variant, by, answer = row[:6]
+            n, revisits, sent, yes, late, clicked, bots, seconds = row[6:]
+            f = out.setdefault(seq, {}).setdefault(step, StepFunnel())
             f.human_clickers += clicked
             f.bot_clicks += int(bots)
             if kind != STEP:
@@ -103,16 +94,23 @@ class FunnelStore:
             f.sent += sent
             f.yes += yes
             f.after_reminder += late
-            timed[step] = timed.get(step, 0) + seconds
+            f.timed += seconds
             if by is not None and yes:
                 f.by[by] = f.by.get(by, 0) + yes
-        for step, f in out.items():
-            f.median_seconds, f.p90_seconds = self._percentiles(
-                sequence_id, step, timed.get(step, 0), since
+            t = tallies.setdefault(
+                (seq, step, variant), StepTally(seq, step, variant, 0, 0, {}, {})
             )
-            if f.bot_clicks:
-                f.bot_reasons = self._bot_reasons(sequence_id, step, since)
-        return out
+            tallies[(seq, step, variant)] = StepTally(
+                seq, step, variant, t.sent + sent, t.yes + yes, t.by, t.answers
+            )
+            if answer is not None and yes:
+                t.answers[answer] = t.answers.get(answer, 0) + yes
+        for seq, steps in out.items():
+            for step, f in steps.items():
+                f.median_seconds, f.p90_seconds = self._percentiles(seq, step, f.timed, since)
+                if f.bot_clicks:
+                    f.bot_reasons = self._bot_reasons(seq, step, since)
+        return out, list(tallies.values())
 
     def _bot_reasons(
         self, sequence_id: str, step_id: str, since: datetime | None
