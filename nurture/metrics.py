@@ -9,20 +9,32 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from nurture.services import Services
 
-__all__ = ["TICK_SECONDS", "render_metrics"]
+__all__ = ["TICK_SECONDS", "SMTP_CONNECT_ERRORS", "render_metrics"]
 
 # Observed by the daemon's tick (nurture.daemon), in this process.
 TICK_SECONDS = Histogram(
     "nurture_tick_seconds",
     "How long one scheduler tick took (judging clicks, planning, sending)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=None,
+)
+# Counted by the SMTP pool (nurture.mail.send), in this process.
+SMTP_CONNECT_ERRORS = PromCounter(
+    "nurture_smtp_connection_errors",
+    "Connections to the SMTP server that failed (refused, unreachable, timed out)",
     registry=None,
 )
 
@@ -93,5 +105,6 @@ class _Database(Collector):
 def render_metrics(services: Services) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TICK_SECONDS)
+    registry.register(SMTP_CONNECT_ERRORS)
     registry.register(_Database(services))
     return generate_latest(registry), CONTENT_TYPE_LATEST

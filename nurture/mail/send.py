@@ -28,6 +28,7 @@ import aiosmtplib
 from nurture.config import Settings, SmtpTls
 from nurture.errors import PermanentSendError, SendError, TemporarySendError
 from nurture.mail.replies import Fault, Stage, classify, signature
+from nurture.metrics import SMTP_CONNECT_ERRORS
 
 __all__ = [
     "Transport",
@@ -206,9 +207,11 @@ class _Client:
         try:
             await self.smtp.connect()
         except aiosmtplib.SMTPResponseException as exc:
+            SMTP_CONNECT_ERRORS.inc()
             await self.close()
             raise _refusal("connect", exc.code, exc.message) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            SMTP_CONNECT_ERRORS.inc()
             await self.close()
             log.warning(
                 "cannot reach the SMTP server %s:%s: %s",

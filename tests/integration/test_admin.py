@@ -80,6 +80,7 @@ def test_metrics_parse_as_prometheus_and_say_what_happened(guarded: World) -> No
     assert samples[("nurture_clicks_total", (("verdict", "human"),))] == 1
     assert samples[("nurture_sending_paused", ())] == 0
     assert ("nurture_tick_seconds_count", ()) in samples
+    assert ("nurture_smtp_connection_errors_total", ()) in samples
 
 
 def test_metrics_can_be_public_alone(make_world: MakeWorld) -> None:
