@@ -256,7 +256,31 @@ def _since(value: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def cmd_dkim(args: argparse.Namespace) -> int:
+    from nurture.mail.dkim import dns_record, keygen
+
+    out = Path(args.out or f"{args.selector}.{args.algorithm}.pem")
+    if out.exists():
+        raise SubscribeError(f"{out} exists; nurture never overwrites a key")
+    key = keygen(out, args.algorithm)
+    name = f"{args.selector}._domainkey.{args.domain.rstrip('.')}."
+    print(f"wrote the private key to {out} (keep it secret; NURTURE_DKIM_PRIVATE_KEY_FILE={out})")
+    print("publish this DNS record:")
+    print(f'{name} IN TXT "{dns_record(key)}"')
+    return 0
+
+
 def register(add: Any) -> None:
+    sp = add(
+        "dkim", "DKIM keys: `nurture dkim keygen` writes one and prints its DNS record", cmd_dkim
+    )
+    sp.add_argument("action", choices=["keygen"])
+    sp.add_argument("--selector", required=True)
+    sp.add_argument("--domain", required=True)
+    sp.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    sp.add_argument(
+        "--out", metavar="FILE", help="where to write the key (default SELECTOR.ALGORITHM.pem)"
+    )
     sp = add(
         "person", "one person: every enrollment, email and event, and what is due next", cmd_person
     )

@@ -10,7 +10,8 @@ from datetime import datetime
 from nurture import engine
 from nurture.db.messages import OutgoingRow
 from nurture.journey import Delivery
-from nurture.mail.compose import address_of, compose
+from nurture.mail.compose import address_of, compose, list_id
+from nurture.mail.dkim import DkimSigner
 from nurture.mail.render import Renderer
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, TokenKind
@@ -47,12 +48,16 @@ class Composer:
         signer: Signer,
         reply_address: str | None = None,
         message_id_domain: str | None = None,
+        dkim: DkimSigner | None = None,
+        feedback_id: str | None = None,
     ) -> None:
         self.catalog = catalog
         self.renderer = renderer
         self.signer = signer
         self.reply_address = reply_address
         self.message_id_domain = message_id_domain
+        self.dkim = dkim
+        self.feedback_id = feedback_id
 
     def compose(self, row: OutgoingRow, now: datetime) -> tuple[Composed, str, list[Link]]:
         """Render and compose one claimed message; NotLoaded when its sequence, step or
@@ -88,7 +93,11 @@ class Composer:
             date=now,
             unsubscribe_url=rendered.unsubscribe_url,
             reply_to=reply_to,
+            list_id=list_id(sequence.name, sequence.id, envelope_from.rpartition("@")[2]),
+            feedback_id=self.feedback_id,
         )
+        if self.dkim is not None:
+            data = self.dkim.sign(data, sender_domain=envelope_from.rpartition("@")[2])
         delivery = None
         if row.kind.is_step:
             clock = engine.delivery_clock(step)

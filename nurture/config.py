@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     smtp_tls: SmtpTls = SmtpTls.none
     smtp_timeout: float = Field(default=30.0, gt=0)  # each command but the end of DATA
     smtp_data_timeout: float = Field(default=600.0, gt=0)  # the final dot (RFC 5321: 10 min)
+    smtp_helo: str | None = None  # the EHLO name; unset: this machine's fully qualified name
+    # DKIM: a selector and one or two PEM private keys (comma-separated: RSA and Ed25519).
+    dkim_selector: str | None = None
+    dkim_private_key_file: str | None = None
+    dkim_domain: str | None = None  # the d= domain; unset: each sequence's From domain
+    feedback_id: str | None = None  # Gmail's Feedback-ID header, e.g. "nurture:acme"
     smtp_connections: int = Field(default=4, ge=1, le=100)
     catcher_port: int = Field(default=0, ge=0, le=65535)
 

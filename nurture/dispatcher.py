@@ -35,6 +35,7 @@ from nurture.db.store import Store
 from nurture.handover import Handover
 from nurture.journey import ORPHAN_RETRY, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
+from nurture.mail.dkim import DkimSigner
 from nurture.mail.render import Renderer
 from nurture.mail.send import NotStarted, Transport
 from nurture.sequences import Catalog
@@ -58,6 +59,8 @@ class DispatchPolicy:
     pause_max: timedelta = timedelta(hours=1)
     reply_address: str | None = None
     message_id_domain: str | None = None
+    dkim: DkimSigner | None = None
+    feedback_id: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchPolicy:
@@ -72,6 +75,8 @@ class DispatchPolicy:
             pause_max=timedelta(seconds=settings.pause_max_seconds),
             reply_address=settings.reply_address,
             message_id_domain=settings.message_id_domain,
+            dkim=DkimSigner.from_settings(settings),
+            feedback_id=settings.feedback_id,
         )
 
 
@@ -107,6 +112,8 @@ class Dispatcher:
             signer=signer,
             reply_address=policy.reply_address,
             message_id_domain=policy.message_id_domain,
+            dkim=policy.dkim,
+            feedback_id=policy.feedback_id,
         )
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.stopping = threading.Event()

@@ -9,6 +9,7 @@ with the standard library's strict policy.
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 from datetime import datetime
 from email.header import Header
@@ -74,6 +75,14 @@ def _part(content_type: str, text: str) -> bytes:
     return head.encode("ascii") + binascii.b2a_qp(text.encode("utf-8"), istext=True)
 
 
+def list_id(name: str, sequence_id: str, domain: str) -> str:
+    """RFC 2919: ``"Name" <sequence.domain>``, one list per sequence (Gmail groups and
+    lets people leave by it)."""
+    label = re.sub(r"[^A-Za-z0-9-]", "-", sequence_id).strip("-").lower() or "list"
+    phrase = _from_header(f"{name} <x@x>").rsplit(" <", 1)[0]
+    return f"{phrase} <{label}.{domain or 'nurture.local'}>"
+
+
 def compose(
     *,
     sender: str,
@@ -85,8 +94,10 @@ def compose(
     date: datetime,
     unsubscribe_url: str,
     reply_to: str | None = None,
+    list_id: str | None = None,
+    feedback_id: str | None = None,
 ) -> bytes:
-    for value in (to, message_id, unsubscribe_url, reply_to or ""):
+    for value in (to, message_id, unsubscribe_url, reply_to or "", feedback_id or ""):
         if "\n" in value or "\r" in value or not value.isascii():
             raise ValueError(f"header value {value!r} must be one line of ASCII")
     # Quoted-printable never produces "=_"; a 7bit body is checked for the boundary.
@@ -102,6 +113,10 @@ def compose(
     ]
     if reply_to:
         head.append(f"Reply-To: {reply_to}")
+    if list_id:
+        head.append(f"List-Id: {list_id}")
+    if feedback_id:
+        head.append(f"Feedback-ID: {feedback_id}")
     head += [
         # RFC 8058: an https URL and the one-click POST marker, on every message.
         f"List-Unsubscribe: <{unsubscribe_url}>",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -95,6 +96,7 @@ class SmtpTarget:
     timeout: float = 30.0
     data_timeout: float = 600.0
     tls_context: ssl.SSLContext | None = None
+    helo: str | None = None  # the EHLO name; None: this machine's fully qualified name
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpTarget:
@@ -107,6 +109,7 @@ class SmtpTarget:
             tls=settings.smtp_tls,
             timeout=settings.smtp_timeout,
             data_timeout=settings.smtp_data_timeout,
+            helo=settings.smtp_helo or socket.getfqdn(),
         )
 
 
@@ -141,6 +144,7 @@ class _Client:
             start_tls=target.tls is SmtpTls.starttls,
             timeout=target.timeout,
             tls_context=target.tls_context,
+            local_hostname=target.helo,
         )
 
     async def send(self, sender: str, recipient: str, data: bytes) -> SendError | None:

@@ -18,6 +18,7 @@ class Caught:
     sender: str
     recipient: str
     data: bytes
+    helo: str = ""  # the name the client gave in EHLO
 
     @property
     def message(self) -> EmailMessage:
@@ -61,7 +62,12 @@ class RecordingHandler:
         with self.lock:
             for rcpt in envelope.rcpt_tos:
                 self.caught.append(
-                    Caught(str(envelope.mail_from), rcpt, envelope.original_content or b"")
+                    Caught(
+                        str(envelope.mail_from),
+                        rcpt,
+                        envelope.original_content or b"",
+                        str(session.host_name or ""),
+                    )
                 )
         return "250 OK"
 
