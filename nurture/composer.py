@@ -50,6 +50,7 @@ class Composer:
         message_id_domain: str | None = None,
         dkim: DkimSigner | None = None,
         feedback_id: str | None = None,
+        bounce_address: str | None = None,
     ) -> None:
         self.catalog = catalog
         self.renderer = renderer
@@ -58,6 +59,7 @@ class Composer:
         self.message_id_domain = message_id_domain
         self.dkim = dkim
         self.feedback_id = feedback_id
+        self.bounce_address = bounce_address
 
     def compose(self, row: OutgoingRow, now: datetime) -> tuple[Composed, str, list[Link]]:
         """Render and compose one claimed message; NotLoaded when its sequence, step or
@@ -102,6 +104,11 @@ class Composer:
         if row.kind.is_step:
             clock = engine.delivery_clock(step)
             delivery = Delivery(row.enrollment_id, row.step_id, row.visit, clock)
+        if self.bounce_address:
+            # VERP: a bounce sent to this address names its message even when the report
+            # carries none of the original's headers.
+            token = self.signer.make(TokenKind.bounce, row.id)
+            envelope_from = self.bounce_address.format(token=token)
         composed = Composed(
             row.id,
             row.enrollment_id,

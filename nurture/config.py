@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     dkim_private_key_file: str | None = None
     dkim_domain: str | None = None  # the d= domain; unset: each sequence's From domain
     feedback_id: str | None = None  # Gmail's Feedback-ID header, e.g. "nurture:acme"
+    # VERP: every message's envelope sender, e.g. "bounces+{token}@acme.example"
+    bounce_address: str | None = None
     smtp_connections: int = Field(default=4, ge=1, le=100)
     catcher_port: int = Field(default=0, ge=0, le=65535)
 
@@ -144,7 +146,7 @@ class Settings(BaseSettings):
         assert self.base_url is not None
         return self.base_url
 
-    @field_validator("reply_address")
+    @field_validator("reply_address", "bounce_address")
     @classmethod
     def _reply_address(cls, value: str | None) -> str | None:
         if value is not None and ("{token}" not in value or "@" not in value):

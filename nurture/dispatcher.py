@@ -61,6 +61,7 @@ class DispatchPolicy:
     message_id_domain: str | None = None
     dkim: DkimSigner | None = None
     feedback_id: str | None = None
+    bounce_address: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchPolicy:
@@ -77,6 +78,7 @@ class DispatchPolicy:
             message_id_domain=settings.message_id_domain,
             dkim=DkimSigner.from_settings(settings),
             feedback_id=settings.feedback_id,
+            bounce_address=settings.bounce_address,
         )
 
 
@@ -114,6 +116,7 @@ class Dispatcher:
             message_id_domain=policy.message_id_domain,
             dkim=policy.dkim,
             feedback_id=policy.feedback_id,
+            bounce_address=policy.bounce_address,
         )
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.stopping = threading.Event()

@@ -64,11 +64,31 @@ class Inbox:
     journey: Journey
     signer: Signer
     reply_address: str | None = None  # e.g. replies+{token}@acme.example
+    bounce_address: str | None = None  # e.g. bounces+{token}@acme.example (VERP)
     max_bytes: int = MAX_INBOUND_BYTES
 
     def __post_init__(self) -> None:
         pattern = self.reply_address
         self._reply_pattern = _reply_regex(pattern) if pattern else None
+        bounce = self.bounce_address
+        self._bounce_pattern = _reply_regex(bounce) if bounce else None
+
+    def _verp(self, tx: Tx, mail: InboundMail) -> MessageRow | None:
+        """The message whose envelope sender (VERP) a report was sent back to."""
+        if self._bounce_pattern is None:
+            return None
+        for address in mail.recipients:
+            found = self._bounce_pattern.fullmatch(address)
+            if found is None:
+                continue
+            try:
+                token = self.signer.read(found.group(1), TokenKind.bounce)
+            except TokenError:
+                continue
+            message = tx.outbox.get(token.message_id)
+            if message is not None:
+                return message
+        return None
 
     def receive(
         self, raw: bytes, *, now: datetime, source: InboundSource, trusted: bool = False
@@ -274,8 +294,8 @@ class Inbox:
     def _report(self, tx: Tx, mail: InboundMail, *, now: datetime, trusted: bool) -> InboundResult:
         """A delivery report or an abuse report: find whom it is about, then act."""
         c = mail.classification
-        original = None
-        for header_id in c.original_ids + mail.in_reply_to:
+        original = self._verp(tx, mail)
+        for header_id in [] if original is not None else c.original_ids + mail.in_reply_to:
             number = self.signer.read_message_id(header_id)
             if number is not None and (found := tx.outbox.get(number)) is not None:
                 original = found

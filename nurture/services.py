@@ -143,6 +143,7 @@ def build_services(
             journey=journey,
             signer=signer,
             reply_address=settings.reply_address,
+            bounce_address=settings.bounce_address,
         ),
         subscriptions=Subscriptions(store=store, catalog=catalog, journey=journey, signer=signer),
         events=OutsideEvents(store=store, catalog=catalog, journey=journey),

@@ -29,6 +29,12 @@ class TokenKind(StrEnum):
     unsubscribe = "u"
     open = "o"
     reply = "r"
+    bounce = "b"  # the envelope sender (Return-Path) of one message: VERP
+
+    @property
+    def in_address(self) -> bool:
+        """Tokens that live in an address's local part: lower case, no '-' or '_'."""
+        return self in (TokenKind.reply, TokenKind.bounce)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ class Signer:
 
     @staticmethod
     def _encode(raw: bytes, kind: TokenKind) -> str:
-        if kind is TokenKind.reply:
-            # Reply tokens live in an address's local part: lower case, no '-' or '_'.
+        if kind.in_address:
+            # Reply and bounce tokens live in an address's local part.
             return base64.b32encode(raw).decode().rstrip("=").lower()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -68,7 +74,7 @@ class Signer:
         if not isinstance(token, str) or not 10 <= len(token) <= 64:
             raise TokenError("bad token length")
         try:
-            if kind is TokenKind.reply:
+            if kind.in_address:
                 padded = token.upper() + "=" * (-len(token) % 8)
                 raw = base64.b32decode(padded)
             else:
@@ -81,7 +87,7 @@ class Signer:
             raise TokenError("bad token size")
         # The last character carries unused bits that decoding ignores: accept only the one
         # spelling we issue, so a token has exactly one valid form.
-        if self._encode(raw, kind) != (token.lower() if kind is TokenKind.reply else token):
+        if self._encode(raw, kind) != (token.lower() if kind.in_address else token):
             raise TokenError("non-canonical token")
         payload, sig = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
         if not hmac.compare_digest(sig, self._sig(payload)):

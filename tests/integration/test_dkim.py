@@ -144,3 +144,37 @@ def test_keygen_writes_a_key_and_prints_the_record(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_a_bounce_to_the_verp_address_finds_its_message_without_any_header(
+    make_world: MakeWorld,
+) -> None:
+    world: World = make_world(bounce_address="bounces+{token}@acme.example")
+    world.subscribe("gone@example.com", confirmed=True)
+    world.tick()
+    [mail] = world.smtp.to("gone@example.com")
+    assert mail.sender.startswith("bounces+") and mail.sender.endswith("@acme.example")
+    assert mail.message["From"].endswith("<ada@acme.example>")  # the From is unchanged
+    # A DSN that kept none of the original's headers (no Message-ID, nothing quoted).
+    dsn = (
+        f"From: MAILER-DAEMON@mx.example.com\nTo: {mail.sender}\nSubject: Undelivered Mail\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nThe mail could not be delivered.\n\n"
+        "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n"
+        "Final-Recipient: rfc822; gone@example.com\nAction: failed\nStatus: 5.1.1\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user\n\n--b--\n"
+    ).encode()
+    from nurture.vocabulary import InboundSource, InboundStatus, SubscriberStatus
+
+    result = world.services.inbox.receive(dsn, now=world.clock.now(), source=InboundSource.webhook)
+    assert result.status is InboundStatus.bounce, result
+    with world.services.store.transaction() as tx:
+        person = tx.subscribers.by_email("gone@example.com")
+    assert person is not None and person.status is SubscriberStatus.bounced
+    # A forged VERP address ties nothing to anyone.
+    forged = dsn.replace(mail.sender.encode(), b"bounces+aaaaaaaaaaaaaaaaaaaaaaaaaa@acme.example")
+    other = world.services.inbox.receive(
+        forged, now=world.clock.now(), source=InboundSource.webhook
+    )
+    assert other.status is InboundStatus.unmatched
