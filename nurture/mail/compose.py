@@ -27,15 +27,20 @@ def address_of(display: str) -> str:
     return parseaddr(display)[1]
 
 
+def _phrase(name: str) -> str:
+    """A display name as a header phrase: quoted ASCII, or an encoded word."""
+    if name.isascii():
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}"'
+    return str(Header(name, "utf-8").encode())
+
+
 @lru_cache(maxsize=256)
 def _from_header(sender: str) -> str:
     ((name, addr),) = getaddresses([sender])
     if not name:
         return addr
-    if name.isascii():
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{quoted}" <{addr}>'
-    return f"{Header(name, 'utf-8').encode()} <{addr}>"
+    return f"{_phrase(name)} <{addr}>"
 
 
 @lru_cache(maxsize=4096)
@@ -79,8 +84,8 @@ def list_id(name: str, sequence_id: str, domain: str) -> str:
     """RFC 2919: ``"Name" <sequence.domain>``, one list per sequence (Gmail groups and
     lets people leave by it)."""
     label = re.sub(r"[^A-Za-z0-9-]", "-", sequence_id).strip("-").lower() or "list"
-    phrase = _from_header(f"{name} <x@x>").rsplit(" <", 1)[0]
-    return f"{phrase} <{label}.{domain or 'nurture.local'}>"
+    one_line = " ".join(name.split())
+    return f"{_phrase(one_line)} <{label}.{domain or 'nurture.local'}>"
 
 
 def compose(

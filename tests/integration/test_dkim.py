@@ -178,3 +178,13 @@ def test_a_bounce_to_the_verp_address_finds_its_message_without_any_header(
         forged, now=world.clock.now(), source=InboundSource.webhook
     )
     assert other.status is InboundStatus.unmatched
+
+
+def test_list_id_quotes_any_sequence_name() -> None:
+    from nurture.mail.compose import list_id
+
+    assert list_id("Confirm, then a pause", "delayed", "acme.example") == (
+        '"Confirm, then a pause" <delayed.acme.example>'
+    )
+    assert list_id('Say "hi"', "Trial_2", "acme.example") == '"Say \\"hi\\"" <trial-2.acme.example>'
+    assert list_id("Grüße", "de", "acme.example").startswith("=?utf-8?")
