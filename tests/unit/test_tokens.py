@@ -19,17 +19,17 @@ B32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 def alphabet_of(kind: TokenKind) -> str:
-    return B32_ALPHABET if kind is TokenKind.reply else B64_ALPHABET
+    return B32_ALPHABET if kind.in_address else B64_ALPHABET
 
 
 def raw_bytes(token: str, kind: TokenKind) -> bytes:
-    if kind is TokenKind.reply:
+    if kind.in_address:
         return base64.b32decode(token.upper() + "=" * (-len(token) % 8))
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
 
 
 def encode(raw: bytes, kind: TokenKind) -> str:
-    if kind is TokenKind.reply:
+    if kind.in_address:
         return base64.b32encode(raw).decode().rstrip("=").lower()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -242,7 +242,7 @@ def test_mangled_real_tokens_only_raise_token_error(
         return
     # A token has one spelling (reply tokens: in any case), so only the untouched token decodes.
     assert result == Token(kind, 987_654, 3)
-    if kind is TokenKind.reply:
+    if kind.in_address:
         assert mangled.lower() == token
     else:
         assert mangled == token
