@@ -217,7 +217,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - validate renders every subject; show it as written
             return source
 
-    runs = [simulate(sequence, p, conditions=conditions, subject=subject) for p in personas]
+    runs = [simulate(sequence, p, conditions=conditions, render=subject) for p in personas]
     if args.json:
         body = {"personas": [r.to_json() for r in runs], "notes": warnings(sequence, runs)}
         print(json.dumps(body, indent=2))

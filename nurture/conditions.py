@@ -11,6 +11,7 @@ with a number, say) is false, and the skip records why.
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -91,6 +92,4 @@ def condition_problems(catalog: Catalog, conditions: Conditions) -> list[Problem
 
 def make_environment_for_strings() -> Sandbox:
     """A sandbox with no templates directory (conditions need none)."""
-    from pathlib import Path
-
     return make_environment(Path("."))

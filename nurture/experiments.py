@@ -98,7 +98,7 @@ class Experiments:
         """The one look, once the threshold is reached: the stored verdict; None before."""
         rule = step.pick_winner
         assert rule is not None
-        tallies = [t for t in tx.answers.tallies(sequence.id) if t.step_id == step.id]
+        tallies = tx.answers.tallies(sequence.id, step.id)
         sent = sum(t.sent for t in tallies)
         if rule.after_sent is not None and sent < rule.after_sent:
             return None

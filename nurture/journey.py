@@ -141,11 +141,12 @@ class Journey:
         return [(i, by_id[row.id], send, variant) for i, row, send, variant in made]
 
     def _admits(self, item: DueRow) -> engine.Admits:
-        """A step's ``when:`` for the person of a due enrollment, as they are now."""
-        person = subscriber_context(item.email, item.fields, item.tags)
+        """A step's ``when:`` for the person of a due enrollment, as they are now (their
+        context is built only for a step that has a condition: not on every due row)."""
 
         def admits(step: Step) -> tuple[bool, str]:
             assert step.when is not None
+            person = subscriber_context(item.email, item.fields, item.tags)
             return self.conditions.holds(step.when, person)
 
         return admits

@@ -129,11 +129,10 @@ def simulate(
     *,
     sample: dict[str, Any] | None = None,
     conditions: Conditions | None = None,
-    subject: Callable[[str, dict[str, Any]], str] | None = None,
+    render: Callable[[str, dict[str, Any]], str] | None = None,
 ) -> Run:
     """One persona through ``sequence``, from subscribing (not yet confirmed) to the end."""
     conditions = conditions or Conditions()
-    render = subject
     fields, listed = sample_person(sequence)
     if sample is not None:
         fields = dict(sample)

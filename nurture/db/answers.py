@@ -4,7 +4,7 @@ A/B variant it was, and the verdicts of A/B tests once one picked its winner."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ from sqlalchemy import Connection, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from nurture.db.models import CONTROL, MESSAGES
-from nurture.vocabulary import MessageKind, MessageStatus, YesBy
+from nurture.vocabulary import MessageKind, YesBy
 
 __all__ = ["StepTally", "AnswerStore"]
 
@@ -21,18 +21,17 @@ C = CONTROL.c
 STEP = str(MessageKind.STEP)
 
 
-@dataclass(frozen=True)
+@dataclass
 class StepTally:
-    """Per sequence, step and variant: step emails sent, and the yeses they got by kind and
-    by answer."""
+    """Per sequence, step and variant: step emails sent, the yeses they got, and by which
+    answer."""
 
     sequence_id: str
     step_id: str
     variant: str | None
-    sent: int
-    yes: int
-    by: dict[str, int]
-    answers: dict[str, int]
+    sent: int = 0
+    yes: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
 
 
 def _winner_key(sequence_id: str, step_id: str) -> str:
@@ -95,48 +94,30 @@ class AnswerStore:
         found: str | None = self._conn.scalar(q.limit(1))
         return found
 
-    def tallies(
-        self, sequence_id: str | None = None, since: datetime | None = None
-    ) -> list[StepTally]:
-        """Sent and yes per sequence, step and variant, with yes by kind and by answer: one
-        aggregate query over the step emails (the index on sequence and step)."""
-        keys = (M.sequence_id, M.step_id, M.variant, M.yes_by, M.answer)
-        sent = func.count().filter(M.status == MessageStatus.sent.value)
-        # A yes counts only on an email that went out: an event can answer a step while its
-        # email is still queued, and that email may then never be sent.
-        yes = func.count(M.yes_at).filter(M.sent_at.is_not(None))
-        q = select(*keys, sent, yes).where(M.kind == STEP).group_by(*keys)
-        if sequence_id is not None:
-            q = q.where(M.sequence_id == sequence_id)
-        if since is not None:
-            q = q.where(M.created_at >= since)
-        out: dict[tuple[str, str, str | None], StepTally] = {}
-        for seq, step, variant, by, answer, n_sent, n_yes in self._conn.execute(q):
-            key = (seq, step, variant)
-            tally = out.get(key) or StepTally(seq, step, variant, 0, 0, {}, {})
-            tally = StepTally(
-                seq, step, variant, tally.sent + n_sent, tally.yes + n_yes, tally.by, tally.answers
-            )
-            if by is not None and n_yes:
-                tally.by[by] = tally.by.get(by, 0) + n_yes
-            if answer is not None and n_yes:
-                tally.answers[answer] = tally.answers.get(answer, 0) + n_yes
-            out[key] = tally
-        return list(out.values())
+    def tallies(self, sequence_id: str, step_id: str) -> list[StepTally]:
+        """Sent and yes per variant of one step (an A/B test's one look): one aggregate query
+        along the index on sequence and step. ``nurture report`` reads every step at once
+        instead (``FunnelStore.scan``)."""
+        went = M.sent_at.is_not(None)
+        q = (
+            select(M.variant, func.count().filter(went), func.count(M.yes_at).filter(went))
+            .where(M.sequence_id == sequence_id, M.step_id == step_id, M.kind == STEP)
+            .group_by(M.variant)
+        )
+        return [
+            StepTally(sequence_id, step_id, variant, int(sent), int(yes))
+            for variant, sent, yes in self._conn.execute(q)
+        ]
 
     def yes_times(self, sequence_id: str, step_id: str) -> dict[str | None, list[float]]:
         """Seconds from each step email's delivery to its yes, per variant (an A/B step's
         report; one row per yes of that step)."""
-        q = select(M.variant, M.sent_at, M.yes_at).where(
-            M.sequence_id == sequence_id,
-            M.step_id == step_id,
-            M.kind == STEP,
-            M.yes_at.is_not(None),
-            M.sent_at.is_not(None),
+        q = select(M.variant, M.yes_seconds).where(
+            M.sequence_id == sequence_id, M.step_id == step_id, M.yes_seconds.is_not(None)
         )
         out: dict[str | None, list[float]] = {}
-        for variant, sent_at, yes_at in self._conn.execute(q):
-            out.setdefault(variant, []).append(max(0.0, (yes_at - sent_at).total_seconds()))
+        for variant, seconds in self._conn.execute(q):
+            out.setdefault(variant, []).append(float(seconds))
         return out
 
     def first_sent(self, sequence_id: str, step_id: str) -> datetime | None:

@@ -97,12 +97,9 @@ class FunnelStore:
             f.timed += seconds
             if by is not None and yes:
                 f.by[by] = f.by.get(by, 0) + yes
-            t = tallies.setdefault(
-                (seq, step, variant), StepTally(seq, step, variant, 0, 0, {}, {})
-            )
-            tallies[(seq, step, variant)] = StepTally(
-                seq, step, variant, t.sent + sent, t.yes + yes, t.by, t.answers
-            )
+            t = tallies.setdefault((seq, step, variant), StepTally(seq, step, variant))
+            t.sent += sent
+            t.yes += yes
             if answer is not None and yes:
                 t.answers[answer] = t.answers.get(answer, 0) + yes
         for seq, steps in out.items():

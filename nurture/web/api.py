@@ -19,6 +19,7 @@ from starlette.responses import (
 
 from nurture.errors import SubscribeError, SubscribeRefused
 from nurture.mail.inbound import MAX_INBOUND_BYTES
+from nurture.people import clean_tags
 from nurture.subscriptions import SubscribeResult
 from nurture.vocabulary import InboundSource, InboundStatus, SubscriberStatus
 from nurture.web.body import BodyError, read_body, read_payload
@@ -110,7 +111,7 @@ async def subscribe_post(request: Request) -> Response:
                 email=data.get("email"),
                 sequence_id=data.get("sequence"),
                 fields=fields,
-                tags=_tags(data.get("tags")),
+                tags=clean_tags(data.get("tags")),  # a list, or text split on ';'
                 now=s.clock.now(),
                 trusted=False,
             )
@@ -144,17 +145,6 @@ async def subscribe_post(request: Request) -> Response:
     if request.app.state.outbox is not None and result.created:
         text += " (It is in the outbox.)"
     return HTMLResponse(page("message.html", title=title, text=text), status_code=status)
-
-
-def _tags(raw: Any) -> list[str]:
-    from nurture.people import clean_tags
-
-    try:
-        return clean_tags(raw)
-    except SubscribeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any odd value is the sender's mistake
-        raise SubscribeError(f"tags: {exc}") from None
 
 
 def _told(result: SubscribeResult) -> tuple[str, str]:

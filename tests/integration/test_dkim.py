@@ -95,27 +95,16 @@ def test_a_half_done_dkim_setup_is_a_clear_error(make_world: MakeWorld, tmp_path
         make_world(dkim_selector="s1", dkim_private_key_file=str(bad))
 
 
+def keygen_command(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["dkim", "keygen", "--selector", "s2", "--domain", "acme.example", "--out", str(out)]
+    return subprocess.run(
+        [str(NURTURE), *args, *extra], capture_output=True, text=True, timeout=60, cwd=out.parent
+    )
+
+
 def test_keygen_writes_a_key_and_prints_the_record(tmp_path: Path) -> None:
     out = tmp_path / "s2.pem"
-    r = subprocess.run(
-        [
-            str(NURTURE),
-            "dkim",
-            "keygen",
-            "--selector",
-            "s2",
-            "--domain",
-            "acme.example",
-            "--algorithm",
-            "ed25519",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    r = keygen_command(out, "--algorithm", "ed25519")
     assert r.returncode == 0, r.stderr
     assert "s2._domainkey.acme.example. IN TXT" in r.stdout and "k=ed25519; p=" in r.stdout
     assert oct(out.stat().st_mode & 0o777) == "0o600"
@@ -126,23 +115,7 @@ def test_keygen_writes_a_key_and_prints_the_record(tmp_path: Path) -> None:
     )
     record = dns_record(load_key(out)).encode()
     assert dkim.verify(signed.replace(b"\n", b"\r\n"), dnsfunc=lambda name, timeout=5: record)
-    again = subprocess.run(
-        [
-            str(NURTURE),
-            "dkim",
-            "keygen",
-            "--selector",
-            "s2",
-            "--domain",
-            "acme.example",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    again = keygen_command(out)
     assert again.returncode == 1 and "exists" in again.stderr
 
 
