@@ -177,6 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with services.store.transaction() as tx:
         rows = tx.reports.status_counts()
         messages = tx.reports.message_counts()
+        waiting = tx.reports.waiting_counts()
         inbound = tx.inbound.counts()
         pause = tx.control.pause()
         clicks: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
@@ -220,6 +221,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {left or '-'}"
             )
     print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
+    if waiting:
+        why = {"window": "their send window", "cap": "the per-person cap", "pace": "pacing"}
+        print(
+            "  queued, waiting for "
+            + ", ".join(f"{why.get(k, k)} {v}" for k, v in sorted(waiting.items()))
+        )
     if pause is not None:
         print(
             f"SENDING PAUSED since {pause.since:%Y-%m-%d %H:%M:%S} UTC: {pause.reason}\n"

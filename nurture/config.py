@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     # VERP: every message's envelope sender, e.g. "bounces+{token}@acme.example"
     bounce_address: str | None = None
     smtp_connections: int = Field(default=4, ge=1, le=100)
+    # Send windows read a person's `timezone` field; without one (or a bad one), this zone.
+    default_timezone: str = "UTC"
+    # At most this many emails to one person per day / per week (their local calendar),
+    # across all sequences; confirmations are exempt. Unset: no cap.
+    max_emails_per_day: int | None = Field(default=None, ge=1)
+    max_emails_per_week: int | None = Field(default=None, ge=1)
+    # Pacing: "gmail.com+googlemail.com=20/s,outlook.com=10/s,*=50/s" (per receiving domain,
+    # for the whole deployment) and a global ceiling such as "100/s". Unset: no limit.
+    domain_rates: str | None = None
+    max_rate: str | None = None
     catcher_port: int = Field(default=0, ge=0, le=65535)
 
     secret_key: str | None = None
@@ -153,6 +163,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must be an address holding {token}, e.g. replies+{token}@acme.example"
             )
+        return value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from nurture.sendtimes import zone_named
+
+        if zone_named(value) is None:
+            raise ValueError("must be an IANA time zone name such as Europe/Paris")
+        return value
+
+    @field_validator("domain_rates", "max_rate")
+    @classmethod
+    def _rates(cls, value: str | None, info: Any) -> str | None:
+        from nurture.pacing import parse_rate, parse_rates
+
+        if value is not None:
+            parse_rate(value) if info.field_name == "max_rate" else parse_rates(value)
         return value
 
     @field_validator("log_level")

@@ -24,20 +24,19 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from nurture.clock import Clock
 from nurture.composer import Composed, Composer, NotLoaded
-from nurture.config import Settings
 from nurture.db.messages import OutgoingRow
 from nurture.db.store import Store
 from nurture.handover import Handover
 from nurture.journey import ORPHAN_RETRY, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
-from nurture.mail.dkim import DkimSigner
 from nurture.mail.render import Renderer
 from nurture.mail.send import NotStarted, Transport
+from nurture.pacing import Pacer
+from nurture.sendpolicy import DispatchPolicy
 from nurture.sequences import Catalog
 from nurture.tokens import Signer
 from nurture.vocabulary import Link
@@ -45,41 +44,6 @@ from nurture.vocabulary import Link
 __all__ = ["Dispatcher", "DispatchPolicy"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DispatchPolicy:
-    batch_size: int = 200
-    retry_base: timedelta = timedelta(seconds=30)
-    retry_max: timedelta = timedelta(hours=1)
-    max_attempts: int = 12
-    unknown_retry: timedelta = timedelta(minutes=10)
-    breaker_failures: int = 20
-    pause: timedelta = timedelta(minutes=5)
-    pause_max: timedelta = timedelta(hours=1)
-    reply_address: str | None = None
-    message_id_domain: str | None = None
-    dkim: DkimSigner | None = None
-    feedback_id: str | None = None
-    bounce_address: str | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DispatchPolicy:
-        return cls(
-            batch_size=settings.batch_size,
-            retry_base=timedelta(seconds=settings.retry_base_seconds),
-            retry_max=timedelta(seconds=settings.retry_max_seconds),
-            max_attempts=settings.retry_max_attempts,
-            unknown_retry=timedelta(seconds=settings.unknown_retry_seconds),
-            breaker_failures=settings.breaker_failures,
-            pause=timedelta(seconds=settings.pause_seconds),
-            pause_max=timedelta(seconds=settings.pause_max_seconds),
-            reply_address=settings.reply_address,
-            message_id_domain=settings.message_id_domain,
-            dkim=DkimSigner.from_settings(settings),
-            feedback_id=settings.feedback_id,
-            bounce_address=settings.bounce_address,
-        )
 
 
 class Dispatcher:
@@ -106,7 +70,10 @@ class Dispatcher:
         self.clock = clock
         self.policy = policy
         self.worker = worker
-        self.ledger = SendLedger(store, journey, clock, policy, worker, rng or random.Random())
+        self.pacer = Pacer(policy.domain_rates, policy.max_rate)
+        self.ledger = SendLedger(
+            store, journey, clock, policy, worker, rng or random.Random(), pacer=self.pacer
+        )
         self.handover = Handover(self)
         self.composer = Composer(
             catalog=catalog,
@@ -128,7 +95,9 @@ class Dispatcher:
         other = copy.copy(self)
         other.transport = transport
         other.worker = worker
-        other.ledger = SendLedger(self.store, self.journey, self.clock, self.policy, worker)
+        other.ledger = SendLedger(
+            self.store, self.journey, self.clock, self.policy, worker, pacer=self.pacer
+        )
         other.handover = Handover(other)
         other.timings = defaultdict(float)
         other.stopping = threading.Event()
@@ -261,6 +230,9 @@ class Dispatcher:
     async def _send(self, rows: Sequence[OutgoingRow]) -> int:
         """Render, send and record claimed messages; returns how many were handed to SMTP."""
         ready = await asyncio.to_thread(self._render, rows)
+        turns: dict[int, float] = {}
+        if self.pacer.active and ready:
+            ready = await self._paced(ready, turns)
         if not ready:
             return 0
         waiting = deque(ready)
@@ -287,6 +259,8 @@ class Dispatcher:
                         nxt = take()
                         ahead = asyncio.ensure_future(ledger.step(Step(done, nxt)))
                         done = None
+                        if allowed and current.id in turns:  # its domain's turn, if not yet
+                            await asyncio.sleep(turns[current.id] - time.monotonic())
                         if allowed and self._halted():  # handed off, but stop or pause first
                             done = Outcome(current, NotStarted(f"not started: {self._why()}"))
                         elif allowed:
@@ -328,6 +302,24 @@ class Dispatcher:
         finally:
             self.timings["record"] += self.ledger.seconds - recorded
         return handed
+
+    async def _paced(self, ready: list[Composed], turns: dict[int, float]) -> list[Composed]:
+        """Domain pacing: the emails whose turn comes within a second, in the order of their
+        turns (kept in ``turns``: the monotonic time each may start); the others go back to
+        the queue for about when theirs will come."""
+        kept, later = self.pacer.split(ready, lambda out: out.recipient)
+        if later:
+            now = self.clock.now()
+
+            def defer() -> None:
+                with self.store.transaction() as tx:
+                    for seconds, outs in later.items():
+                        at = now + timedelta(seconds=seconds)
+                        tx.outbox.defer([o.id for o in outs], at=at, worker=self.worker)
+
+            await asyncio.to_thread(defer)
+        turns.update({out.id: at for at, out in kept})
+        return [out for _, out in kept]
 
     def _settle(self, batch: Sequence[Composed], unwritten: list[Outcome]) -> None:
         """After writes kept failing: the outcomes known but not written are written, and the

@@ -55,11 +55,13 @@ class SequenceError(NurtureError):
 class SendError(NurtureError):
     """Sending failed; the dispatcher asks what kind (nurture.mail.send) and the server's code.
     ``signature`` names the refusal without the address, so that the same refusal for many
-    people can be told (the circuit breaker)."""
+    people can be told (the circuit breaker). ``throttled``: the recipient's server asked us
+    to slow down (domain pacing)."""
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         self.code = code
         self.signature: str | None = None
+        self.throttled = False
         super().__init__(message)
 
 

@@ -25,6 +25,7 @@ from nurture.db.store import Tx
 from nurture.db.subscribers import SubscriberRow
 from nurture.engine import ConfirmSubscriber, Decision, Remember, SendEmail, Skipped
 from nurture.experiments import Experiments
+from nurture.sendtimes import SendTimes
 from nurture.sequences import Catalog, Sequence, Step
 from nurture.vocabulary import (
     EnrollmentStatus,
@@ -65,11 +66,13 @@ class Journey:
         orphan_retry: timedelta = ORPHAN_RETRY,
         conditions: Conditions | None = None,
         experiments: Experiments | None = None,
+        send_times: SendTimes | None = None,
     ) -> None:
         self.catalog = catalog
         self.orphan_retry = orphan_retry
         self.conditions = conditions or Conditions()
         self.experiments = experiments or Experiments()
+        self.send_times = send_times or SendTimes()
 
     # -- entering ------------------------------------------------------------------------
 
@@ -339,22 +342,22 @@ class Journey:
             for action in d.actions
             if isinstance(action, SendEmail)
         ]
-        ids = tx.outbox.add(
-            [
-                NewMessage(
-                    row.id,
-                    row.subscriber_id,
-                    row.sequence_id,
-                    a.step_id,
-                    a.visit,
-                    a.kind,
-                    variant=variant,
-                )
-                for row, a, variant in sends
-            ],
-            now=now,
-            claimed_by=worker,
-        )
+        later = self.send_times.later(tx, self.catalog, [(r, a) for r, a, _ in sends], now=now)
+        news = [
+            NewMessage(
+                row.id,
+                row.subscriber_id,
+                row.sequence_id,
+                a.step_id,
+                a.visit,
+                a.kind,
+                variant=variant,
+                not_before=when[0] if when else None,
+                waiting=when[1] if when else None,
+            )
+            for (row, a, variant), when in zip(sends, later, strict=True)
+        ]
+        ids = tx.outbox.add(news, now=now, claimed_by=worker)
         for row, d in decisions:
             for action in d.actions:
                 if isinstance(action, Remember):
@@ -375,7 +378,12 @@ class Journey:
                     )
             if any(isinstance(a, ConfirmSubscriber) for a in d.actions):
                 self.confirm(tx, row.subscriber_id, now=now)
-        return [(i, row, a, v) for i, (row, a, v) in zip(ids, sends, strict=True)]
+        # What goes now (claimed by ``worker``, if any); the rest waits in the queue.
+        return [
+            (i, row, a, v)
+            for i, (row, a, v), when in zip(ids, sends, later, strict=True)
+            if when is None
+        ]
 
     def _variant(self, tx: Tx, row: EnrollmentRow, send: SendEmail, *, now: datetime) -> str | None:
         found = self.catalog.locate(row.sequence_id, send.step_id)

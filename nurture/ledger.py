@@ -34,11 +34,12 @@ from nurture.db.store import Store, Tx
 from nurture.errors import PermanentSendError, SendError
 from nurture.journey import Journey
 from nurture.mail.send import Bounce, NotStarted, OutcomeUnknown, Rejected, RelayRefused
+from nurture.pacing import Pacer
 from nurture.vocabulary import EventKind, ExitReason, SubscriberStatus
 
 if TYPE_CHECKING:
     from nurture.composer import Composed
-    from nurture.dispatcher import DispatchPolicy
+    from nurture.sendpolicy import DispatchPolicy
 
 __all__ = ["Outcome", "Step", "SendLedger", "GroupCommit", "Breaker", "why_not_send", "backoff"]
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 WRITE_ATTEMPTS = 4
 PAUSE_READ_SECONDS = 1.0  # how stale this worker's view of another one's pause may be
+PACE_RETRY_SECONDS = 5.0  # the soonest an email a receiver asked us to slow down is retried
 
 
 def why_not_send(row: ClaimedRow) -> str | None:
@@ -166,6 +168,7 @@ class SendLedger:
     policy: DispatchPolicy
     worker: str
     rng: random.Random = field(default_factory=random.Random)
+    pacer: Pacer = field(default_factory=Pacer)
     paused: bool = False  # no new message may start: a refusal of us was just seen
     pause_exists: bool = False  # a pause is recorded (maybe run out): a success clears it
     seconds: float = 0.0  # time spent writing, for the dispatcher's timings
@@ -259,6 +262,19 @@ class SendLedger:
             self._unknown(tx, out, err, now=now)
         elif isinstance(err, NotStarted):
             tx.outbox.mark_retry(out.id, at=now, error=str(err), uncount=True, worker=self.worker)
+        elif err.throttled and self.pacer.throttled(out.recipient) is not None:
+            # The recipient's domain asks us to slow down and its pace just halved: this
+            # email waits for its next turn there; a busy receiver is nobody's fault, so
+            # the attempt does not count towards giving up.
+            wait = max(PACE_RETRY_SECONDS, self.pacer.later(out.recipient))
+            tx.outbox.mark_retry(
+                out.id,
+                at=now + timedelta(seconds=wait * self.rng.uniform(1, 1.5)),
+                error=str(err),
+                uncount=True,
+                worker=self.worker,
+                waiting="pace",
+            )
         elif err.code is not None and out.attempts >= self.policy.max_attempts:
             # Only a recipient's 4xx runs out of attempts; an unreachable server is retried
             # until it comes back, so a dead SMTP server loses nothing.

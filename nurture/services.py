@@ -12,7 +12,7 @@ from nurture.conditions import Conditions, condition_problems
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
 from nurture.db.store import Store
-from nurture.dispatcher import Dispatcher, DispatchPolicy
+from nurture.dispatcher import Dispatcher
 from nurture.errors import SequenceError
 from nurture.experiments import Experiments
 from nurture.inbox import Inbox
@@ -21,6 +21,8 @@ from nurture.mail.render import Renderer, sample_problems
 from nurture.mail.sandbox import Limits, Sandbox, make_environment
 from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
 from nurture.outside import OutsideEvents
+from nurture.sendpolicy import DispatchPolicy
+from nurture.sendtimes import Caps, SendTimes
 from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
@@ -108,6 +110,10 @@ def build_services(
         catalog,
         conditions=Conditions(env),
         experiments=Experiments(min_sent=settings.ab_min_sent),
+        send_times=SendTimes(
+            default_zone=settings.default_timezone,
+            caps=Caps(settings.max_emails_per_day, settings.max_emails_per_week),
+        ),
     )
     renderer = build_renderer(settings, env, signer)
     policy = ClickPolicy(

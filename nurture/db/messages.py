@@ -24,6 +24,7 @@ __all__ = [
     "OutgoingRow",
     "ClaimedRow",
     "message_row",
+    "new_message_values",
     "links_from_json",
     "links_to_json",
 ]
@@ -40,6 +41,9 @@ class NewMessage:
     visit: int
     kind: MessageKind
     variant: str | None = field(default=None, kw_only=True)  # its A/B variant, if any
+    # Not before then, and why (a send window, the per-person cap): None goes at once.
+    not_before: datetime | None = field(default=None, kw_only=True, compare=False)
+    waiting: str | None = field(default=None, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,30 @@ def message_row(r: Any) -> MessageRow:
         sent_at=r.sent_at,
         variant=r.variant,
     )
+
+
+def new_message_values(m: NewMessage, *, now: datetime, claimed_by: str | None) -> dict[str, Any]:
+    """The row of a message decided on now: claimed for ``claimed_by`` if given, else
+    queued; queued for later, nobody's claim, when it waits (a send window, the cap)."""
+    if m.not_before is not None and m.not_before > now:
+        status, attempts, worker, due = MessageStatus.queued, 0, None, m.not_before
+    elif claimed_by is not None:
+        status, attempts, worker, due = MessageStatus.sending, 1, claimed_by, now
+    else:
+        status, attempts, worker, due = MessageStatus.queued, 0, None, now
+    return {
+        "enrollment_id": m.enrollment_id,
+        "subscriber_id": m.subscriber_id,
+        "sequence_id": m.sequence_id,
+        "step_id": m.step_id,
+        "visit": m.visit,
+        "kind": str(m.kind),
+        "variant": m.variant,
+        "links": [],
+        "created_at": now,
+        "status": status.value,
+        "attempts": attempts,
+        "claimed_by": worker,
+        "next_attempt_at": due,
+        "waiting": m.waiting if due > now else None,
+    }

@@ -163,6 +163,10 @@ class Message(Base):
     after_reminder: Mapped[bool | None] = mapped_column(Boolean)
     clicked_at: Mapped[datetime | None] = mapped_column(When)
     bot_clicks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why a queued message is due later than it was decided: "window" (its send window in
+    # the person's time), "cap" (their emails per day/week), "pace" (its receiving domain's
+    # rate). Cleared when it is claimed for sending.
+    waiting: Mapped[str | None] = mapped_column(String(8))
 
 
 class Event(Base):

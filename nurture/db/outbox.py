@@ -28,6 +28,7 @@ from nurture.db.messages import (
     OutgoingRow,
     links_to_json,
     message_row,
+    new_message_values,
 )
 from nurture.db.models import ENROLLMENTS, MESSAGES, SUBSCRIBERS, WORKERS
 from nurture.vocabulary import EnrollmentStatus, Link, MessageKind, MessageStatus, SubscriberStatus
@@ -184,31 +185,11 @@ class OutboxStore:
     ) -> list[int]:
         """Record messages (record before send: the caller commits before anything is sent);
         their ids, in order. With ``claimed_by`` they are claimed for that worker at once, so
-        it sends them without looking for them again. Two statements for a whole batch."""
+        it sends them without looking for them again; one due later (``not_before``) waits in
+        the queue. Two statements for a whole batch."""
         if not messages:
             return []
-        claimed = claimed_by is not None
-        common: dict[str, Any] = {
-            "status": (MessageStatus.sending if claimed else MessageStatus.queued).value,
-            "attempts": 1 if claimed else 0,
-            "claimed_by": claimed_by,
-            "next_attempt_at": now,
-            "links": [],
-            "created_at": now,
-        }
-        rows = [
-            {
-                "enrollment_id": m.enrollment_id,
-                "subscriber_id": m.subscriber_id,
-                "sequence_id": m.sequence_id,
-                "step_id": m.step_id,
-                "visit": m.visit,
-                "kind": str(m.kind),
-                "variant": m.variant,
-                **common,
-            }
-            for m in messages
-        ]
+        rows = [new_message_values(m, now=now, claimed_by=claimed_by) for m in messages]
         self._conn.execute(insert(MESSAGES), rows)
         # The new rows' ids, by their unique key (a plain executemany, then one SELECT:
         # INSERT ... RETURNING in parameter order costs one statement per row on SQLite).
@@ -248,6 +229,7 @@ class OutboxStore:
             handed_at=None,
             next_attempt_at=now,
             attempts=M.attempts + 1,
+            waiting=None,
         )
 
     def _set(self, message_ids: Sequence[int], **values: Any) -> None:
@@ -312,12 +294,29 @@ class OutboxStore:
         )
 
     def mark_retry(
-        self, message_id: int, *, at: datetime, error: str, worker: str, uncount: bool = False
+        self,
+        message_id: int,
+        *,
+        at: datetime,
+        error: str,
+        worker: str,
+        uncount: bool = False,
+        waiting: str | None = None,
     ) -> None:
         """Send again at ``at``; ``uncount``: the attempt was not the message's (never
-        started, or refused because of us), so it does not count towards giving up."""
-        extra = {"attempts": M.attempts - 1} if uncount else {}
+        started, refused because of us, a receiver asking us to slow down), so it does not
+        count towards giving up. ``waiting``: why it waits (``pace``)."""
+        extra: dict[str, Any] = {"attempts": M.attempts - 1} if uncount else {}
+        if waiting is not None:
+            extra["waiting"] = waiting
         self._requeue(message_id, worker, next_attempt_at=at, last_error=error[:2000], **extra)
+
+    def defer(self, message_ids: Sequence[int], *, at: datetime, worker: str) -> None:
+        """Claimed, not started: their domain's pace has no room before ``at``. Queued
+        again for then, the attempt not counted."""
+        if message_ids:
+            mine = and_(M.id.in_(message_ids), M.claimed_by == worker)
+            self._unclaim(mine, now=at, waiting="pace")
 
     def mark_unknown(self, message_id: int, *, at: datetime, error: str, worker: str) -> None:
         """No outcome is known (timed out after the data, connection lost in DATA): sent again
@@ -336,7 +335,7 @@ class OutboxStore:
         if message_ids:
             self._unclaim(M.id.in_(message_ids), now=now)
 
-    def _unclaim(self, which: Any, *, now: datetime) -> int:
+    def _unclaim(self, which: Any, *, now: datetime, **extra: Any) -> int:
         done = self._conn.execute(
             update(MESSAGES)
             .where(which, M.status == MessageStatus.sending.value, M.handed_at.is_(None))
@@ -345,6 +344,7 @@ class OutboxStore:
                 claimed_by=None,
                 next_attempt_at=now,
                 attempts=M.attempts - 1,
+                **extra,
             )
         )
         return int(done.rowcount)
@@ -355,11 +355,13 @@ class OutboxStore:
         return self._unclaim(M.claimed_by == worker, now=now)
 
     def due_now(self, *, until: datetime, now: datetime) -> int:
-        """Queued messages due by ``until`` (held back by a pause) become due now."""
+        """Queued messages due by ``until`` (held back by a pause) become due now; those
+        waiting for their send window or the cap keep waiting."""
         done = self._conn.execute(
             update(MESSAGES)
             .where(
                 M.status == MessageStatus.queued.value,
+                or_(M.waiting.is_(None), M.waiting == "pace"),
                 M.next_attempt_at > now,
                 M.next_attempt_at <= until,
             )

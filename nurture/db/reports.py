@@ -3,6 +3,7 @@ other tables, and one person's messages for `nurture person`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
-from nurture.vocabulary import EnrollmentStatus, EventKind
+from nurture.vocabulary import EnrollmentStatus, EventKind, MessageStatus
 
 __all__ = ["StatusRow", "ReportStore"]
 
@@ -28,9 +29,34 @@ class StatusRow:
     count: int
 
 
+_COUNTED = [s.value for s in (*MessageStatus.open(), MessageStatus.sent)]
+
+
 class ReportStore:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def capped_times(
+        self, subscriber_ids: Sequence[int], *, since: datetime
+    ) -> list[tuple[int, str, str, datetime]]:
+        """(person, sequence, step, when it goes or went) of these people's emails sent,
+        being sent or waiting since ``since``: what the per-person cap counts."""
+        at = func.coalesce(M.sent_at, M.next_attempt_at)
+        q = select(M.subscriber_id, M.sequence_id, M.step_id, at).where(
+            M.subscriber_id.in_(subscriber_ids),
+            M.status.in_(_COUNTED),
+            at >= since,
+        )
+        return [(a, b, c, d) for a, b, c, d in self._conn.execute(q)]
+
+    def waiting_counts(self) -> dict[str, int]:
+        """Queued messages per reason they wait (window, cap, pace)."""
+        q = (
+            select(M.waiting, func.count())
+            .where(M.status == MessageStatus.queued.value, M.waiting.is_not(None))
+            .group_by(M.waiting)
+        )
+        return {str(w): int(n) for w, n in self._conn.execute(q)}
 
     def status_counts(self) -> list[StatusRow]:
         """Enrollments per sequence, step, status and exit reason."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-__all__ = ["Fault", "Reply", "classify", "signature"]
+__all__ = ["Fault", "Reply", "classify", "signature", "throttles"]
 
 Stage = Literal["connect", "mail", "rcpt", "data"]
 
@@ -97,6 +97,23 @@ def classify(stage: Stage, code: int, message: str) -> Fault:
     if not enhanced and code in (550, 551, 553) and _NO_SUCH_ADDRESS.search(reply.text):
         return Fault.recipient
     return Fault.content
+
+
+_SLOW_DOWN = re.compile(
+    r"\brate\b|rate limit|too many|throttl|slow down|unusual (rate|volume)|4\.7\.28\b",
+    re.IGNORECASE,
+)
+
+
+def throttles(stage: Stage, code: int, message: str) -> bool:
+    """Whether a refusal is a receiving domain asking us to slow down: a 421 or 451 once a
+    recipient was named (Gmail's "421 4.7.28 ... unusual rate", Microsoft's "451 4.7.500
+    server busy"), or another 4xx that says so. Not a refusal of us (``Fault.ours``)."""
+    if stage not in ("rcpt", "data") or not 400 <= code < 500:
+        return False
+    if classify(stage, code, message) is Fault.ours:
+        return False
+    return code in (421, 451) or bool(_SLOW_DOWN.search(message))
 
 
 _ADDRESS = re.compile(r"<?[^\s<>@]+@[^\s<>]+>?")

@@ -28,7 +28,7 @@ import aiosmtplib
 
 from nurture.config import Settings, SmtpTls
 from nurture.errors import PermanentSendError, SendError, TemporarySendError
-from nurture.mail.replies import Fault, Stage, classify, signature
+from nurture.mail.replies import Fault, Stage, classify, signature, throttles
 from nurture.metrics import SMTP_CONNECT_ERRORS
 
 __all__ = [
@@ -127,6 +127,7 @@ def _refusal(stage: Stage, code: int, message: str) -> SendError:
     recipients = fault is not Fault.ours and stage in ("rcpt", "data")
     error = kind(text, code=code if recipients else None)
     error.signature = signature(stage, code, message)
+    error.throttled = throttles(stage, code, message)
     return error
 
 

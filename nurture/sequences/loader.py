@@ -7,6 +7,7 @@ the problems of the others. Nothing here touches the database.
 
 from __future__ import annotations
 
+from datetime import time
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
@@ -30,16 +31,19 @@ from nurture.sequences.model import (
     PickWinner,
     Reentry,
     Reminder,
+    SendWindow,
     Sequence,
     Step,
     Timeout,
     Variant,
 )
 from nurture.sequences.schema import (
+    DAYS,
     GotoModel,
     Loc,
     PickWinnerModel,
     ReenterAfterModel,
+    SendWindowModel,
     SequenceModel,
     StepModel,
     clean_loc,
@@ -129,6 +133,15 @@ def _reentry(model: str | ReenterAfterModel) -> Reentry:
     return Reentry("always" if model == "always" else "never")
 
 
+def _window(model: SendWindowModel | None) -> SendWindow | None:
+    if model is None:
+        return None
+    start = time.fromisoformat(model.start)
+    end = None if model.end == "24:00" else time.fromisoformat(model.end)
+    days = frozenset(DAYS.index(d) for d in model.days)
+    return SendWindow(days, start, end, model.spread)
+
+
 def _pick(model: PickWinnerModel | None) -> PickWinner | None:
     if model is None:
         return None
@@ -158,6 +171,7 @@ def _step(s: StepModel, line: int | None) -> Step:
         events=tuple(s.events),
         variants=variants,
         pick_winner=_pick(s.pick_winner),
+        send_window=_window(s.send_window),
     )
 
 
@@ -295,6 +309,7 @@ def load_sequence_file(
         sample=tuple(sorted(header.sample.items())),
         confirmed_elsewhere=header.confirmed_elsewhere,
         reenter=_reentry(header.reenter),
+        send_window=_window(header.send_window),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import time, timedelta
 from enum import StrEnum
 from typing import Literal
 
@@ -19,6 +19,7 @@ __all__ = [
     "Variant",
     "PickWinner",
     "Reentry",
+    "SendWindow",
     "Step",
     "Sequence",
     "Catalog",
@@ -81,6 +82,22 @@ class Reentry:
 
 
 @dataclass(frozen=True)
+class SendWindow:
+    """When a step's emails may go out, in the person's own time: on ``days`` (0 is Monday),
+    from ``start`` to ``end`` (``end`` None: midnight). An email due outside it waits for the
+    next opening and goes within its first ``spread``."""
+
+    days: frozenset[int]
+    start: time
+    end: time | None
+    spread: timedelta = timedelta(minutes=10)
+
+    @property
+    def always_open(self) -> bool:
+        return len(self.days) == 7 and self.start == time(0) and self.end is None
+
+
+@dataclass(frozen=True)
 class Reminder:
     after: timedelta
     subject: str
@@ -110,6 +127,7 @@ class Step:
     events: tuple[str, ...] = ()  # outside events that are this step's yes
     variants: tuple[Variant, ...] = ()  # A/B: subject and template come from the variant
     pick_winner: PickWinner | None = None
+    send_window: SendWindow | None = None  # None: the sequence's
 
     def answer(self, answer_id: str | None) -> Answer | None:
         return next((a for a in self.answers if a.id == answer_id), None)
@@ -132,6 +150,7 @@ class Sequence:
     # Everyone enrolled here confirmed outside nurture (subscribed with --confirmed).
     confirmed_elsewhere: bool = False
     reenter: Reentry = Reentry()
+    send_window: SendWindow | None = None  # every step's, unless a step says otherwise
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +165,15 @@ class Sequence:
     def next_step(self, step_id: str) -> Step | None:
         i = self._index[step_id] + 1
         return self.steps[i] if i < len(self.steps) else None
+
+    def window_for(self, step: Step) -> SendWindow | None:
+        """The send window of a step's emails: its own, else the sequence's, except for a
+        confirmation (the person is waiting for it), which goes at once unless its step has
+        a window of its own. None: any time."""
+        window = step.send_window
+        if window is None and not step.confirms:
+            window = self.send_window
+        return None if window is None or window.always_open else window
 
     def counts_as_goal(self, event_name: str) -> bool:
         """Whether an outside event converts this sequence: one of its ``goals:``; without

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from nurture.durations import parse_duration
 from nurture.sequences.model import AdvanceOn
@@ -20,6 +20,8 @@ __all__ = [
     "VariantModel",
     "PickWinnerModel",
     "ReenterAfterModel",
+    "SendWindowModel",
+    "DAYS",
     "clean_loc",
     "path_text",
     "sentence",
@@ -81,6 +83,34 @@ class ReenterAfterModel(_Model):
     after: Duration
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_TIME = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+
+
+class SendWindowModel(_Model):
+    days: list[Day] = Field(default=list(DAYS), min_length=1)
+    start: str = Field(alias="from", pattern=_TIME)
+    end: str = Field(alias="to", pattern=_TIME)
+    spread: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SendWindowModel:
+        if self.end != "24:00" and self.end <= self.start:
+            raise ValueError(
+                f"to ({self.end}) must be later than from ({self.start}) on the same day"
+            )
+        return self
+
+
+def _anytime(value: Any) -> Any:
+    # A step's ``send_window: anytime`` (whatever its sequence says) is the whole week.
+    return {"from": "00:00", "to": "24:00", "spread": 0} if value == "anytime" else value
+
+
+Window = Annotated[SendWindowModel, BeforeValidator(_anytime)]
+
+
 class StepModel(_Model):
     id: StepId
     subject: str | None = None  # required, except with variants (each has its own)
@@ -96,6 +126,7 @@ class StepModel(_Model):
     events: list[Tag] = []
     variants: list[VariantModel] = []
     pick_winner: PickWinnerModel | None = None
+    send_window: Window | None = None
 
 
 class SequenceModel(_Model):
@@ -110,6 +141,7 @@ class SequenceModel(_Model):
     sample: dict[FieldName, Scalar | list[str]] = {"first_name": "Ada"}
     confirmed_elsewhere: bool = False
     reenter: Literal["never", "always"] | ReenterAfterModel = "never"
+    send_window: SendWindowModel | None = None
 
 
 def clean_loc(loc: Loc) -> Loc:
@@ -133,6 +165,13 @@ def sentence(err: Any, loc: Loc) -> str:
         return f"on_timeout must be exit, next or {{goto: STEP_ID}} (got {err.get('input')!r})"
     if loc and loc[0] == "reenter" and kind != "extra_forbidden":
         return f"reenter must be never, always or {{after: DURATION}} (got {err.get('input')!r})"
+    if "send_window" in loc and kind == "string_pattern_mismatch":
+        return f'{name} must be a time like "09:00" (got {err.get("input")!r})'
+    if loc[-1:] == ("send_window",) and kind == "model_type":
+        return (
+            f'{name} must be anytime or {{days: [mon, ...], from: "09:00", to: "17:30"}} '
+            f"(got {err.get('input')!r})"
+        )
     if kind == "extra_forbidden":
         return f"unknown key '{loc[-1]}'" + (f" in {parent}" if parent else "")
     if kind == "missing":
