@@ -70,6 +70,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     print(f"From: {sequence.sender}\nTo: {args.email}\nSubject: {out.subject}")
     for line in _ask_lines(step, variant):
         print(line)
+    print(_window_line(sequence, step, fields.get("timezone"), settings.default_timezone))
     print()
     print("----- text -----")
     print(out.text.rstrip())
@@ -107,6 +108,21 @@ def _ask_lines(step: Any, variant: str | None) -> list[str]:
         weights = ", ".join(f"{v.id} (weight {v.weight})" for v in step.variants)
         out.append(f"# variant {variant} of {weights}")
     return out
+
+
+def _window_line(sequence: Any, step: Any, zone: object, default_zone: str) -> str:
+    from nurture.sendtimes import describe
+
+    window = sequence.window_for(step)
+    if window is None:
+        why = " (a confirmation: the person is waiting)" if step.confirms else ""
+        return "# goes out: as soon as it is due" + why
+    where = f"{zone}" if zone else f"the person's timezone field, else {default_zone}"
+    spread = int(window.spread.total_seconds() // 60)
+    return (
+        f"# goes out: {describe(window)} in {where}; due outside, it waits for the next "
+        f"opening (spread over its first {spread}m)"
+    )
 
 
 def _settings_of(args: argparse.Namespace) -> Any:
@@ -203,11 +219,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from nurture.services import load_sequences
     from nurture.simulate import PERSONAS, format_runs, load_personas, simulate, warnings
 
-    env, catalog = load_sequences(_settings_of(args))
+    settings = _settings_of(args)
+    env, catalog = load_sequences(settings)
     sequence = catalog.get(args.sequence)
     if sequence is None:
         known = ", ".join(sorted(catalog.sequences))
         raise SubscribeError(f"unknown sequence {args.sequence!r} (known: {known})")
+    zone, start = _simulated_start(args.timezone or settings.default_timezone, args.start)
     personas = load_personas(Path(args.personas)) if args.personas else list(PERSONAS)
     conditions = Conditions(env)
 
@@ -217,13 +235,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001 - validate renders every subject; show it as written
             return source
 
-    runs = [simulate(sequence, p, conditions=conditions, render=subject) for p in personas]
+    runs = [
+        simulate(sequence, p, conditions=conditions, render=subject, zone=zone, start=start)
+        for p in personas
+    ]
     if args.json:
         body = {"personas": [r.to_json() for r in runs], "notes": warnings(sequence, runs)}
         print(json.dumps(body, indent=2))
     else:
         print(format_runs(sequence, runs))
     return 0
+
+
+def _simulated_start(zone_name: str, start: str | None) -> tuple[Any, datetime]:
+    from nurture.sendtimes import zone_named
+    from nurture.simulate import START
+
+    zone = zone_named(zone_name)
+    if zone is None:
+        raise SubscribeError(f"--timezone: {zone_name!r} is not an IANA time zone name")
+    if start is None:
+        return zone, START
+    try:
+        when = datetime.fromisoformat(start)
+    except ValueError:
+        raise SubscribeError(
+            f"--start: {start!r} is not a date and time like 2026-01-09 18:00"
+        ) from None
+    return zone, (when if when.tzinfo else when.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def cmd_person(args: argparse.Namespace) -> int:
@@ -257,8 +296,12 @@ def _since(value: str | None) -> datetime | None:
 
 
 def cmd_dkim(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _dkim_check(args)
     from nurture.mail.dkim import dns_record, keygen
 
+    if not args.selector or not args.domain:
+        raise SubscribeError("nurture dkim keygen needs --selector and --domain")
     out = Path(args.out or f"{args.selector}.{args.algorithm}.pem")
     if out.exists():
         raise SubscribeError(f"{out} exists; nurture never overwrites a key")
@@ -270,13 +313,36 @@ def cmd_dkim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dkim_check(args: argparse.Namespace) -> int:
+    """The configured keys against their published records, for each signing domain."""
+    from email.utils import parseaddr
+
+    from nurture.mail.dkim import DkimSigner, check_records, dns_lookup
+    from nurture.services import load_sequences
+
+    settings = _settings_of(args)
+    signer = DkimSigner.from_settings(settings)
+    if signer is None:
+        raise SubscribeError("no DKIM key is configured (NURTURE_DKIM_SELECTOR, _PRIVATE_KEY_FILE)")
+    domains = [args.domain or signer.domain or ""]
+    if not domains[0]:  # each sequence's From domain signs its mail
+        _, catalog = load_sequences(settings)
+        domains = sorted({parseaddr(s.sender)[1].rpartition("@")[2].lower() for s in catalog})
+    lines = check_records(signer, domains, dns_lookup(args.resolver))
+    print("\n".join(lines))
+    return 0 if all(line.startswith("ok") for line in lines) else 1
+
+
 def register(add: Any) -> None:
     sp = add(
-        "dkim", "DKIM keys: `nurture dkim keygen` writes one and prints its DNS record", cmd_dkim
+        "dkim",
+        "DKIM keys: `keygen` writes one and prints its DNS record; `check` looks the records up",
+        cmd_dkim,
     )
-    sp.add_argument("action", choices=["keygen"])
-    sp.add_argument("--selector", required=True)
-    sp.add_argument("--domain", required=True)
+    sp.add_argument("action", choices=["keygen", "check"])
+    sp.add_argument("--selector", help="keygen: the selector the record is published under")
+    sp.add_argument("--domain", help="the signing domain (check: default, every From domain)")
+    sp.add_argument("--resolver", metavar="HOST[:PORT]", help="check: ask this DNS server")
     sp.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
     sp.add_argument(
         "--out", metavar="FILE", help="where to write the key (default SELECTOR.ALGORITHM.pem)"
@@ -293,6 +359,14 @@ def register(add: Any) -> None:
     )
     sp.add_argument("sequence")
     sp.add_argument("--personas", metavar="FILE", help="personas from a YAML file")
+    sp.add_argument(
+        "--timezone", metavar="ZONE", help="the personas' time zone (default: the setting)"
+    )
+    sp.add_argument(
+        "--start",
+        metavar="WHEN",
+        help="when they subscribe, local time, e.g. '2026-01-09 18:00' (default: a Monday 09:00)",
+    )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp = add(
         "import", "enroll every row of a CSV file (email, fields, tags) in a sequence", cmd_import

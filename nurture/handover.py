@@ -61,6 +61,8 @@ class Handover:
                 host, pid = socket.gethostname(), os.getpid()
                 tx.workers.register(d.worker, host=host, pid=pid, now=now)
             gone = tx.workers.forget_silent(since=now - timeout)
+            if d.pacer.active:  # the deployment's rates, shared by the workers alive
+                d.pacer.set_share(len(tx.workers.live()))
             return gone, tx.outbox.reclaim(now=now)
 
     def resume(self) -> Pause | None:

@@ -52,6 +52,7 @@ class _Database(Collector):
             inbound = tx.inbound.counts()
             due = tx.reports.due_enrollments(s.clock.now())
             pause = tx.control.pause()
+            waiting = tx.reports.waiting_counts()
         labels = ["sequence", "step", "kind"]
         emails = {
             status: CounterMetricFamily(
@@ -95,6 +96,22 @@ class _Database(Collector):
         yield GaugeMetricFamily(
             "nurture_messages_queued", "Emails queued or being sent", value=queued
         )
+        held = GaugeMetricFamily(
+            "nurture_messages_waiting",
+            "Queued emails held back by their send window, the per-person cap or pacing",
+            labels=["reason"],
+        )
+        for reason in ("window", "cap", "pace"):
+            held.add_metric([reason], waiting.get(reason, 0))
+        yield held
+        rates = GaugeMetricFamily(
+            "nurture_domain_rate",
+            "Emails a second this worker may send to each paced domain, now",
+            labels=["domain"],
+        )
+        for domain, rate in sorted(s.dispatcher.pacer.rates_now().items()):
+            rates.add_metric([domain], rate)
+        yield rates
         yield GaugeMetricFamily(
             "nurture_sending_paused",
             "1 while sending is paused (the relay refuses us)",

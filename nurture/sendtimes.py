@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nurture.db.store import Tx
     from nurture.engine import SendEmail
 
-__all__ = ["Caps", "SendTimes", "zone_named", "next_opening", "Waiting"]
+__all__ = ["Caps", "SendTimes", "zone_named", "next_opening", "describe", "Waiting"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,18 @@ def next_opening(window: SendWindow, at: datetime, zone: ZoneInfo) -> tuple[date
         if at < closes:
             return max(opens, at), closes
     raise AssertionError("a window has at least one day")  # pragma: no cover
+
+
+def describe(window: SendWindow) -> str:
+    """``mon-fri 09:00-17:30``."""
+    names = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    days = sorted(window.days)
+    if days == list(range(days[0], days[-1] + 1)) and len(days) > 2:
+        said = f"{names[days[0]]}-{names[days[-1]]}"
+    else:
+        said = ",".join(names[d] for d in days)
+    end = window.end.strftime("%H:%M") if window.end else "24:00"
+    return f"{said} {window.start:%H:%M}-{end}"
 
 
 def _spot(key: int, room: timedelta) -> timedelta:

@@ -5,7 +5,8 @@ The loop is the daemon's, shrunk to one enrollment: what falls due is decided by
 ``engine.on_due`` (reminders, timeouts, conditions), an email is delivered the moment it is
 decided (``engine.on_delivered``), and a persona's yes is ``engine.on_yes``. A step's
 condition (``when:``) is evaluated for the persona's sample fields and the tags and fields
-their answers gave; an A/B step sends the variant the hash gives the simulated enrollment.
+their answers gave; an A/B step sends the variant the hash gives the simulated enrollment; an
+email due outside its send window goes at the window's next opening, as the daemon sends it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
@@ -25,6 +27,7 @@ from nurture.abtest import assign
 from nurture.conditions import Conditions, sample_person, subscriber_context
 from nurture.durations import format_duration, parse_duration
 from nurture.errors import SubscribeError
+from nurture.sendtimes import SendTimes
 from nurture.sequences import Sequence, Step
 from nurture.vocabulary import EnrollmentStatus, YesBy
 
@@ -77,6 +80,7 @@ class Email:
     kind: str  # step, reminder1, ...
     subject: str
     variant: str | None = None
+    waited: timedelta | None = None  # held back by its send window this long
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Run:
                     "kind": e.kind,
                     "subject": e.subject,
                     **({"variant": e.variant} if e.variant else {}),
+                    **({"waited_seconds": int(e.waited.total_seconds())} if e.waited else {}),
                 }
                 for e in self.emails
             ],
@@ -130,15 +135,20 @@ def simulate(
     sample: dict[str, Any] | None = None,
     conditions: Conditions | None = None,
     render: Callable[[str, dict[str, Any]], str] | None = None,
+    zone: ZoneInfo | None = None,
+    start: datetime = START,
 ) -> Run:
-    """One persona through ``sequence``, from subscribing (not yet confirmed) to the end."""
+    """One persona through ``sequence``, from subscribing (not yet confirmed) at ``start``
+    to the end; send windows are read in ``zone`` (None: UTC)."""
     conditions = conditions or Conditions()
+    times = SendTimes()
+    zone = zone or times.default_zone
     fields, listed = sample_person(sequence)
     if sample is not None:
         fields = dict(sample)
     tags = set(listed)
     confirmed = False
-    now = START
+    now = start
     state = engine.start(sequence, now=now, confirmed=confirmed)
     run = Run(persona.name)
     yes_at: datetime | None = None
@@ -177,7 +187,7 @@ def simulate(
                 fields.update(dict(action.fields))
                 fields.setdefault("answers", {})[action.step_id] = action.answer
             elif isinstance(action, engine.Skipped):
-                run.skipped.append((now - START, action.step_id, action.reason))
+                run.skipped.append((now - start, action.step_id, action.reason))
         state = decision.state
         for action in decision.actions:
             if isinstance(action, engine.SendEmail):
@@ -191,17 +201,25 @@ def simulate(
                 if render is not None and "{" in title:
                     person = subscriber_context("sim@example.com", fields, sorted(tags))
                     title = render(title, person)
+                # As the daemon: an email due outside its window goes at the next opening
+                # (shown at the opening itself; the daemon spreads them over its first minutes).
+                window = sequence.window_for(step)
+                if window is not None:
+                    window = replace(window, spread=timedelta(0))
+                sent, _ = times.earliest(now, window=window, zone=zone, capped=False)
                 run.emails.append(
                     Email(
-                        now - START,
+                        sent - start,
                         step.id,
                         str(action.kind),
                         title,
                         variant.id if variant else None,
+                        waited=sent - now if sent > now else None,
                     )
                 )
                 if action.kind.is_step:
                     run.visited.append(step.id)
+                    now = sent
                     state = engine.on_delivered(
                         state, sequence, step_id=step.id, visit=action.visit, at=now
                     )
@@ -213,7 +231,7 @@ def simulate(
         run.outcome = "completed"
     elif state.status is EnrollmentStatus.exited:
         run.outcome = f"exited:{state.exit_reason.value if state.exit_reason else '?'}"
-    run.elapsed = now - START
+    run.elapsed = now - start
     return run
 
 
@@ -321,13 +339,22 @@ def _reachable(sequence: Sequence, target: str) -> bool:
     return target in seen
 
 
+def _waited(waited: timedelta | None) -> str:
+    return f"  (waited {offset(waited)[1:]} for its window)" if waited else ""
+
+
 def format_runs(sequence: Sequence, runs: Seq[Run]) -> str:
     """The timelines as a marketer reads them."""
     lines = [f"{sequence.id} ({sequence.name}), simulated on a virtual clock; nothing is sent"]
     for r in runs:
         lines.append(f"\n{r.persona}: {r.outcome} after {offset(r.elapsed)}")
         events = [
-            (e.at, f"{e.step} {e.kind}" + (f" [{e.variant}]" if e.variant else ""), e.subject)
+            (
+                e.at,
+                f"{e.step} {e.kind}" + (f" [{e.variant}]" if e.variant else ""),
+                e.subject
+                + (f"  (waited {offset(e.waited)[1:]} for its window)" if e.waited else ""),
+            )
             for e in r.emails
         ]
         events += [(at, f"{step} skipped", why) for at, step, why in r.skipped]

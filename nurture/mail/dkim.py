@@ -2,11 +2,13 @@
 receivers that ask for authentication (Gmail, Yahoo, Microsoft) take it.
 
 Keys are PEM files: RSA (2048 bits or more), Ed25519 (RFC 8463), or one of each (two
-signatures, for receivers that do not know Ed25519 yet). Signed headers include From, To,
-Subject, Date, Message-ID, MIME-Version, Content-Type, both List-Unsubscribe headers (Gmail
-wants them under the signature for one-click), and Reply-To, List-Id and Feedback-ID when
-present; relaxed/relaxed canonicalization. ``keygen`` writes a key pair without any
-third-party crypto library: ``openssl`` for RSA, PyNaCl for Ed25519.
+signatures under two selectors, for receivers that do not know Ed25519 yet). Signed headers
+include From, To, Subject, Date, Message-ID, MIME-Version, Content-Type, both
+List-Unsubscribe headers (Gmail wants them under the signature for one-click), and Reply-To,
+List-Id and Feedback-ID when present; relaxed/relaxed canonicalization. ``keygen`` writes a
+key pair without any third-party crypto library: ``openssl`` for RSA, PyNaCl for Ed25519;
+``check_records`` looks the published records up (dnspython) and says whether each holds
+its key.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,16 @@ import dkim
 from nurture.config import Settings
 from nurture.errors import ConfigError
 
-__all__ = ["DkimKey", "DkimSigner", "load_key", "keygen", "dns_record", "SIGNED"]
+__all__ = [
+    "DkimKey",
+    "DkimSigner",
+    "load_key",
+    "keygen",
+    "dns_record",
+    "dns_lookup",
+    "check_records",
+    "SIGNED",
+]
 
 SIGNED = (
     b"from",
@@ -71,9 +82,20 @@ def load_key(path: Path) -> DkimKey:
 
 
 class DkimSigner:
-    def __init__(self, selector: str, keys: Sequence[DkimKey], domain: str | None = None) -> None:
-        self.selector = selector
-        self.keys = tuple(keys)
+    """Signs with each key under its own selector (one DNS record each: RSA and Ed25519 at
+    once need two selectors, RFC 8463 section 4)."""
+
+    def __init__(
+        self, selector: str | Sequence[str], keys: Sequence[DkimKey], domain: str | None = None
+    ) -> None:
+        selectors = [selector] if isinstance(selector, str) else list(selector)
+        if len(selectors) != len(keys):
+            raise ConfigError(
+                f"NURTURE_DKIM_SELECTOR names {len(selectors)} selector(s) for {len(keys)} "
+                "key(s): each key needs its own selector (one DNS record each), in the order "
+                "of NURTURE_DKIM_PRIVATE_KEY_FILE, e.g. rsa2026,ed2026"
+            )
+        self.signing = tuple(zip(selectors, keys, strict=True))
         self.domain = domain
 
     @classmethod
@@ -89,17 +111,18 @@ class DkimSigner:
         keys = [load_key(p) for p in files]
         if len({k.algorithm for k in keys}) != len(keys):
             raise ConfigError("NURTURE_DKIM_PRIVATE_KEY_FILE: at most one RSA and one Ed25519 key")
-        return cls(settings.dkim_selector, keys, settings.dkim_domain)
+        selectors = [x.strip() for x in settings.dkim_selector.split(",") if x.strip()]
+        return cls(selectors, keys, settings.dkim_domain)
 
     def sign(self, message: bytes, *, sender_domain: str) -> bytes:
         """``message`` (LF line ends, as composed) with a DKIM-Signature per key on top."""
         domain = (self.domain or sender_domain).encode("ascii")
         wire = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         headers = []
-        for key in self.keys:
+        for selector, key in self.signing:
             signature = dkim.sign(
                 wire,
-                self.selector.encode("ascii"),
+                selector.encode("ascii"),
                 domain,
                 key.private,
                 canonicalize=(b"relaxed", b"relaxed"),
@@ -149,3 +172,62 @@ def keygen(path: Path, algorithm: str = "rsa", *, bits: int = 2048) -> DkimKey:
     path.touch(mode=0o600, exist_ok=False)
     path.write_bytes(pem)
     return load_key(path)
+
+
+Lookup = Callable[[str], list[str]]  # a DNS name -> its TXT records' texts
+
+
+def dns_lookup(resolver: str | None = None, *, timeout: float = 5.0) -> Lookup:
+    """TXT records by dnspython: from the system's resolver, or from ``HOST[:PORT]``."""
+    import dns.exception
+    import dns.resolver
+
+    r = dns.resolver.Resolver(configure=resolver is None)
+    if resolver is not None:
+        host, _, port = resolver.partition(":")
+        r.nameservers = [host]
+        r.port = int(port or 53)
+    r.lifetime = timeout
+
+    def lookup(name: str) -> list[str]:
+        try:
+            answer = r.resolve(name, "TXT")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as exc:
+            raise OSError(f"cannot look up {name}: {exc}") from exc
+        return [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]
+
+    return lookup
+
+
+def _tags(record: str) -> dict[str, str]:
+    pairs = (t.strip().split("=", 1) for t in record.split(";") if "=" in t)
+    return {k.strip(): "".join(v.split()) for k, v in pairs}
+
+
+def check_records(signer: DkimSigner, domains: Sequence[str], lookup: Lookup) -> list[str]:
+    """One line per (selector, domain): whether its published record holds this key; lines
+    starting "ok" are fine, any other is a problem to fix."""
+    out = []
+    for selector, key in signer.signing:
+        want = _tags(dns_record(key))
+        for domain in domains:
+            name = f"{selector}._domainkey.{domain.rstrip('.')}"
+            try:
+                found = [_tags(t) for t in lookup(name) if "p=" in t]
+            except OSError as exc:
+                out.append(f"unknown  {name}: {exc}")
+                continue
+            if not found:
+                out.append(f'missing  {name}: no DKIM record; publish: "{dns_record(key)}"')
+            elif len(found) > 1:
+                out.append(f"ambiguous  {name}: {len(found)} DKIM records; keep only this key's")
+            elif found[0].get("p") == want["p"] and found[0].get("k", "rsa") == want["k"]:
+                out.append(f"ok  {name}: the published {want['k']} key is this key")
+            else:
+                out.append(
+                    f"mismatch  {name}: the published key is not {key.source}; publish: "
+                    f'"{dns_record(key)}"'
+                )
+    return out

@@ -53,8 +53,12 @@ confirm an address without its owner.)</p>
  <label>First name <input type="text" name="first_name" value="{{ first_name or '' }}"></label>
  <label>Sequence <select name="sequence">{% for s in sequences %}
   <option value="{{ s.id }}">{{ s.name }} ({{ s.id }})</option>{% endfor %}</select></label>
+ <input type="hidden" name="timezone" id="timezone" value="">
  <button type="submit">Subscribe</button>
 </form>
+<script>/* the browser's time zone, for send windows in the person's own time */
+document.getElementById("timezone").value =
+  (Intl.DateTimeFormat().resolvedOptions().timeZone || "");</script>
 {% if outbox %}<p class="muted">No SMTP server is configured: every email goes to the
 <a href="/outbox">outbox</a>.</p>{% endif %}
 {% endblock %}""",

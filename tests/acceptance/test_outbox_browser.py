@@ -8,13 +8,15 @@ test-artifacts/ for people to look at.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.daemon import Daemon, e2e_env
+from support.daemon import NURTURE, Daemon, e2e_env
 from support.paths import DATA, REPO
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -58,7 +60,11 @@ def page() -> Iterator[Page]:
         try:
             # Headless Chromium says "HeadlessChrome", which scanners say too: be a person's.
             agent = browser.new_page().evaluate("navigator.userAgent").replace("Headless", "")
-            yield browser.new_page(viewport={"width": 1000, "height": 900}, user_agent=agent)
+            yield browser.new_page(
+                viewport={"width": 1000, "height": 900},
+                user_agent=agent,
+                timezone_id="Pacific/Auckland",  # the form sends it: send windows read it
+            )
         finally:
             browser.close()
 
@@ -99,6 +105,12 @@ def test_a_newcomer_walks_the_journey_in_a_browser(catcher_daemon: Daemon, page:
     page.get_by_role("button", name="Subscribe").click()
     page.wait_for_load_state()
     assert "Check your inbox" in page.content()
+    told = subprocess.run(
+        [str(NURTURE), "person", "newcomer@example.com", "--json"],
+        env=catcher_daemon.env, cwd=catcher_daemon.workdir, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert json.loads(told.stdout)["fields"]["timezone"] == "Pacific/Auckland", told.stderr
 
     open_mail(page, base, "Confirm, Nia")
     shot(page, "outbox-confirm-email")

@@ -5,6 +5,7 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -14,6 +15,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from support.db import MESSAGES, rows
 from support.smtp import RecordingHandler
 from support.world import MakeWorld, World
+
+from nurture.metrics import render_metrics
 
 LIMIT = 3  # recipients a second the strict domain takes before it says "slow down"
 
@@ -68,6 +71,10 @@ def test_a_domain_that_says_slow_down_is_slowed_alone_and_nothing_fails(
     assert world.dispatcher.pacer.rates_now()["fast.example"] == 200
     waiting = {r.waiting for r in rows(world.services.store, MESSAGES) if r.status == "queued"}
     assert waiting == {"pace"}
+    metrics = render_metrics(world.services)[0].decode()
+    assert f'nurture_domain_rate{{domain="strict.example"}} {strict_rate}' in metrics
+    held = re.search(r'nurture_messages_waiting\{reason="pace"\} (\d+)', metrics)
+    assert held is not None and int(held.group(1)) >= 1
     deadline = time.monotonic() + 120
     while statuses(world) != {"sent": 48}:
         assert time.monotonic() < deadline, statuses(world)

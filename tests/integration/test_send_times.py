@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -115,19 +115,8 @@ def test_the_cap_holds_the_second_email_of_a_day_and_status_says_so(
     [(_, _, at, why)] = queued(world, "busy@example.com")
     seen = at.astimezone(ZoneInfo("America/Los_Angeles"))
     assert why == "cap" and (seen.day, seen.hour) == (6, 0)
-    out = subprocess.run(
-        [NURTURE, "status"],
-        env={
-            "NURTURE_DATABASE_URL": database_url,
-            "NURTURE_SEQUENCES_DIR": str(WINDOWS["sequences_dir"]),
-            "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
-            "NURTURE_SECRET_KEY": "k",
-            "PATH": "",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = commands_env(database_url)
+    out = subprocess.run([NURTURE, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "waiting for the per-person cap 1" in out.stdout
     # Never dropped: it goes once the person's next day starts (within its first minutes).
@@ -165,4 +154,32 @@ def test_a_pause_ending_does_not_release_mail_held_for_its_window(office: World)
         tx.outbox.due_now(until=at + timedelta(hours=1), now=office.clock.now())
     assert queued(office, "kept@example.com")[0][2] == at
     assert at > office.clock.now() + timedelta(hours=10)
-    assert datetime.now(UTC) is not None
+
+
+def commands_env(database_url: str) -> dict[str, str]:
+    return {
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_SEQUENCES_DIR": str(WINDOWS["sequences_dir"]),
+        "NURTURE_TEMPLATES_DIR": str(DATA / "templates"),
+        "NURTURE_SECRET_KEY": "k",
+        "PATH": "",
+    }
+
+
+def test_preview_and_simulate_show_the_window(database_url: str) -> None:
+    env = commands_env(database_url)
+    run = [NURTURE, "preview", "office", "read", "--text-only", "--field", "timezone=Asia/Tokyo"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "# goes out: mon-fri 09:00-17:30 in Asia/Tokyo" in out.stdout
+    run = [NURTURE, "preview", "office", "confirm", "--text-only"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert "# goes out: as soon as it is due (a confirmation" in out.stdout
+    run = [NURTURE, "simulate", "office", "--timezone", "America/Los_Angeles",
+           "--start", "2026-01-09 18:00"]  # fmt: skip
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Read this  (waited 2d 14h for its window)" in out.stdout
+    run = [NURTURE, "simulate", "office", "--timezone", "Mars/Base"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "not an IANA time zone name" in out.stderr

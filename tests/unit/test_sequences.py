@@ -848,3 +848,53 @@ def test_no_confirmation_step_anywhere_is_a_problem_with_its_fix(
     write(seq_dir, "a.yaml", VALID)
     write(seq_dir, "b.yaml", OPT_IN)
     assert load_catalog(seq_dir, env=env).get("demo") is not None
+
+
+def test_send_windows_load_and_each_mistake_names_its_line(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    good = VALID.replace(
+        "steps:                                          # 4",
+        'send_window: {days: [mon, fri], from: "08:30", to: "24:00"}\nsteps:',
+    ).replace(
+        "    on_timeout: next                            # 9",
+        "    on_timeout: next\n    send_window: anytime",
+    )
+    seq, problems = load(write(seq_dir, "good.yaml", good), env)
+    assert problems == [] and seq is not None
+    assert seq.send_window is not None and sorted(seq.send_window.days) == [0, 4]
+    assert seq.send_window.end is None and seq.window_for(seq.step("one")) is None  # anytime
+    assert seq.window_for(seq.step("two")) == seq.send_window
+    text = """
+    id: demo
+    name: Demo
+    from: "Ada <ada@acme.example>"
+    send_window: {days: [mon, funday], from: "9am", to: "17:00"}
+    steps:
+      - id: one
+        subject: Hi
+        template: a.html
+        wait: 3d
+        send_window: {from: "18:00", to: "09:00"}
+      - id: two
+        subject: Two
+        template: a.html
+        wait: 1d
+        send_window: weekdays
+    """
+    seq, problems = load(write(seq_dir, "bad.yaml", text), env)
+    assert seq is None
+    assert [(p.line, p.message) for p in problems] == [
+        (
+            4,
+            "send_window.days[1] must be one of 'mon', 'tue', 'wed', 'thu', 'fri', 'sat' or "
+            "'sun' (got 'funday')",
+        ),
+        (4, "send_window.from must be a time like \"09:00\" (got '9am')"),
+        (10, "step 'one': send_window: to (09:00) must be later than from (18:00) on the same day"),
+        (
+            15,
+            "step 'two': send_window must be anytime or {days: [mon, ...], from: \"09:00\", "
+            "to: \"17:30\"} (got 'weekdays')",
+        ),
+    ]

@@ -78,3 +78,27 @@ def test_personas_from_a_file(tmp_path: Path) -> None:
     path.write_text("- name: x\n  yes_after: soon\n")
     with pytest.raises(SubscribeError, match="persona x"):
         load_personas(path)
+
+
+def test_simulate_sends_at_the_window_opening_in_the_personas_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from support.paths import DATA
+
+    from nurture.simulate import START
+
+    catalog = load_catalog(DATA / "windows" / "sequences", env=make_environment(DATA / "templates"))
+    office = catalog.get("office")
+    assert office is not None
+    la = ZoneInfo("America/Los_Angeles")
+    friday_evening = START.replace(day=10, hour=2)  # Friday 18:00 in Los Angeles
+    run = simulate(office, PERSONAS[0], zone=la, start=friday_evening)
+    confirm, read, weekend = run.emails
+    assert confirm.at == timedelta(0) and confirm.waited is None  # a confirmation goes at once
+    sent = friday_evening + read.at
+    assert sent.astimezone(la).strftime("%a %H:%M") == "Mon 09:00"
+    assert read.waited == read.at - H  # clicked an hour after the confirmation
+    assert (friday_evening + weekend.at).astimezone(la).strftime("%a %H:%M") == "Sat 10:00"
+    # Without a zone, the same run reads the window in UTC.
+    utc_run = simulate(office, PERSONAS[0], start=friday_evening)
+    assert (friday_evening + utc_run.emails[1].at).strftime("%a %H:%M") == "Mon 09:00"
