@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         # SIGTERM and SIGINT stop the daemon gracefully (nurture.daemon); a Ctrl-C before it
         # is up just ends the command.
-        asyncio.run(daemon.run(settings))
+        asyncio.run(daemon.run(settings, role=args.role))
     except KeyboardInterrupt:
         return 130
     return 0
@@ -300,10 +300,17 @@ def _parser() -> argparse.ArgumentParser:
 
     from nurture import cli_more
 
-    add(
+    sp = add(
         "run",
         "run the daemon: web app, scheduler tick and (without SMTP) the mail catcher",
         cmd_run,
+    )
+    sp.add_argument(
+        "--role",
+        choices=["all", "web", "worker"],
+        default="all",
+        help="all (default): one process does everything; web: tracked links, form, API and "
+        "webhooks only, several may share the port; worker: ticks, sending and IMAP, no HTTP",
     )
     cli_more.register_preview(add)
     sp = add("validate", "check every sequence file and template; list every problem", cmd_validate)

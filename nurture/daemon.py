@@ -1,5 +1,7 @@
 """The daemon: one process with the web app, one APScheduler tick, the IMAP reader when a
-mailbox is configured and (without an SMTP server) the built-in mail catcher. It holds no
+mailbox is configured and (without an SMTP server) the built-in mail catcher; or, to scale
+them apart, only the web app (``--role web``, as many processes as the clicks need, sharing
+one port) or only the rest (``--role worker``, as many as the sending needs). It holds no
 business logic: the tick asks tracking and the dispatcher to do one unit of work each; the
 database says what is due.
 
@@ -72,9 +74,20 @@ class _Server(uvicorn.Server):
         yield
 
 
+ROLES = ("all", "web", "worker")
+
+
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    """``role``: ``all`` (one process does everything), ``web`` (the web app only: tracked
+    links, the form, the API and webhooks; it sends nothing, so run as many as the clicks
+    need) or ``worker`` (the tick, sending, the heartbeat and IMAP; no HTTP)."""
+
+    def __init__(self, settings: Settings, *, role: str = "all") -> None:
+        assert role in ROLES, role
         self.settings = settings
+        self.role = role
+        self.web = role in ("all", "web")
+        self.worker = role in ("all", "worker")
         self.services: Services | None = None
         self._socket: socket.socket | None = None
         self._catcher: SmtpServerThread | None = None
@@ -88,44 +101,60 @@ class Daemon:
         self._tick_task: asyncio.Task[None] | None = None
         self._registered = False
         self._signals = 0
+        self._stopped = asyncio.Event()  # a worker with no web app waits on it
 
     # -- start ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         settings = self.settings
-        self._file_lock = _lock_sqlite_file(settings.database_url)
+        # One worker per SQLite file; web processes beside it take short transactions only.
+        self._file_lock = _lock_sqlite_file(settings.database_url) if self.worker else None
         ensure_schema(settings.database_url)
-        self._socket = _listen(settings.http_host, settings.http_port)
+        if self.web:
+            self._socket = _listen(
+                settings.http_host, settings.http_port, shared=self.role == "web"
+            )
         outbox = None
         smtp = None
         if settings.uses_catcher:
-            outbox, smtp = self._start_catcher()
+            if self.worker:
+                outbox, smtp = self._start_catcher()
+            else:  # the worker's catcher writes it; this process shows it at /outbox
+                outbox = Outbox(settings.outbox_dir)
         self.services = build_services(settings, smtp=smtp)
-        await asyncio.to_thread(self._register)
+        if self.worker:
+            await asyncio.to_thread(self._register)
         settle_heap()
-        self._schedule("tick", self.tick, settings.tick_seconds)
-        self._schedule("heartbeat", self.heartbeat, settings.heartbeat_seconds)
-        if settings.imap_host:
-            self._start_imap()
-        self._server = _Server(
-            uvicorn.Config(
-                create_app(self.services, outbox=outbox),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                server_header=False,
+        if self.worker:
+            self._schedule("tick", self.tick, settings.tick_seconds)
+            self._schedule("heartbeat", self.heartbeat, settings.heartbeat_seconds)
+            if settings.imap_host:
+                self._start_imap()
+        if self.web:
+            self._server = _Server(
+                uvicorn.Config(
+                    create_app(self.services, outbox=outbox),
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                    server_header=False,
+                )
             )
-        )
         self._scheduler.start()
         self._scheduler_started = True
+        where = (
+            f"web on http://{settings.http_host}:{self._socket.getsockname()[1]}"
+            if self._socket is not None
+            else "no web app"
+        )
         log.info(
-            "nurture is running: %d sequences, web on http://%s:%d, links to %s, tick every %ss",
+            "nurture is running (%s): %d sequences, %s, links to %s%s",
+            self.role,
             len(self.services.catalog.sequences),
-            settings.http_host,
-            self._socket.getsockname()[1],
+            where,
             settings.public_url,
-            settings.tick_seconds,
-            extra={"action": "daemon_started"},
+            f", tick every {settings.tick_seconds}s" if self.worker else ", sending nothing",
+            extra={"action": "daemon_started", "role": self.role},
         )
 
     def _start_catcher(self) -> tuple[Outbox, SmtpTarget]:
@@ -262,13 +291,15 @@ class Daemon:
     # -- serve and stop ------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Answer HTTP until SIGTERM or SIGINT (or ``request_stop``)."""
-        assert self._server is not None and self._socket is not None
+        """Answer HTTP (a worker: just work) until SIGTERM or SIGINT (or ``request_stop``)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
         try:
-            await self._server.serve(sockets=[self._socket])
+            if self._server is not None and self._socket is not None:
+                await self._server.serve(sockets=[self._socket])
+            else:
+                await self._stopped.wait()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
@@ -285,6 +316,7 @@ class Daemon:
         log.info("stopping: finishing the mail on the wire", extra={"action": "daemon_stopping"})
         if self._server is not None:
             self._server.should_exit = True
+        self._stopped.set()
         self._stopping.set()
         if self.services is not None:
             self.services.dispatcher.stopping.set()
@@ -367,11 +399,14 @@ def _lock_sqlite_file(url: str) -> IO[str] | None:
     return handle
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The HTTP socket, bound before anything else starts."""
+def _listen(host: str, port: int, *, shared: bool = False) -> socket.socket:
+    """The HTTP socket, bound before anything else starts. ``shared``: several web processes
+    may listen on the same port (SO_REUSEPORT; the kernel spreads the connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -385,8 +420,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run(settings: Settings) -> None:
-    daemon = Daemon(settings)
+async def run(settings: Settings, *, role: str = "all") -> None:
+    daemon = Daemon(settings, role=role)
     try:
         await daemon.start()
         await daemon.serve()

@@ -67,6 +67,31 @@ class Daemon:
 
         wait_for("the daemon to answer /healthz", healthy)
 
+    def start_worker(self) -> None:
+        """`nurture run --role worker`: no HTTP to ask, so wait for it to say it runs."""
+        self.start_role("worker", wait=False)
+
+        def running() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()[-3000:]}")
+            return self.log.exists() and "nurture is running (worker)" in self.log.read_text()
+
+        wait_for("the worker to start", running)
+
+    def start_role(self, role: str, *, wait: bool = True) -> None:
+        if wait:
+            self.start([str(NURTURE), "run", "--role", role])
+            return
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(NURTURE), "run", "--role", role],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
     def start_module(self) -> None:
         """Started as `python -m nurture run`."""
         self.start([sys.executable, "-m", "nurture", "run"])
