@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -30,22 +29,19 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import IO
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy.engine import make_url
 
 from nurture import edits
 from nurture.config import Settings
-from nurture.db.connect import is_sqlite, normalize_url
 from nurture.db.migrate import ensure_schema
-from nurture.errors import ConfigError
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
 from nurture.metrics import TICK_SECONDS
+from nurture.process import listen, lock_sqlite_file
 from nurture.reader import MailboxReader
 from nurture.services import Services, build_services
 from nurture.web.app import create_app
@@ -108,12 +104,10 @@ class Daemon:
     async def start(self) -> None:
         settings = self.settings
         # One worker per SQLite file; web processes beside it take short transactions only.
-        self._file_lock = _lock_sqlite_file(settings.database_url) if self.worker else None
+        self._file_lock = lock_sqlite_file(settings.database_url) if self.worker else None
         ensure_schema(settings.database_url)
         if self.web:
-            self._socket = _listen(
-                settings.http_host, settings.http_port, shared=self.role == "web"
-            )
+            self._socket = listen(settings.http_host, settings.http_port, shared=self.role == "web")
         outbox = None
         smtp = None
         if settings.uses_catcher:
@@ -371,53 +365,6 @@ class Daemon:
                 released,
                 extra={"action": "claims_released", "messages": released},
             )
-
-
-def _lock_sqlite_file(url: str) -> IO[str] | None:
-    """One daemon per SQLite file: a lock beside it, held while the daemon runs."""
-    if not is_sqlite(url):
-        return None
-    path = make_url(normalize_url(url)).database
-    if not path or path == ":memory:":
-        return None
-    lock_path = Path(path + ".lock")
-    handle = lock_path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise ConfigError(
-            f"another nurture daemon is running on {path} (pid {holder}); stop it first "
-            "(one daemon per SQLite file; use PostgreSQL for several)"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _listen(host: str, port: int, *, shared: bool = False) -> socket.socket:
-    """The HTTP socket, bound before anything else starts. ``shared``: several web processes
-    may listen on the same port (SO_REUSEPORT; the kernel spreads the connections)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if shared:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} (NURTURE_HTTP_HOST/NURTURE_HTTP_PORT): "
-            f"{exc.strerror or exc}"
-        ) from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 async def run(settings: Settings, *, role: str = "all") -> None:

@@ -3,6 +3,7 @@ the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from nurture.db.store import Store
 from nurture.dispatcher import Dispatcher
 from nurture.errors import SequenceError
 from nurture.experiments import Experiments
+from nurture.groupwrite import GroupWriter
 from nurture.inbox import Inbox
 from nurture.journey import Journey
 from nurture.mail.render import Renderer, sample_problems
@@ -26,7 +28,7 @@ from nurture.sendtimes import Caps, SendTimes
 from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
-from nurture.tracking import Tracker
+from nurture.tracking import ClickEvent, Tracker
 
 __all__ = [
     "Services",
@@ -51,9 +53,11 @@ class Services:
     subscriptions: Subscriptions
     events: OutsideEvents
     dispatcher: Dispatcher
+    click_writer: GroupWriter[ClickEvent]
 
     async def close(self) -> None:
-        """Close the SMTP connections, then the database's."""
+        """Write the clicks handed in, close the SMTP connections, then the database's."""
+        await asyncio.to_thread(self.click_writer.close)
         await self.dispatcher.transport.close()
         self.store.dispose()
 
@@ -132,6 +136,7 @@ def build_services(
         policy=DispatchPolicy.from_settings(settings),
         worker=uuid.uuid4().hex,
     )
+    tracker = Tracker(store=store, catalog=catalog, journey=journey, signer=signer, policy=policy)
     return Services(
         settings=settings,
         clock=clock,
@@ -140,9 +145,7 @@ def build_services(
         signer=signer,
         renderer=renderer,
         journey=journey,
-        tracker=Tracker(
-            store=store, catalog=catalog, journey=journey, signer=signer, policy=policy
-        ),
+        tracker=tracker,
         inbox=Inbox(
             store=store,
             catalog=catalog,
@@ -154,4 +157,5 @@ def build_services(
         subscriptions=Subscriptions(store=store, catalog=catalog, journey=journey, signer=signer),
         events=OutsideEvents(store=store, catalog=catalog, journey=journey),
         dispatcher=dispatcher,
+        click_writer=GroupWriter(tracker.record, name="clicks"),
     )

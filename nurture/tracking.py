@@ -11,20 +11,23 @@ sandboxes run scripts and submit forms too.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.clicks import ClickFacts, ClickPolicy, decide, first_look
+from nurture.db.events import events_row
 from nurture.db.messages import MessageRow
 from nurture.db.store import Store
 from nurture.errors import TokenError
 from nurture.journey import Journey
 from nurture.sequences import Catalog
-from nurture.tokens import Signer, TokenKind
-from nurture.vocabulary import EventKind, Verdict, YesBy
+from nurture.tokens import Signer, Token, TokenKind
+from nurture.vocabulary import EventKind, Link, Verdict, YesBy
 
-__all__ = ["Tracker", "Click", "ClickRequest"]
+__all__ = ["Tracker", "Click", "ClickRequest", "ClickEvent", "Target", "Targets"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,53 @@ class Click:
     confirm_page: bool = False  # show the one-button confirmation page instead of redirecting
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a click needs of its email: who it is for and its stored links. Kept in memory
+    once the email was sent (its links never change after that)."""
+
+    id: int
+    subscriber_id: int
+    enrollment_id: int
+    links: tuple[Link, ...]
+    sent_at: datetime | None
+    confirms: bool
+
+
+@dataclass(frozen=True)
+class ClickEvent:
+    """One click, judged at first look, to be recorded."""
+
+    target: Target
+    values: dict[str, Any]
+    bot: bool
+    at: datetime
+
+
+class Targets:
+    """The last ``size`` emails clicked, by message id (least recently used goes first)."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._items: OrderedDict[int, Target] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, message_id: int) -> Target | None:
+        with self._lock:
+            found = self._items.get(message_id)
+            if found is not None:
+                self._items.move_to_end(message_id)
+            return found
+
+    def put(self, target: Target) -> None:
+        if target.sent_at is None:  # not sent yet: its links may still be written
+            return
+        with self._lock:
+            self._items[target.id] = target
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tracker:
     store: Store
@@ -51,6 +101,7 @@ class Tracker:
     journey: Journey
     signer: Signer
     policy: ClickPolicy = field(default_factory=ClickPolicy)
+    targets: Targets = field(default_factory=Targets)
 
     def click(self, token: str, *, now: datetime, request: ClickRequest | None = None) -> Click:
         """Record a click and say where it goes. TokenError if the token is forged or names no
@@ -59,56 +110,95 @@ class Tracker:
         The ask of a confirmation step changes state, so a GET of it only shows a one-button
         page (``Click.confirm_page``); the press of that button (a POST) is the click that is
         judged. A POST to any other link is an ordinary click."""
-        parsed = self.signer.read(token, TokenKind.click)
-        request = request or ClickRequest()
+        parsed = self.read(token)
+        target = self.target(parsed.message_id)
+        click, event = self.judge(parsed, target, now=now, request=request or ClickRequest())
+        self.record([event])
+        return click
+
+    def read(self, token: str) -> Token:
+        """The token's message and link; TokenError if it is not one of ours. No I/O."""
+        return self.signer.read(token, TokenKind.click)
+
+    def target(self, message_id: int) -> Target | None:
+        """The email of a click, from memory or else from the database."""
+        found = self.targets.get(message_id)
+        if found is not None:
+            return found
         with self.store.transaction() as tx:
-            message = tx.outbox.get(parsed.message_id)
-            if message is None or not 0 <= parsed.link < len(message.links):
-                raise TokenError("no such link")
-            link = message.links[parsed.link]
-            page = link.counts and request.method != "POST" and self._confirms(message)
-            facts = ClickFacts(
-                method=request.method,
-                user_agent=request.user_agent,
-                has_browser_headers=request.has_browser_headers,
-                sent_at=message.sent_at,
-                at=now,
-                honeypot=link.honeypot,
-                ip=request.ip,
-                prefetch=request.prefetch,
-            )
-            verdict: Verdict | None
-            verdict, reasons = first_look(facts, self.policy)
-            evaluate_at = None
-            if verdict is Verdict.bot:
-                outcome = "bot"
-            elif page:
-                # Only the page was shown: the press that may follow is what is judged.
-                outcome, verdict = "shown:confirm_page", None
-            else:
-                outcome = "pending"
-                evaluate_at = now + timedelta(seconds=self.policy.window_seconds)
-            if verdict is Verdict.bot:
-                tx.answers.clicked(message.id, human=False, now=now)
-            tx.events.add(
-                subscriber_id=message.subscriber_id,
-                enrollment_id=message.enrollment_id,
-                message_id=message.id,
-                kind=EventKind.click,
-                outcome=outcome,
-                verdict=verdict,
-                evaluate_at=evaluate_at,
-                detail={
-                    "link": parsed.link,
-                    "url": link.url,
-                    "method": request.method,
-                    "ua": request.user_agent[:300],
-                    "reasons": reasons,
-                    **({"answer": link.answer} if link.answer is not None else {}),
-                },
-                now=now,
-            )
-        return Click(link.url, confirm_page=page and request.method == "GET")
+            message = tx.outbox.get(message_id)
+        if message is None:
+            return None
+        found = Target(
+            message.id,
+            message.subscriber_id,
+            message.enrollment_id,
+            message.links,
+            message.sent_at,
+            self._confirms(message),
+        )
+        self.targets.put(found)
+        return found
+
+    def judge(
+        self, parsed: Token, target: Target | None, *, now: datetime, request: ClickRequest
+    ) -> tuple[Click, ClickEvent]:
+        """Where a click goes and what to record of it: hard evidence of a machine makes it
+        ``bot`` at once, the rest waits for its window. TokenError for no such link."""
+        if target is None or not 0 <= parsed.link < len(target.links):
+            raise TokenError("no such link")
+        link = target.links[parsed.link]
+        page = link.counts and request.method != "POST" and target.confirms
+        facts = ClickFacts(
+            method=request.method,
+            user_agent=request.user_agent,
+            has_browser_headers=request.has_browser_headers,
+            sent_at=target.sent_at,
+            at=now,
+            honeypot=link.honeypot,
+            ip=request.ip,
+            prefetch=request.prefetch,
+        )
+        verdict: Verdict | None
+        verdict, reasons = first_look(facts, self.policy)
+        evaluate_at = None
+        if verdict is Verdict.bot:
+            outcome = "bot"
+        elif page:
+            # Only the page was shown: the press that may follow is what is judged.
+            outcome, verdict = "shown:confirm_page", None
+        else:
+            outcome = "pending"
+            evaluate_at = now + timedelta(seconds=self.policy.window_seconds)
+        values = events_row(
+            subscriber_id=target.subscriber_id,
+            enrollment_id=target.enrollment_id,
+            message_id=target.id,
+            kind=EventKind.click,
+            outcome=outcome,
+            verdict=verdict,
+            evaluate_at=evaluate_at,
+            detail={
+                "link": parsed.link,
+                "url": link.url,
+                "method": request.method,
+                "ua": request.user_agent[:300],
+                "reasons": reasons,
+                **({"answer": link.answer} if link.answer is not None else {}),
+            },
+            now=now,
+        )
+        event = ClickEvent(target, values, verdict is Verdict.bot, now)
+        return Click(link.url, confirm_page=page and request.method == "GET"), event
+
+    def record(self, clicks: list[ClickEvent]) -> None:
+        """Write clicks judged at first look, in one transaction: their events, and each
+        email's count of machine clicks."""
+        with self.store.transaction() as tx:
+            tx.events.add_many([c.values for c in clicks])
+            bots = Counter(c.target.id for c in clicks if c.bot)
+            for message_id, n in bots.items():
+                tx.answers.clicked(message_id, human=False, now=clicks[0].at, count=n)
 
     def evaluate_clicks(self, now: datetime, *, limit: int = 500) -> int:
         """Decide the clicks whose burst window has closed; a human click on a counting link

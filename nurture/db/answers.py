@@ -77,14 +77,15 @@ class AnswerStore:
             )
         )
 
-    def clicked(self, message_id: int, *, human: bool, now: datetime) -> None:
-        """A click judged: the first human one is kept on its email, machines are counted."""
+    def clicked(self, message_id: int, *, human: bool, now: datetime, count: int = 1) -> None:
+        """A click judged: the first human one is kept on its email, machines are counted
+        (``count`` of them at once)."""
         if human:
             q = update(MESSAGES).where(M.id == message_id, M.clicked_at.is_(None))
             self._conn.execute(q.values(clicked_at=now))
         else:
             q = update(MESSAGES).where(M.id == message_id)
-            self._conn.execute(q.values(bot_clicks=M.bot_clicks + 1))
+            self._conn.execute(q.values(bot_clicks=M.bot_clicks + count))
 
     def variant_of(self, enrollment_id: int, visit: int) -> str | None:
         """The variant the step's own email of this visit was (its reminders are the same)."""

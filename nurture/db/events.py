@@ -13,7 +13,7 @@ from nurture.db.dialect import claim, insert_new
 from nurture.db.models import EVENTS
 from nurture.vocabulary import EventKind, Verdict
 
-__all__ = ["PendingClick", "EventRow", "EventStore"]
+__all__ = ["PendingClick", "EventRow", "EventStore", "events_row"]
 
 V = EVENTS.c
 
@@ -44,6 +44,34 @@ class EventRow:
     at: datetime
 
 
+def events_row(
+    *,
+    subscriber_id: int,
+    kind: EventKind,
+    outcome: str,
+    now: datetime,
+    enrollment_id: int | None = None,
+    message_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+    verdict: Verdict | None = None,
+    evaluate_at: datetime | None = None,
+    external_id: str | None = None,
+) -> dict[str, Any]:
+    """The row of one event, as ``EventStore.add`` and ``add_many`` write it."""
+    return {
+        "subscriber_id": subscriber_id,
+        "enrollment_id": enrollment_id,
+        "message_id": message_id,
+        "kind": kind.value,
+        "outcome": outcome[:48],
+        "detail": detail or {},
+        "verdict": verdict.value if verdict is not None else None,
+        "evaluate_at": evaluate_at,
+        "created_at": now,
+        "external_id": external_id,
+    }
+
+
 class EventStore:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -64,22 +92,27 @@ class EventStore:
     ) -> int | None:
         """Record an event; its id. With ``external_id`` (an app's own id for it), None when
         an event with that id is recorded already: the same id twice is one event."""
-        values = {
-            "subscriber_id": subscriber_id,
-            "enrollment_id": enrollment_id,
-            "message_id": message_id,
-            "kind": kind.value,
-            "outcome": outcome[:48],
-            "detail": detail or {},
-            "verdict": verdict.value if verdict is not None else None,
-            "evaluate_at": evaluate_at,
-            "created_at": now,
-            "external_id": external_id,
-        }
+        values = events_row(
+            subscriber_id=subscriber_id,
+            kind=kind,
+            outcome=outcome,
+            now=now,
+            enrollment_id=enrollment_id,
+            message_id=message_id,
+            detail=detail,
+            verdict=verdict,
+            evaluate_at=evaluate_at,
+            external_id=external_id,
+        )
         if external_id is not None:
             return insert_new(self._conn, EVENTS, values)
         key = self._conn.execute(insert(EVENTS).values(values)).inserted_primary_key
         return int(key[0]) if key else None
+
+    def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Record events built by ``events_row``, in one statement."""
+        if rows:
+            self._conn.execute(insert(EVENTS), rows)
 
     def set_outcome(self, event_id: int, outcome: str, detail: dict[str, Any]) -> None:
         self._conn.execute(

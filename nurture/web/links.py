@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from nurture.errors import TokenError
+from nurture.groupwrite import WriteFailed
 from nurture.services import Services
 from nurture.tracking import ClickRequest
 from nurture.web.body import BodyError, read_body
@@ -44,14 +45,21 @@ def _click_request(request: Request) -> ClickRequest:
 
 
 async def click(request: Request) -> Response:
+    """The token is checked and the email's links found in memory (the database is read
+    once per email); the click is answered once its row is committed, in a group with the
+    other clicks of the moment, by the click writer's thread."""
     s = services(request)
-    token, facts = request.path_params["token"], _click_request(request)
+    tracker, facts = s.tracker, _click_request(request)
     try:
-        result = await run_in_threadpool(
-            lambda: s.tracker.click(token, now=s.clock.now(), request=facts)
-        )
+        parsed = tracker.read(request.path_params["token"])
+        target = tracker.targets.get(parsed.message_id)
+        if target is None:
+            target = await run_in_threadpool(tracker.target, parsed.message_id)
+        result, event = tracker.judge(parsed, target, now=s.clock.now(), request=facts)
     except TokenError:
         return not_found()
+    with contextlib.suppress(WriteFailed):  # logged; the person still gets where they go
+        await s.click_writer.write(event)
     if result.confirm_page:
         return HTMLResponse(
             page("confirm.html", title="Confirm your subscription"), headers=NO_STORE
