@@ -16,6 +16,7 @@ click can be a micro-yes.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -77,12 +78,44 @@ def scanner_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
     )
 
 
+@lru_cache(maxsize=1)
+def _network_ranges() -> dict[int, tuple[list[int], list[int]]]:
+    """Per IP version, the scanner networks as sorted, merged [first, last] address ranges:
+    an address is looked up by bisection, not against every network."""
+    out: dict[int, tuple[list[int], list[int]]] = {}
+    for version in (4, 6):
+        spans = sorted(
+            (int(n.network_address), int(n.broadcast_address))
+            for n in scanner_networks()
+            if n.version == version
+        )
+        starts: list[int] = []
+        ends: list[int] = []
+        for first, last in spans:
+            if ends and first <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], last)
+            else:
+                starts.append(first)
+                ends.append(last)
+        out[version] = (starts, ends)
+    return out
+
+
+@lru_cache(maxsize=65_536)
 def _from_scanner_network(ip: str) -> bool:
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    return any(address in net for net in scanner_networks())
+    starts, ends = _network_ranges()[address.version]
+    value = int(address)
+    i = bisect.bisect_right(starts, value) - 1
+    return i >= 0 and value <= ends[i]
+
+
+@lru_cache(maxsize=16_384)
+def _scanner_agent(user_agent: str) -> bool:
+    return scanner_agents().search(user_agent) is not None
 
 
 def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[str]]:
@@ -94,7 +127,7 @@ def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[st
         return Verdict.bot, ["HEAD request"]
     if facts.prefetch:
         return Verdict.bot, ["prefetch request"]
-    if facts.user_agent and scanner_agents().search(facts.user_agent):
+    if facts.user_agent and _scanner_agent(facts.user_agent):
         return Verdict.bot, ["scanner user agent"]
     if facts.ip and _from_scanner_network(facts.ip):
         return Verdict.bot, ["scanner network"]

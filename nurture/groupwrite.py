@@ -12,11 +12,11 @@ written again row by row, so one bad row fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Generic, TypeVar
 
 __all__ = ["GroupWriter", "WriteFailed"]
@@ -24,6 +24,8 @@ __all__ = ["GroupWriter", "WriteFailed"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Who waits for a row: its event loop and future (None: close()'s stop mark).
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"] | None
 
 
 class WriteFailed(Exception):
@@ -31,6 +33,28 @@ class WriteFailed(Exception):
 
 
 _STOP = object()
+
+
+def _tell(rows: list[tuple[object, _Waiter]], error: Exception | None) -> None:
+    """Wake the requests of a group: one call into each event loop, not one per row (each
+    is a write to the loop's wake-up pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, waiter in rows:
+        if waiter is not None:
+            by_loop.setdefault(waiter[0], []).append(waiter[1])
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a loop that closed: nobody waits
+            loop.call_soon_threadsafe(_settle, futures, error)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue  # its request went away
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class GroupWriter(Generic[T]):
@@ -45,7 +69,7 @@ class GroupWriter(Generic[T]):
         self._write = write
         self.name = name
         self.max_group = max_group
-        self._queue: queue.Queue[tuple[object, Future[None]]] = queue.Queue(max_waiting)
+        self._queue: queue.Queue[tuple[object, _Waiter]] = queue.Queue(max_waiting)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.groups = 0  # transactions written, for the benchmarks
@@ -60,15 +84,16 @@ class GroupWriter(Generic[T]):
                 self._thread.start()
 
     async def write(self, item: T) -> None:
-        """Hand ``item`` in and wait until it is committed (its error, if it failed). A
-        full queue makes the caller wait in a thread, never the event loop."""
+        """Hand ``item`` in and wait until it is committed (WriteFailed if it was refused).
+        A full queue makes the caller wait in a thread, never the event loop."""
         self._started()
-        future: Future[None] = Future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         try:
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait((item, (loop, future)))
         except queue.Full:
-            await asyncio.to_thread(self._queue.put, (item, future))
-        await asyncio.wrap_future(future)
+            await asyncio.to_thread(self._queue.put, (item, (loop, future)))
+        await future
 
     def _run(self) -> None:
         while True:
@@ -79,31 +104,26 @@ class GroupWriter(Generic[T]):
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = any(item is _STOP for item, _ in group)
-            rows = [(item, f) for item, f in group if item is not _STOP]
+            rows = [(item, w) for item, w in group if item is not _STOP]
             if rows:
                 self._commit(rows)
-            if stop:
-                for item, future in group:
-                    if item is _STOP:
-                        future.set_result(None)
+            if len(rows) < len(group):  # close() was called: what came before it is written
                 return
 
-    def _commit(self, rows: list[tuple[object, Future[None]]]) -> None:
+    def _commit(self, rows: list[tuple[object, _Waiter]]) -> None:
         try:
             self._write([item for item, _ in rows])  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - written again one by one: one bad row fails alone
             if len(rows) == 1:
                 log.exception("%s: a write failed", self.name, extra={"action": "write_failed"})
-                rows[0][1].set_exception(WriteFailed(f"{self.name}: the write failed"))
+                _tell(rows, WriteFailed(f"{self.name}: the write failed"))
                 return
             for row in rows:
                 self._commit([row])
             return
         self.groups += 1
         self.rows += len(rows)
-        for _, future in rows:
-            future.set_result(None)
+        _tell(rows, None)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write what was handed in, then stop the thread."""
@@ -111,8 +131,7 @@ class GroupWriter(Generic[T]):
             thread = self._thread
         if thread is None:
             return
-        done: Future[None] = Future()
-        self._queue.put((_STOP, done))
+        self._queue.put((_STOP, None))
         thread.join(timeout)
         with self._lock:
             self._thread = None

@@ -125,7 +125,7 @@ class Tracker:
         found = self.targets.get(message_id)
         if found is not None:
             return found
-        with self.store.transaction() as tx:
+        with self.store.reading() as tx:
             message = tx.outbox.get(message_id)
         if message is None:
             return None

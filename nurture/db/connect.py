@@ -38,6 +38,9 @@ def describe_url(url: str) -> str:
         return repr(url)
 
 
+READS_ONLY = "nurture_reads_only"  # the execution option of Store.reading's connections
+
+
 def is_sqlite(url: str) -> bool:
     with _translated(url):
         return make_url(normalize_url(url)).get_backend_name() == "sqlite"
@@ -68,8 +71,12 @@ def connect_database(url: str, **kwargs: Any) -> Engine:
     @event.listens_for(database, "begin")
     def _on_begin(conn: Any) -> None:
         # BEGIN IMMEDIATE takes the write lock up front: two threads that read then write can
-        # then never deadlock on the lock upgrade (SQLITE_BUSY without waiting).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # then never deadlock on the lock upgrade (SQLITE_BUSY without waiting). A transaction
+        # that only reads (Store.reading) takes no lock: WAL readers never wait for writers.
+        if conn.get_execution_options().get(READS_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return database
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine
 
 from nurture.db.answers import AnswerStore
+from nurture.db.connect import READS_ONLY
 from nurture.db.enrollments import EnrollmentStore
 from nurture.db.events import EventStore
 from nurture.db.funnel import FunnelStore
@@ -62,6 +63,15 @@ class Store:
         """One transaction: committed when the block ends, rolled back if it raises."""
         with self.database.begin() as conn:
             yield Tx(conn)
+
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A transaction that only reads (it must not write): on SQLite it takes no lock, so
+        it never waits for a writer, nor makes one wait."""
+        with self.database.connect() as conn:
+            conn = conn.execution_options(**{READS_ONLY: True})
+            with conn.begin():
+                yield Tx(conn)
 
     def dispose(self) -> None:
         self.database.dispose()

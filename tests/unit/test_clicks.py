@@ -74,3 +74,20 @@ def test_what_happened_in_the_window_decides() -> None:
         Verdict.human
     )
     assert decide([], links_in_window=1, honeypot_in_window=True, policy=POLICY)[0] is Verdict.bot
+
+
+def test_the_network_lookup_agrees_with_every_listed_network() -> None:
+    import ipaddress
+
+    from nurture.clicks import _from_scanner_network, scanner_networks
+
+    for net in scanner_networks():
+        first, last = net.network_address, net.broadcast_address
+        assert _from_scanner_network(str(first)) and _from_scanner_network(str(last))
+        for near in (int(first) - 1, int(last) + 1):
+            if near < 0 or near >= 2**net.max_prefixlen:
+                continue
+            outside = ipaddress.ip_address(near)
+            expected = any(outside in other for other in scanner_networks())
+            assert _from_scanner_network(str(outside)) is expected, outside
+    assert not _from_scanner_network("203.0.113.7") and not _from_scanner_network("not an ip")
