@@ -45,6 +45,9 @@ class ClickPolicy:
     min_seconds: float = 5.0  # a click sooner after sending is suspect
     window_seconds: float = 10.0  # how long clicks on one message are looked at together
     burst_links: int = 3  # this many different links of one message in a window: a scanner
+    # A click with no soft signal (a browser's headers, not seconds after delivery) is judged
+    # this soon if nothing else was clicked on its email meanwhile; else after the window.
+    quick_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

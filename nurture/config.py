@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     click_min_seconds: float = Field(default=5.0, ge=0)  # sooner after sending is suspect
     click_window_seconds: float = Field(default=10.0, ge=0)  # clicks judged together
     click_burst_links: int = Field(default=3, ge=2)  # links of one message in a window: bot
+    # A click with a person's signals and nothing else clicked on its email: judged this soon.
+    click_quick_seconds: float = Field(default=1.0, ge=0)
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).
     ab_min_sent: int = Field(default=100, ge=1)

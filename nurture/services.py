@@ -123,6 +123,7 @@ def build_services(
     policy = ClickPolicy(
         min_seconds=settings.click_min_seconds,
         window_seconds=settings.click_window_seconds,
+        quick_seconds=settings.click_quick_seconds,
         burst_links=settings.click_burst_links,
     )
     dispatcher = Dispatcher(

@@ -169,7 +169,10 @@ class Tracker:
             outcome, verdict = "shown:confirm_page", None
         else:
             outcome = "pending"
-            evaluate_at = now + timedelta(seconds=self.policy.window_seconds)
+            wait = self.policy.window_seconds
+            if not reasons:  # a person's signals: judged as soon as nothing else is seen
+                wait = min(wait, self.policy.quick_seconds)
+            evaluate_at = now + timedelta(seconds=wait)
         values = events_row(
             subscriber_id=target.subscriber_id,
             enrollment_id=target.enrollment_id,
@@ -201,8 +204,9 @@ class Tracker:
                 tx.answers.clicked(message_id, human=False, now=clicks[0].at, count=n)
 
     def evaluate_clicks(self, now: datetime, *, limit: int = 500) -> int:
-        """Decide the clicks whose burst window has closed; a human click on a counting link
-        is then the micro-yes. Returns how many were decided."""
+        """Decide the clicks whose burst window has closed (or, for a click with a person's
+        signals and nothing else clicked on its email, whose quick wait has passed); a human
+        click on a counting link is then the micro-yes. Returns how many were looked at."""
         window = timedelta(seconds=self.policy.window_seconds)
         with self.store.transaction() as tx:
             pending = tx.events.pending_clicks(now, limit)
@@ -212,6 +216,11 @@ class Tracker:
                     continue
                 links = message.links
                 around = tx.events.links_clicked(message.id, click.at - window, click.at + window)
+                if click.at + window > now and len(around) > 1:
+                    # Judged early (a person's signals), but something else was clicked on
+                    # this email meanwhile: wait for the whole window after all.
+                    tx.events.postpone_click(click.id, until=click.at + window)
+                    continue
                 seen = {i for i in around if 0 <= i < len(links)}
                 verdict, reasons = decide(
                     click.reasons,

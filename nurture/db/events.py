@@ -178,6 +178,10 @@ class EventStore:
         )
         return [int((d or {}).get("link", -1)) for d in self._conn.scalars(q)]
 
+    def postpone_click(self, event_id: int, *, until: datetime) -> None:
+        """A pending click is judged at ``until`` instead."""
+        self._conn.execute(update(EVENTS).where(V.id == event_id).values(evaluate_at=until))
+
     def decide_click(
         self, click: PendingClick, *, verdict: Verdict, outcome: str, reasons: list[str]
     ) -> None:

@@ -241,3 +241,50 @@ def test_the_honeypot_of_mail_sent_under_an_older_base_url_still_counts(
     assert verdicts(after)[-1] == ("bot", "bot")
     [event] = rows(after.services.store, EVENTS, kind="click")[-1:]
     assert event.detail["reasons"] == ["honeypot link"]
+
+
+def test_a_person_alone_on_the_email_advances_within_two_seconds(
+    world: World, http: httpx.Client
+) -> None:
+    mail = at_read(world, "fast@example.com")
+    visible, _ = paths(mail)
+    world.clock.advance(seconds=60)
+    assert http.get(visible[0], headers=PERSON).status_code == 302
+    world.clock.advance(seconds=0.5)
+    world.tick()
+    assert world.state("fast@example.com").step_id == "read"  # not yet: a second's wait
+    world.clock.advance(seconds=0.6)
+    world.tick()  # the daemon's next tick: judged, advanced, and the next email sent
+    assert world.state("fast@example.com").step_id == "ask"
+    assert [m.subject for m in world.smtp.to("fast@example.com")][-1] == "Tell me by reply"
+    assert verdicts(world) == [("human", "advanced")]
+
+
+def test_a_walker_with_browser_headers_is_still_judged_on_the_whole_window(
+    world: World, http: httpx.Client
+) -> None:
+    """Three links 0.4 s apart, as a person's browser would send them: the first click's
+    quick wait sees the others and waits for the window, which shows a walk."""
+    mail = at_read(world, "walked@example.com")
+    visible, honeypot = paths(mail)
+    world.clock.advance(seconds=120)
+    for path in [*visible, honeypot][:3]:
+        assert http.get(path, headers=PERSON).status_code == 302
+        world.clock.advance(seconds=0.4)
+    for _ in range(12):  # the daemon ticking once a second through the window
+        world.tick()
+        world.clock.advance(seconds=1)
+    assert world.state("walked@example.com").step_id == "read"
+    assert {v for v, _ in verdicts(world)} == {"bot"}
+
+
+def test_soft_signals_still_wait_for_the_whole_window(world: World, http: httpx.Client) -> None:
+    mail = at_read(world, "soft@example.com")
+    visible, _ = paths(mail)
+    world.clock.advance(seconds=2)  # seconds after delivery: a soft signal
+    assert http.get(visible[0], headers=PERSON).status_code == 302
+    world.clock.advance(seconds=1.5)
+    world.tick()
+    assert world.state("soft@example.com").step_id == "read"
+    settle(world)
+    assert world.state("soft@example.com").step_id == "ask"

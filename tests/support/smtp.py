@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -78,3 +80,20 @@ class RecordingHandler:
 
 def recording_smtp(handler: RecordingHandler | None = None) -> SmtpServerThread:
     return SmtpServerThread(handler or RecordingHandler())
+
+
+class AcceptAll:
+    """A transport that takes every email at once, for setting up people whose email was
+    sent (the test is about what comes after, not about SMTP)."""
+
+    size = 4
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AcceptAll]:
+        yield self
+
+    async def send(self, sender: str, recipient: str, data: bytes) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
