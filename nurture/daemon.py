@@ -98,6 +98,7 @@ class Daemon:
         self._registered = False
         self._signals = 0
         self._stopped = asyncio.Event()  # a worker with no web app waits on it
+        self._again = False  # a tick was asked for while one ran
 
     # -- start ---------------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Daemon:
             await asyncio.to_thread(self._register)
         settle_heap()
         if self.worker:
+            self.services.wakeup.attach(self.tick, asyncio.get_running_loop())
             self._schedule("tick", self.tick, settings.tick_seconds)
             self._schedule("heartbeat", self.heartbeat, settings.heartbeat_seconds)
             if settings.imap_host:
@@ -226,13 +228,22 @@ class Daemon:
     # -- the jobs ------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Decide the clicks whose window closed, then plan and send what is due."""
-        if self._ticking.locked() or self._stopping.is_set():
+        """Decide the clicks whose window closed, then plan and send what is due. Asked
+        while a tick runs (a wake-up: a reply, a form, a click about to be judged), it runs
+        once more right after."""
+        if self._stopping.is_set():
+            return
+        if self._ticking.locked():
+            self._again = True
             return
         async with self._ticking:
-            self._tick_task = asyncio.ensure_future(self._tick())
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._tick_task)
+            while True:
+                self._again = False
+                self._tick_task = asyncio.ensure_future(self._tick())
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._tick_task)
+                if not self._again or self._stopping.is_set():
+                    break
 
     async def _tick(self) -> None:
         assert self.services is not None

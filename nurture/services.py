@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
@@ -29,6 +29,7 @@ from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
 from nurture.tracking import ClickEvent, Tracker
+from nurture.wakeup import Wakeup
 
 __all__ = [
     "Services",
@@ -54,6 +55,7 @@ class Services:
     events: OutsideEvents
     dispatcher: Dispatcher
     click_writer: GroupWriter[ClickEvent]
+    wakeup: Wakeup = field(default_factory=Wakeup)
 
     async def close(self) -> None:
         """Write the clicks handed in, close the SMTP connections, then the database's."""

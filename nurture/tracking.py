@@ -68,6 +68,7 @@ class ClickEvent:
     values: dict[str, Any]
     bot: bool
     at: datetime
+    judged_in: float | None = None  # seconds until it is judged (None: judged already)
 
 
 class Targets:
@@ -191,7 +192,8 @@ class Tracker:
             },
             now=now,
         )
-        event = ClickEvent(target, values, verdict is Verdict.bot, now)
+        judged_in = (evaluate_at - now).total_seconds() if evaluate_at is not None else None
+        event = ClickEvent(target, values, verdict is Verdict.bot, now, judged_in)
         return Click(link.url, confirm_page=page and request.method == "GET"), event
 
     def record(self, clicks: list[ClickEvent]) -> None:

@@ -131,6 +131,7 @@ async def subscribe_post(request: Request) -> Response:
             email=data.get("email"),
             first_name=data.get("first_name"),
         )
+    s.wakeup.soon()  # the confirmation the person waits for goes now
     status = 201 if result.created else 200
     if as_json:
         body = {
@@ -183,6 +184,7 @@ async def events(request: Request) -> Response:
         )
     except (SubscribeError, BodyError) as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    s.wakeup.soon()  # what it advanced goes out now, not at the next tick
     body = {
         "converted": result.converted,
         "advanced": result.advanced,
@@ -230,6 +232,7 @@ async def inbound(request: Request) -> Response:
             raw, now=s.clock.now(), source=InboundSource.webhook, trusted=trusted
         )
     )
+    s.wakeup.soon()
     code = 400 if result.status is InboundStatus.malformed else 200
     body = {"status": result.status.value, "outcome": result.outcome}
     return JSONResponse(body, status_code=code)

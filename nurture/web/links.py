@@ -60,6 +60,8 @@ async def click(request: Request) -> Response:
         return not_found()
     with contextlib.suppress(WriteFailed):  # logged; the person still gets where they go
         await s.click_writer.write(event)
+    if event.judged_in is not None:  # its yes, if it is one, takes effect then
+        s.wakeup.soon(event.judged_in + 0.05)
     if result.confirm_page:
         return HTMLResponse(
             page("confirm.html", title="Confirm your subscription"), headers=NO_STORE
