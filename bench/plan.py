@@ -53,7 +53,9 @@ def settings(url: str, workdir: Path) -> Settings:
     )
 
 
-def populate(url: str, n: int, workdir: Path) -> None:
+def populate(url: str, n: int, workdir: Path, due_in: timedelta = -timedelta(hours=1)) -> None:
+    """N confirmed people in the starter sequence, their welcome email due ``due_in`` from
+    now (10 minutes after they subscribed)."""
     upgrade(url)
     listing = workdir / "people.csv"
     with listing.open("w", newline="") as f:
@@ -62,7 +64,7 @@ def populate(url: str, n: int, workdir: Path) -> None:
         for i in range(n):
             out.writerow([f"reader{i:07d}@example.com", "Ada"])
     services = build_services(settings(url, workdir), transport=NoRelay())
-    then = services.clock.now() - timedelta(hours=2)
+    then = services.clock.now() + due_in - timedelta(minutes=10)
     try:
         report = import_csv(
             services.subscriptions, listing, sequence_id="starter", now=lambda: then, confirmed=True
@@ -73,11 +75,13 @@ def populate(url: str, n: int, workdir: Path) -> None:
 
 
 @contextlib.contextmanager
-def copies(spec: str, n: int, workdir: Path) -> Iterator[tuple[str, str]]:
-    """Two databases holding the same N due enrollments."""
+def copies(
+    spec: str, n: int, workdir: Path, due_in: timedelta = -timedelta(hours=1)
+) -> Iterator[tuple[str, str]]:
+    """Two databases holding the same N enrollments (due ``due_in`` from now)."""
     if spec == "sqlite":
         first = workdir / "a.db"
-        populate(f"sqlite:///{first}", n, workdir)
+        populate(f"sqlite:///{first}", n, workdir, due_in)
         shutil.copy(first, workdir / "b.db")
         yield f"sqlite:///{first}", f"sqlite:///{workdir / 'b.db'}"
         return
@@ -91,7 +95,7 @@ def copies(spec: str, n: int, workdir: Path) -> Iterator[tuple[str, str]]:
                 conn.execute(text(f'CREATE SCHEMA "{schema}"'))
             u = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
             urls.append(u.render_as_string(hide_password=False))
-            populate(urls[-1], n, workdir)
+            populate(urls[-1], n, workdir, due_in)
         yield urls[0], urls[1]
     finally:
         for schema in schemas:
