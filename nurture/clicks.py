@@ -150,9 +150,13 @@ def decide(
     links_in_window: int,
     honeypot_in_window: bool,
     policy: ClickPolicy,
+    flooded: bool = False,
 ) -> tuple[Verdict, list[str]]:
     """The verdict once the window has closed: ``reasons`` are the first look's soft signals;
-    the rest is what happened on the same message within the window."""
+    the rest is what happened on the same message within the window (``flooded``: its link
+    was clicked past the flood limit, ``nurture.limits``)."""
+    if flooded:
+        return Verdict.bot, [*reasons, "its link was hammered within the window"]
     if honeypot_in_window:
         return Verdict.bot, [*reasons, "honeypot hit on this message"]
     if links_in_window >= policy.burst_links:

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     click_burst_links: int = Field(default=3, ge=2)  # links of one message in a window: bot
     # A click with a person's signals and nothing else clicked on its email: judged this soon.
     click_quick_seconds: float = Field(default=1.0, ge=0)
+    # Abuse limits (nurture.limits): clicks on one link / from one client address in a window
+    # past which they are summarised; form posts per client address a minute.
+    click_flood_limit: int = Field(default=20, ge=1)
+    client_flood_limit: int = Field(default=1000, ge=1)
+    click_flood_seconds: float = Field(default=10.0, gt=0)
+    subscribe_per_minute: int = Field(default=10, ge=1)
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).
     ab_min_sent: int = Field(default=100, ge=1)

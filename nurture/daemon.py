@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import IO
@@ -40,10 +39,10 @@ from nurture.db.migrate import ensure_schema
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
-from nurture.metrics import TICK_SECONDS
 from nurture.process import listen, lock_sqlite_file
 from nurture.reader import MailboxReader
 from nurture.services import Services, build_services
+from nurture.ticker import Ticker
 from nurture.web.app import create_app
 
 __all__ = ["Daemon", "run", "settle_heap"]
@@ -90,15 +89,13 @@ class Daemon:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._server: _Server | None = None
         self._stopping = threading.Event()
-        self._ticking = asyncio.Lock()
         self._reader: MailboxReader | None = None
         self._scheduler_started = False
         self._file_lock: IO[str] | None = None
-        self._tick_task: asyncio.Task[None] | None = None
         self._registered = False
         self._signals = 0
         self._stopped = asyncio.Event()  # a worker with no web app waits on it
-        self._again = False  # a tick was asked for while one ran
+        self._ticker: Ticker | None = None
 
     # -- start ---------------------------------------------------------------------------
 
@@ -121,8 +118,9 @@ class Daemon:
             await asyncio.to_thread(self._register)
         settle_heap()
         if self.worker:
-            self.services.wakeup.attach(self.tick, asyncio.get_running_loop())
-            self._schedule("tick", self.tick, settings.tick_seconds)
+            self._ticker = Ticker(self.services, self._stopping)
+            self.services.wakeup.attach(self._ticker.wake, asyncio.get_running_loop())
+            self._schedule("tick", self._ticker.interval, settings.tick_seconds)
             self._schedule("heartbeat", self.heartbeat, settings.heartbeat_seconds)
             if settings.imap_host:
                 self._start_imap()
@@ -227,48 +225,6 @@ class Daemon:
 
     # -- the jobs ------------------------------------------------------------------------
 
-    async def tick(self) -> None:
-        """Decide the clicks whose window closed, then plan and send what is due. Asked
-        while a tick runs (a wake-up: a reply, a form, a click about to be judged), it runs
-        once more right after."""
-        if self._stopping.is_set():
-            return
-        if self._ticking.locked():
-            self._again = True
-            return
-        async with self._ticking:
-            while True:
-                self._again = False
-                self._tick_task = asyncio.ensure_future(self._tick())
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(self._tick_task)
-                if not self._again or self._stopping.is_set():
-                    break
-
-    async def _tick(self) -> None:
-        assert self.services is not None
-        tracker, dispatcher, clock = (
-            self.services.tracker,
-            self.services.dispatcher,
-            self.services.clock,
-        )
-        began = time.perf_counter()
-        try:
-            await asyncio.to_thread(lambda: tracker.evaluate_clicks(clock.now()))
-            planned, sent = await dispatcher.run_once()
-        except Exception:
-            log.exception("tick failed; the next one tries again", extra={"action": "tick_failed"})
-            return
-        finally:
-            TICK_SECONDS.observe(time.perf_counter() - began)
-        if planned or sent:
-            log.info(
-                "tick: %d enrollments decided, %d emails attempted",
-                planned,
-                sent,
-                extra={"action": "tick", "planned": planned, "sent": sent},
-            )
-
     async def heartbeat(self) -> None:
         """Say this worker is alive; take over the mail of workers silent too long."""
         assert self.services is not None
@@ -335,10 +291,10 @@ class Daemon:
             self.services.dispatcher.stopping.set()
         if self._reader is not None:
             await self._reader.stop()
-        await self._finish_tick()
-        async with self._ticking:
-            if self._scheduler.running:
-                self._scheduler.shutdown(wait=False)
+        if self._ticker is not None:
+            await self._ticker.finish()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
         if self._registered:
             await asyncio.to_thread(self._unregister)
         if self.services is not None:
@@ -351,21 +307,6 @@ class Daemon:
             self._file_lock.close()
         if self._scheduler_started:
             log.info("stopped", extra={"action": "daemon_stopped"})
-
-    async def _finish_tick(self) -> None:
-        task = self._tick_task
-        if task is None or task.done():
-            return
-        await asyncio.wait({task}, timeout=self.settings.shutdown_timeout_seconds)
-        if not task.done():
-            log.warning(
-                "the mail on the wire did not finish within %ss; leaving it to the next worker",
-                self.settings.shutdown_timeout_seconds,
-                extra={"action": "shutdown_timeout"},
-            )
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     def _unregister(self) -> None:
         assert self.services is not None

@@ -22,13 +22,18 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from nurture.services import Services
 
-__all__ = ["TICK_SECONDS", "SMTP_CONNECT_ERRORS", "render_metrics"]
+__all__ = ["TICK_SECONDS", "TICK_OVERRUNS", "SMTP_CONNECT_ERRORS", "render_metrics"]
 
 # Observed by the daemon's tick (nurture.daemon), in this process.
 TICK_SECONDS = Histogram(
     "nurture_tick_seconds",
     "How long one scheduler tick took (judging clicks, planning, sending)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=None,
+)
+TICK_OVERRUNS = PromCounter(
+    "nurture_tick_overruns",
+    "Ticks that ran past their interval (the intervals meanwhile were skipped)",
     registry=None,
 )
 # Counted by the SMTP pool (nurture.mail.send), in this process.
@@ -122,6 +127,7 @@ class _Database(Collector):
 def render_metrics(services: Services) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TICK_SECONDS)
+    registry.register(TICK_OVERRUNS)
     registry.register(SMTP_CONNECT_ERRORS)
     registry.register(_Database(services))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -19,6 +19,7 @@ from nurture.experiments import Experiments
 from nurture.groupwrite import GroupWriter
 from nurture.inbox import Inbox
 from nurture.journey import Journey
+from nurture.limits import AbuseLimits
 from nurture.mail.render import Renderer, sample_problems
 from nurture.mail.sandbox import Limits, Sandbox, make_environment
 from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
@@ -28,7 +29,7 @@ from nurture.sendtimes import Caps, SendTimes
 from nurture.sequences import Catalog, load_catalog
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
-from nurture.tracking import ClickEvent, Tracker
+from nurture.tracking import ClickEvent, FloodNote, Tracker
 from nurture.wakeup import Wakeup
 
 __all__ = [
@@ -54,7 +55,8 @@ class Services:
     subscriptions: Subscriptions
     events: OutsideEvents
     dispatcher: Dispatcher
-    click_writer: GroupWriter[ClickEvent]
+    click_writer: GroupWriter[ClickEvent | FloodNote]
+    limits: AbuseLimits
     wakeup: Wakeup = field(default_factory=Wakeup)
 
     async def close(self) -> None:
@@ -161,4 +163,10 @@ def build_services(
         events=OutsideEvents(store=store, catalog=catalog, journey=journey),
         dispatcher=dispatcher,
         click_writer=GroupWriter(tracker.record, name="clicks"),
+        limits=AbuseLimits(
+            click_limit=settings.click_flood_limit,
+            client_limit=settings.client_flood_limit,
+            seconds=settings.click_flood_seconds,
+            subscribe_per_minute=settings.subscribe_per_minute,
+        ),
     )

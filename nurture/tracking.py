@@ -11,23 +11,25 @@ sandboxes run scripts and submit forms too.
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.clicks import ClickFacts, ClickPolicy, decide, first_look
-from nurture.db.events import events_row
+from nurture.db.events import PendingClick, events_row
 from nurture.db.messages import MessageRow
-from nurture.db.store import Store
+from nurture.db.store import Store, Tx
 from nurture.errors import TokenError
 from nurture.journey import Journey
 from nurture.sequences import Catalog
 from nurture.tokens import Signer, Token, TokenKind
 from nurture.vocabulary import EventKind, Link, Verdict, YesBy
 
-__all__ = ["Tracker", "Click", "ClickRequest", "ClickEvent", "Target", "Targets"]
+__all__ = ["Tracker", "Click", "ClickRequest", "ClickEvent", "FloodNote", "Target", "Targets"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,19 @@ class ClickEvent:
     bot: bool
     at: datetime
     judged_in: float | None = None  # seconds until it is judged (None: judged already)
+
+
+@dataclass(frozen=True)
+class FloodNote:
+    """A link clicked past its limit (``nurture.limits``): the clicks of this window beyond
+    it, written as one summary row (``key`` names it) instead of one row each."""
+
+    target: Target
+    link: int
+    key: str
+    clicks: int
+    reason: str
+    at: datetime
 
 
 class Targets:
@@ -196,49 +211,111 @@ class Tracker:
         event = ClickEvent(target, values, verdict is Verdict.bot, now, judged_in)
         return Click(link.url, confirm_page=page and request.method == "GET"), event
 
-    def record(self, clicks: list[ClickEvent]) -> None:
-        """Write clicks judged at first look, in one transaction: their events, and each
-        email's count of machine clicks."""
+    def record(self, items: list[ClickEvent | FloodNote]) -> None:
+        """Write clicks judged at first look, in one transaction: their events, each
+        email's count of machine clicks, and the summaries of floods."""
+        clicks = [c for c in items if isinstance(c, ClickEvent)]
         with self.store.transaction() as tx:
             tx.events.add_many([c.values for c in clicks])
             bots = Counter(c.target.id for c in clicks if c.bot)
             for message_id, n in bots.items():
                 tx.answers.clicked(message_id, human=False, now=clicks[0].at, count=n)
+            for note in items:
+                if isinstance(note, FloodNote):
+                    self._flood(tx, note)
 
-    def evaluate_clicks(self, now: datetime, *, limit: int = 500) -> int:
+    @staticmethod
+    def _flood(tx: Tx, note: FloodNote) -> None:
+        target = note.target
+        link = target.links[note.link] if 0 <= note.link < len(target.links) else None
+        detail = {
+            "link": note.link,
+            "url": link.url if link else None,
+            "clicks": note.clicks,
+            "reasons": [note.reason],
+        }
+        if not tx.events.update_detail(note.key, detail):
+            tx.events.add(
+                subscriber_id=target.subscriber_id,
+                enrollment_id=target.enrollment_id,
+                message_id=target.id,
+                kind=EventKind.click,
+                outcome="flood",
+                verdict=Verdict.bot,
+                detail=detail,
+                external_id=note.key,
+                now=note.at,
+            )
+
+    def evaluate_clicks(self, now: datetime, *, limit: int = 200, budget: float = 0.5) -> int:
         """Decide the clicks whose burst window has closed (or, for a click with a person's
         signals and nothing else clicked on its email, whose quick wait has passed); a human
-        click on a counting link is then the micro-yes. Returns how many were looked at."""
+        click on a counting link is then the micro-yes. In short transactions of ``limit``
+        clicks, for at most about ``budget`` seconds (the rest waits for the next tick), so
+        the request path's writes never wait long. Returns how many were looked at."""
+        looked = 0
+        deadline = time.monotonic() + budget
+        while True:
+            n = self._evaluate_some(now, limit)
+            looked += n
+            if n < limit or time.monotonic() > deadline:
+                return looked
+
+    def _evaluate_some(self, now: datetime, limit: int) -> int:
         window = timedelta(seconds=self.policy.window_seconds)
         with self.store.transaction() as tx:
             pending = tx.events.pending_clicks(now, limit)
+            by_message: dict[int, list[PendingClick]] = {}
             for click in pending:
-                message = tx.outbox.get(click.message_id)
+                by_message.setdefault(click.message_id, []).append(click)
+            for message_id, clicks in by_message.items():
+                message = tx.outbox.get(message_id)
                 if message is None:
                     continue
-                links = message.links
-                around = tx.events.links_clicked(message.id, click.at - window, click.at + window)
-                if click.at + window > now and len(around) > 1:
-                    # Judged early (a person's signals), but something else was clicked on
-                    # this email meanwhile: wait for the whole window after all.
-                    tx.events.postpone_click(click.id, until=click.at + window)
-                    continue
-                seen = {i for i in around if 0 <= i < len(links)}
-                verdict, reasons = decide(
-                    click.reasons,
-                    links_in_window=sum(1 for i in seen if not links[i].honeypot),
-                    honeypot_in_window=any(links[i].honeypot for i in seen),
-                    policy=self.policy,
+                # The email's clicks around all of these, read once: each click's window is
+                # then a slice of them (the flood limit keeps them few per link).
+                seen = tx.events.clicks_between(
+                    message_id,
+                    min(c.at for c in clicks) - window,
+                    max(c.at for c in clicks) + window,
                 )
-                outcome = "bot" if verdict is Verdict.bot else "recorded"
-                link = links[click.link] if 0 <= click.link < len(links) else None
-                if verdict is Verdict.human and link is not None and link.counts:
-                    outcome = self.journey.answer(
-                        tx, message, YesBy.click, now=now, answer=link.answer
-                    )
-                tx.events.decide_click(click, verdict=verdict, outcome=outcome, reasons=reasons)
-                tx.answers.clicked(message.id, human=verdict is Verdict.human, now=now)
+                times = [at for at, _, _ in seen]
+                for click in clicks:
+                    lo = bisect.bisect_left(times, click.at - window)
+                    hi = bisect.bisect_right(times, click.at + window)
+                    self._judge_one(tx, message, click, seen[lo:hi], now=now)
         return len(pending)
+
+    def _judge_one(
+        self,
+        tx: Tx,
+        message: MessageRow,
+        click: PendingClick,
+        around: list[tuple[datetime, int, bool]],
+        *,
+        now: datetime,
+    ) -> None:
+        window = timedelta(seconds=self.policy.window_seconds)
+        if click.at + window > now and len(around) > 1:
+            # Judged early (a person's signals), but something else was clicked on this
+            # email meanwhile: wait for the whole window after all.
+            tx.events.postpone_click(click.id, until=click.at + window)
+            return
+        links = message.links
+        seen = {i for _, i, _ in around if 0 <= i < len(links)}
+        verdict, reasons = decide(
+            click.reasons,
+            links_in_window=sum(1 for i in seen if not links[i].honeypot),
+            honeypot_in_window=any(links[i].honeypot for i in seen),
+            flooded=any(flood and i == click.link for _, i, flood in around),
+            policy=self.policy,
+        )
+        outcome = "bot" if verdict is Verdict.bot else "recorded"
+        link = links[click.link] if 0 <= click.link < len(links) else None
+        if verdict is Verdict.human and link is not None and link.counts:
+            outcome = self.journey.answer(tx, message, YesBy.click, now=now, answer=link.answer)
+        tx.events.decide_click(click, verdict=verdict, outcome=outcome, reasons=reasons)
+        tx.answers.clicked(message.id, human=verdict is Verdict.human, now=now)
 
     def _confirms(self, message: MessageRow) -> bool:
         found = self.catalog.locate(message.sequence_id, message.step_id)

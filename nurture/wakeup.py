@@ -22,6 +22,7 @@ class Wakeup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._at = float("inf")  # monotonic time of the wake planned
         self._lock = threading.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def attach(self, run: Callable[[], Awaitable[None]], loop: asyncio.AbstractEventLoop) -> None:
         """The tick to run (a coroutine function) and the event loop it runs on."""
@@ -49,4 +50,6 @@ class Wakeup:
             if self._at <= time.monotonic():
                 self._at = float("inf")
         assert self._run is not None
-        asyncio.ensure_future(self._run())
+        task = asyncio.ensure_future(self._run())
+        self._tasks.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._tasks.discard)

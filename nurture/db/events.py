@@ -114,6 +114,13 @@ class EventStore:
         if rows:
             self._conn.execute(insert(EVENTS), rows)
 
+    def update_detail(self, external_id: str, detail: dict[str, Any]) -> bool:
+        """The detail of the event with that external id; False if there is none."""
+        done = self._conn.execute(
+            update(EVENTS).where(V.external_id == external_id).values(detail=detail)
+        )
+        return bool(done.rowcount)
+
     def set_outcome(self, event_id: int, outcome: str, detail: dict[str, Any]) -> None:
         self._conn.execute(
             update(EVENTS).where(V.id == event_id).values(outcome=outcome[:48], detail=detail)
@@ -167,16 +174,25 @@ class EventStore:
             for r in self._conn.execute(claim(q, of=EVENTS))
         ]
 
-    def links_clicked(self, message_id: int, start: datetime, end: datetime) -> list[int]:
-        """The link numbers clicked on a message between two times (one per click, any
-        verdict)."""
-        q = select(V.detail).where(
-            V.message_id == message_id,
-            V.kind == EventKind.click.value,
-            V.created_at >= start,
-            V.created_at <= end,
+    def clicks_between(
+        self, message_id: int, start: datetime, end: datetime
+    ) -> list[tuple[datetime, int, bool]]:
+        """(when, link number, a flood's summary?) of each click on a message between two
+        times, any verdict, oldest first."""
+        q = (
+            select(V.created_at, V.detail, V.outcome)
+            .where(
+                V.message_id == message_id,
+                V.kind == EventKind.click.value,
+                V.created_at >= start,
+                V.created_at <= end,
+            )
+            .order_by(V.created_at)
         )
-        return [int((d or {}).get("link", -1)) for d in self._conn.scalars(q)]
+        return [
+            (at, int((d or {}).get("link", -1)), outcome == "flood")
+            for at, d, outcome in self._conn.execute(q)
+        ]
 
     def postpone_click(self, event_id: int, *, until: datetime) -> None:
         """A pending click is judged at ``until`` instead."""

@@ -103,6 +103,13 @@ async def subscribe_post(request: Request) -> Response:
     s = services(request)
     as_json = _wants_json(request)
     data: dict[str, Any] = {}
+    if not s.limits.subscribe(request.client.host if request.client else ""):
+        text = "Too many sign-ups from your address. Please try again in a minute."
+        headers = {"Retry-After": "60"}
+        if as_json:
+            return JSONResponse({"error": text}, status_code=429, headers=headers)
+        html = page("message.html", title="Please wait a minute", text=text)
+        return HTMLResponse(html, status_code=429, headers=headers)
     try:
         data = await read_payload(request)
         fields = {k: v for k, v in data.items() if k not in ("email", "sequence", "tags")}

@@ -5,6 +5,8 @@ service and answers; a bad token is always a 404, never a redirect elsewhere."""
 from __future__ import annotations
 
 import contextlib
+import os
+from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -12,8 +14,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from nurture.errors import TokenError
 from nurture.groupwrite import WriteFailed
+from nurture.limits import FLOOD_NOTE_EVERY, AbuseLimits
 from nurture.services import Services
-from nurture.tracking import ClickRequest
+from nurture.tokens import TokenKind
+from nurture.tracking import ClickEvent, ClickRequest, FloodNote
 from nurture.web.body import BodyError, read_body
 from nurture.web.pages import not_found, page
 
@@ -55,13 +59,19 @@ async def click(request: Request) -> Response:
         target = tracker.targets.get(parsed.message_id)
         if target is None:
             target = await run_in_threadpool(tracker.target, parsed.message_id)
-        result, event = tracker.judge(parsed, target, now=s.clock.now(), request=facts)
+        now = s.clock.now()
+        result, event = tracker.judge(parsed, target, now=now, request=facts)
     except TokenError:
         return not_found()
+    flood = s.limits.click(parsed.message_id, parsed.link, facts.ip)
     with contextlib.suppress(WriteFailed):  # logged; the person still gets where they go
-        await s.click_writer.write(event)
-    if event.judged_in is not None:  # its yes, if it is one, takes effect then
-        s.wakeup.soon(event.judged_in + 0.05)
+        if flood is None:
+            await s.click_writer.write(event)
+            if event.judged_in is not None:  # its yes, if it is one, takes effect then
+                s.wakeup.soon(event.judged_in + 0.05)
+        elif flood[0] == 1 or flood[0] % FLOOD_NOTE_EVERY == 0:
+            # Past the limit: the window's further clicks are one summary row.
+            await s.click_writer.write(flood_note(event, parsed.link, flood, s.limits, now))
     if result.confirm_page:
         return HTMLResponse(
             page("confirm.html", title="Confirm your subscription"), headers=NO_STORE
@@ -70,15 +80,29 @@ async def click(request: Request) -> Response:
     return RedirectResponse(result.url, status_code=status, headers=NO_STORE)
 
 
+def flood_note(
+    event: ClickEvent, link: int, flood: tuple[int, float], limits: AbuseLimits, now: datetime
+) -> FloodNote:
+    over, began = flood
+    key = f"flood:{event.target.id}:{link}:{os.getpid()}:{int(began * 1000)}"
+    reason = f"more than {limits.click_limit} clicks on this link within {limits.seconds:g} s"
+    return FloodNote(event.target, link, key, over, reason, now)
+
+
 async def opened(request: Request) -> Response:
     s = services(request)
     token, detail = (
         request.path_params["token"],
         {"ua": request.headers.get("user-agent", "")[:300]},
     )
-    # The pixel always answers with the image, whatever the token.
+    # The pixel always answers with the image, whatever the token; past the limit of opens
+    # of one email, they are not recorded (they decide nothing).
     with contextlib.suppress(TokenError):
-        await run_in_threadpool(lambda: s.tracker.opened(token, now=s.clock.now(), detail=detail))
+        parsed = s.signer.read(token, TokenKind.open)
+        if s.limits.open(parsed.message_id):
+            await run_in_threadpool(
+                lambda: s.tracker.opened(token, now=s.clock.now(), detail=detail)
+            )
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 

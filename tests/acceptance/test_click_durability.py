@@ -60,6 +60,9 @@ def test_every_answered_click_survives_a_kill_9(database_url: str, tmp_path: Pat
         NURTURE_DATABASE_URL=database_url,
         NURTURE_SECRET_KEY="durable-key",
         NURTURE_SEQUENCES_DIR=str(DATA / "sequences"),
+        # Every click here is to be written one by one (the flood limit would summarise).
+        NURTURE_CLICK_FLOOD_LIMIT="1000000",
+        NURTURE_CLIENT_FLOOD_LIMIT="1000000",
     )
     web = Daemon(tmp_path, env)
     web.start_role("web")

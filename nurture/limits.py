@@ -1,0 +1,88 @@
+"""Abuse limits for what anyone holding an email (or the form's address) can hammer: counts
+per key in fixed windows, in memory, bounded in size.
+
+- A tracked link (``/c/``) past ``NURTURE_CLICK_FLOOD_LIMIT`` clicks in
+  ``NURTURE_CLICK_FLOOD_SECONDS`` (20 in 10 s), or a client address past
+  ``NURTURE_CLIENT_FLOOD_LIMIT`` (1,000) in the same time, is still answered as usual, but its
+  further clicks of that window are not written one by one: one summary row per link and
+  window says how many there were (updated every hundred). A storm on one link then writes a
+  bounded number of rows and costs no database work per request.
+- The open pixel past the same limit per email is not recorded at all (opens decide nothing).
+- The form (``POST /subscribe``) past ``NURTURE_SUBSCRIBE_PER_MINUTE`` (10) per client address
+  answers 429 with a page that says to try again in a minute.
+
+Each process counts on its own (several web processes each allow the limit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+__all__ = ["Window", "AbuseLimits", "FLOOD_NOTE_EVERY"]
+
+FLOOD_NOTE_EVERY = 100  # a flood's summary row is brought up to date every this many clicks
+
+
+class Window:
+    """How many hits each key had in its current window of ``seconds``; the least recently
+    used keys are forgotten past ``max_keys``."""
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.max_keys = max_keys
+        self.clock = clock
+        self._counts: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+
+    def hit(self, key: Hashable) -> tuple[int, float]:
+        """Count one hit; (hits of this key in its window, the window's start)."""
+        now = self.clock()
+        start, count = self._counts.get(key, (now, 0))
+        if now - start >= self.seconds:
+            start, count = now, 0
+        self._counts[key] = (start, count + 1)
+        self._counts.move_to_end(key)
+        if len(self._counts) > self.max_keys:
+            self._counts.popitem(last=False)
+        return count + 1, start
+
+
+@dataclass
+class AbuseLimits:
+    """The limits of one web process."""
+
+    click_limit: int = 20
+    client_limit: int = 1000
+    seconds: float = 10.0
+    subscribe_per_minute: int = 10
+
+    def __post_init__(self) -> None:
+        self.links = Window(self.seconds)
+        self.clients = Window(self.seconds)
+        self.opens = Window(self.seconds)
+        self.forms = Window(60.0)
+
+    def click(self, message_id: int, link: int, client: str) -> tuple[int, float] | None:
+        """None for a click to record as usual; past a limit, (how many clicks past it this
+        link had in this window, when the window began)."""
+        n, start = self.links.hit((message_id, link))
+        c, _ = self.clients.hit(client)
+        if n <= self.click_limit and c <= self.client_limit:
+            return None
+        return max(n - self.click_limit, 1), start
+
+    def open(self, message_id: int) -> bool:
+        """Whether to record this open."""
+        return self.opens.hit(message_id)[0] <= self.click_limit
+
+    def subscribe(self, client: str) -> bool:
+        """Whether this form post may go on."""
+        return self.forms.hit(client)[0] <= self.subscribe_per_minute
