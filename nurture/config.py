@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     client_flood_limit: int = Field(default=1000, ge=1)
     click_flood_seconds: float = Field(default=10.0, gt=0)
     subscribe_per_minute: int = Field(default=10, ge=1)
+    click_tarpit_seconds: float = Field(default=0.1, ge=0)  # each click past a limit waits
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).
     ab_min_sent: int = Field(default=100, ge=1)

@@ -5,8 +5,9 @@ per key in fixed windows, in memory, bounded in size.
   ``NURTURE_CLICK_FLOOD_SECONDS`` (20 in 10 s), or a client address past
   ``NURTURE_CLIENT_FLOOD_LIMIT`` (1,000) in the same time, is still answered as usual, but its
   further clicks of that window are not written one by one: one summary row per link and
-  window says how many there were (updated every hundred). A storm on one link then writes a
-  bounded number of rows and costs no database work per request.
+  window says how many there were (updated every hundred), and each waits 0.1 s for its
+  answer. A storm on one link then writes a bounded number of rows, costs no database work
+  per request, and, its connections slowed, cannot take the process's time from others.
 - The open pixel past the same limit per email is not recorded at all (opens decide nothing).
 - The form (``POST /subscribe``) past ``NURTURE_SUBSCRIBE_PER_MINUTE`` (10) per client address
   answers 429 with a page that says to try again in a minute.
@@ -63,6 +64,7 @@ class AbuseLimits:
     client_limit: int = 1000
     seconds: float = 10.0
     subscribe_per_minute: int = 10
+    tarpit_seconds: float = 0.1  # how long each click past a limit waits for its answer
 
     def __post_init__(self) -> None:
         self.links = Window(self.seconds)

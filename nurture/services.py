@@ -168,5 +168,6 @@ def build_services(
             client_limit=settings.client_flood_limit,
             seconds=settings.click_flood_seconds,
             subscribe_per_minute=settings.subscribe_per_minute,
+            tarpit_seconds=settings.click_tarpit_seconds,
         ),
     )

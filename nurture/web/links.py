@@ -4,6 +4,7 @@ service and answers; a bad token is always a 404, never a redirect elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from datetime import datetime
@@ -69,9 +70,13 @@ async def click(request: Request) -> Response:
             await s.click_writer.write(event)
             if event.judged_in is not None:  # its yes, if it is one, takes effect then
                 s.wakeup.soon(event.judged_in + 0.05)
-        elif flood[0] == 1 or flood[0] % FLOOD_NOTE_EVERY == 0:
-            # Past the limit: the window's further clicks are one summary row.
-            await s.click_writer.write(flood_note(event, parsed.link, flood, s.limits, now))
+        else:
+            if flood[0] == 1 or flood[0] % FLOOD_NOTE_EVERY == 0:
+                # Past the limit: the window's further clicks are one summary row.
+                await s.click_writer.write(flood_note(event, parsed.link, flood, s.limits, now))
+            # A hammering client waits a little for each answer (a sleeping request costs
+            # nothing), so its storm cannot take the process's time from everyone else's.
+            await asyncio.sleep(s.limits.tarpit_seconds)
     if result.confirm_page:
         return HTMLResponse(
             page("confirm.html", title="Confirm your subscription"), headers=NO_STORE

@@ -4,13 +4,29 @@ hammered link never a yes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
 from support.db import EVENTS, rows
 from support.mail import visible_links
-from support.web import BROWSER
-from support.world import World
+from support.web import BROWSER, served_client
+from support.world import MakeWorld, World
 
 from nurture.limits import FLOOD_NOTE_EVERY
+
+
+@pytest.fixture
+def world(make_world: MakeWorld) -> World:
+    # No wait for clicks past the limit here (the storm acceptance test has it): the test
+    # sends hundreds one after the other.
+    return make_world(click_tarpit_seconds=0.0)
+
+
+@pytest.fixture
+def http(world: World) -> Iterator[httpx.Client]:
+    with served_client(world.services) as client:
+        yield client
 
 
 def ask_path(world: World, email: str) -> str:
