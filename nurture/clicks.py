@@ -17,6 +17,7 @@ click can be a micro-yes.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pathlib import Path
 from nurture.vocabulary import Verdict
 
 __all__ = [
+    "FINGERPRINT",
+    "client_of",
     "Verdict",
     "ClickPolicy",
     "ClickFacts",
@@ -40,6 +43,32 @@ SCANNERS_FILE = Path(__file__).parent / "data" / "scanners.txt"
 NETWORKS_FILE = Path(__file__).parent / "data" / "scanner-networks.txt"
 
 
+# The headers that tell one browser from another, beside its address and user agent.
+FINGERPRINT = (
+    "accept-language",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+    "sec-fetch-user",
+    "sec-ch-ua",
+    "sec-ch-ua-platform",
+)
+
+
+def client_of(ip: str, user_agent: str, headers: list[str]) -> str:
+    """Who a click came from, as one short name: its network (a /24 for IPv4, a /48 for
+    IPv6: a person's address changes within it, a scanner farm's too), its user agent and
+    the headers of its browser. The same requester gives the same name each time."""
+    try:
+        address = ipaddress.ip_address(ip)
+        prefix = 24 if address.version == 4 else 48
+        network = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    except ValueError:
+        network = ip
+    seen = "\x1f".join([network, user_agent, *headers])
+    return hashlib.blake2b(seen.encode("utf-8", "replace"), digest_size=6).hexdigest()
+
+
 @dataclass(frozen=True)
 class ClickPolicy:
     min_seconds: float = 5.0  # a click sooner after sending is suspect
@@ -48,6 +77,9 @@ class ClickPolicy:
     # A click with no soft signal (a browser's headers, not seconds after delivery) is judged
     # this soon if nothing else was clicked on its email meanwhile; else after the window.
     quick_seconds: float = 1.0
+    # A scanner network's click with a browser's headers this long after delivery may be a
+    # person behind browser isolation: judged on the rest, not condemned by the network.
+    isolation_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -132,9 +164,16 @@ def first_look(facts: ClickFacts, policy: ClickPolicy) -> tuple[Verdict, list[st
         return Verdict.bot, ["prefetch request"]
     if facts.user_agent and _scanner_agent(facts.user_agent):
         return Verdict.bot, ["scanner user agent"]
-    if facts.ip and _from_scanner_network(facts.ip):
-        return Verdict.bot, ["scanner network"]
     reasons = []
+    if facts.ip and _from_scanner_network(facts.ip):
+        # Browser isolation (Proofpoint, Mimecast) puts a real person behind the vendor's
+        # addresses: a full browser's click minutes after delivery is judged on the rest.
+        late = facts.sent_at is not None and facts.at - facts.sent_at >= timedelta(
+            seconds=policy.isolation_seconds
+        )
+        if not (late and facts.has_browser_headers):
+            return Verdict.bot, ["scanner network"]
+        reasons.append("scanner network")
     if facts.sent_at is not None and facts.at - facts.sent_at < timedelta(
         seconds=policy.min_seconds
     ):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from nurture.clicks import ClickFacts, ClickPolicy, decide, first_look
+from nurture.clicks import ClickFacts, ClickPolicy, client_of, decide, first_look
 from nurture.db.events import PendingClick, events_row
 from nurture.db.messages import MessageRow
 from nurture.db.store import Store, Tx
@@ -41,6 +41,11 @@ class ClickRequest:
     has_browser_headers: bool = True
     ip: str = ""
     prefetch: bool = False  # a browser's speculative fetch, not a click
+    client: str = ""  # who it is (nurture.clicks.client_of); "": its address and agent
+
+    @property
+    def who(self) -> str:
+        return self.client or client_of(self.ip, self.user_agent, [])
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,7 @@ class Tracker:
                 "url": link.url,
                 "method": request.method,
                 "ua": request.user_agent[:300],
+                "client": request.who,
                 "reasons": reasons,
                 **({"answer": link.answer} if link.answer is not None else {}),
             },
@@ -279,7 +285,7 @@ class Tracker:
                     min(c.at for c in clicks) - window,
                     max(c.at for c in clicks) + window,
                 )
-                times = [at for at, _, _ in seen]
+                times = [at for at, *_ in seen]
                 for click in clicks:
                     lo = bisect.bisect_left(times, click.at - window)
                     hi = bisect.bisect_right(times, click.at + window)
@@ -291,7 +297,7 @@ class Tracker:
         tx: Tx,
         message: MessageRow,
         click: PendingClick,
-        around: list[tuple[datetime, int, bool]],
+        around: list[tuple[datetime, int, bool, str]],
         *,
         now: datetime,
     ) -> None:
@@ -302,12 +308,15 @@ class Tracker:
             tx.events.postpone_click(click.id, until=click.at + window)
             return
         links = message.links
-        seen = {i for _, i, _ in around if 0 <= i < len(links)}
+        # A walk or a honeypot hit condemns the client that made it, not another client's
+        # click on the same email (a person's, seconds after their scanner's walk).
+        who = str(click.detail.get("client", ""))
+        seen = {i for _, i, _, c in around if c == who and 0 <= i < len(links)}
         verdict, reasons = decide(
             click.reasons,
             links_in_window=sum(1 for i in seen if not links[i].honeypot),
             honeypot_in_window=any(links[i].honeypot for i in seen),
-            flooded=any(flood and i == click.link for _, i, flood in around),
+            flooded=any(flood and i == click.link for _, i, flood, _ in around),
             policy=self.policy,
         )
         outcome = "bot" if verdict is Verdict.bot else "recorded"

@@ -176,9 +176,9 @@ class EventStore:
 
     def clicks_between(
         self, message_id: int, start: datetime, end: datetime
-    ) -> list[tuple[datetime, int, bool]]:
-        """(when, link number, a flood's summary?) of each click on a message between two
-        times, any verdict, oldest first."""
+    ) -> list[tuple[datetime, int, bool, str]]:
+        """(when, link number, a flood's summary?, which client) of each click on a message
+        between two times, any verdict, oldest first."""
         q = (
             select(V.created_at, V.detail, V.outcome)
             .where(
@@ -190,7 +190,12 @@ class EventStore:
             .order_by(V.created_at)
         )
         return [
-            (at, int((d or {}).get("link", -1)), outcome == "flood")
+            (
+                at,
+                int((d or {}).get("link", -1)),
+                outcome == "flood",
+                str((d or {}).get("client", "")),
+            )
             for at, d, outcome in self._conn.execute(q)
         ]
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from nurture.clicks import FINGERPRINT, client_of
 from nurture.errors import TokenError
 from nurture.groupwrite import WriteFailed
 from nurture.limits import FLOOD_NOTE_EVERY, AbuseLimits
@@ -39,13 +40,16 @@ def services(request: Request) -> Services:
 def _click_request(request: Request) -> ClickRequest:
     headers = request.headers
     purpose = " ".join(headers.get(h, "") for h in ("purpose", "sec-purpose", "x-moz"))
+    ip = request.client.host if request.client else ""
+    user_agent = headers.get("user-agent", "")
     return ClickRequest(
         method=request.method,
-        user_agent=headers.get("user-agent", ""),
+        user_agent=user_agent,
         has_browser_headers="accept-language" in headers
         or any(name.startswith("sec-fetch-") for name in headers),
-        ip=request.client.host if request.client else "",
+        ip=ip,
         prefetch="prefetch" in purpose.lower(),
+        client=client_of(ip, user_agent, [headers.get(h, "") for h in FINGERPRINT]),
     )
 
 

@@ -142,6 +142,7 @@ CLICK = st.tuples(
     st.sampled_from(["ask", "other", "honeypot"]),
     st.sampled_from(["GET", "HEAD"]),
     st.sampled_from(["person", "headless", "scanner"]),
+    st.sampled_from(["203.0.113.7", "198.51.100.20"]),  # two clients on the same email
 )
 AGENTS = {"person": PERSON, "headless": HEADLESS, "scanner": {"User-Agent": "Proofpoint/1"}}
 
@@ -149,10 +150,10 @@ AGENTS = {"person": PERSON, "headless": HEADLESS, "scanner": {"User-Agent": "Pro
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(CLICK, min_size=1, max_size=8))
 def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
-    tmp_path_factory: pytest.TempPathFactory, clicks: list[tuple[int, str, str, str]]
+    tmp_path_factory: pytest.TempPathFactory, clicks: list[tuple[int, str, str, str, str]]
 ) -> None:
-    """Whatever clicks arrive, in whatever order and timing: the enrollment moves on at most
-    once from its step, and only through a click judged human."""
+    """Whatever clicks arrive, from one client or two, in whatever order and timing: the
+    enrollment moves on at most once from its step, and only through a click judged human."""
     from support.clock import FixedClock
     from support.settings import make_settings
 
@@ -185,7 +186,7 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
         assert message is not None
         index = {"ask": 0, "other": 0, "honeypot": len(message.links) - 1}
         sent = clock.now()
-        for seconds, which, method, agent in sorted(clicks):
+        for seconds, which, method, agent, ip in sorted(clicks):
             clock.current = sent + timedelta(seconds=seconds)
             token = services.signer.make(TokenKind.click, out.id, index[which])
             headers = AGENTS[agent]
@@ -193,6 +194,7 @@ def test_property_at_most_one_advance_per_step_and_never_by_a_bot(
                 method=method,
                 user_agent=headers["User-Agent"],
                 has_browser_headers="Accept-Language" in headers,
+                ip=ip,
             )
             services.tracker.click(token, now=clock.now(), request=request)
             services.tracker.evaluate_clicks(clock.now())

@@ -404,9 +404,9 @@ def test_clicks_wait_for_their_verdict(store: Store) -> None:
         assert [c.link for c in ready] == [0, 1]
         assert ready[0].at == T0 and ready[0].reasons == ["no browser headers"]
         window = tx.events.clicks_between(mid, T0, T0 + timedelta(seconds=10))
-        assert sorted(link for _, link, _ in window) == [0, 1]
-        assert [at for at, _, _ in window] == sorted(at for at, _, _ in window)
-        assert not any(flood for _, _, flood in window)
+        assert sorted(link for _, link, _, _ in window) == [0, 1]
+        assert [at for at, *_ in window] == sorted(at for at, *_ in window)
+        assert not any(flood for _, _, flood, _ in window)
         tx.events.decide_click(ready[0], verdict=Verdict.human, outcome="advanced", reasons=[])
     with store.transaction() as tx:
         assert [c.link for c in tx.events.pending_clicks(T0 + timedelta(minutes=5), 10)] == [1, 0]

@@ -37,8 +37,9 @@ def facts(**kw: object) -> ClickFacts:
             "scanner user agent",
         ),
         ({"user_agent": "python-requests/2.31"}, "scanner user agent"),
-        ({"ip": "40.92.3.4"}, "scanner network"),
-        ({"ip": "2a01:111:f400::1"}, "scanner network"),
+        ({"ip": "40.92.3.4", "at": T0 + timedelta(seconds=30)}, "scanner network"),
+        ({"ip": "2a01:111:f400::1", "at": T0 + timedelta(seconds=30)}, "scanner network"),
+        ({"ip": "40.92.3.4", "has_browser_headers": False}, "scanner network"),
     ],
 )
 def test_hard_evidence_is_bot_at_once(changes: dict[str, object], reason: str) -> None:
@@ -91,3 +92,18 @@ def test_the_network_lookup_agrees_with_every_listed_network() -> None:
             expected = any(outside in other for other in scanner_networks())
             assert _from_scanner_network(str(outside)) is expected, outside
     assert not _from_scanner_network("203.0.113.7") and not _from_scanner_network("not an ip")
+
+
+def test_a_person_behind_browser_isolation_is_judged_on_the_rest() -> None:
+    """Proofpoint/Mimecast isolation: the vendor's address, a full browser, minutes after
+    delivery: pending for the window, then human unless something else says machine."""
+    late = facts(ip="40.92.3.4", at=T0 + timedelta(minutes=3))
+    assert first_look(late, POLICY) == (Verdict.pending, ["scanner network"])
+    verdict, _ = decide(
+        ["scanner network"], links_in_window=1, honeypot_in_window=False, policy=POLICY
+    )
+    assert verdict is Verdict.human
+    walked, _ = decide(
+        ["scanner network"], links_in_window=3, honeypot_in_window=False, policy=POLICY
+    )
+    assert walked is Verdict.bot
