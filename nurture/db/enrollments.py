@@ -203,9 +203,21 @@ class EnrollmentStore:
             )
 
     def save(self, states: Sequence[tuple[int, EnrollmentState]], *, now: datetime) -> None:
-        """Write new states: one statement for a whole batch."""
-        if states:
-            self._conn.execute(_SAVE, [{"_id": i, **_values(s, now)} for i, s in states])
+        """Write new states, the rows already locked by this transaction: one ``UPDATE ...
+        WHERE id IN`` per group of enrollments given the same state (a batch the tick moved
+        on at the same step, mostly), one statement by row for the others."""
+        groups: dict[EnrollmentState, list[int]] = {}
+        for enrollment_id, state in states:
+            groups.setdefault(state, []).append(enrollment_id)
+        single = []
+        for state, ids in groups.items():
+            if len(ids) == 1:
+                single.append({"_id": ids[0], **_values(state, now)})
+            else:
+                q = update(ENROLLMENTS).where(E.id.in_(sorted(ids)))
+                self._conn.execute(q.values(_values(state, now)))
+        if single:
+            self._conn.execute(_SAVE, single)
 
     def start_clocks(
         self, deliveries: Sequence[tuple[int, str, int, datetime]], *, at: datetime
