@@ -30,14 +30,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
+from daemons import NURTURE, nurture_env, serving
 from send import ROOT, describe_database, free_port, fresh_database
 from sqlalchemy import create_engine, text
 
@@ -153,29 +151,6 @@ def prepare(url: str, n: int, workdir: Path) -> list[str]:
         services.store.dispose()
 
 
-@contextlib.contextmanager
-def serving(
-    command: list[str], port: int, env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def lua_script(paths: list[str], workdir: Path) -> Path:
     script = workdir / "clicks.lua"
     listed = ",\n".join(f'  "{p}"' for p in paths)
@@ -261,27 +236,18 @@ def main(args: argparse.Namespace) -> int:
         paths = prepare(url, args.n, workdir)
         random.shuffle(paths)
         script = lua_script(paths, workdir)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")} | {
-            "NURTURE_DATABASE_URL": url,
-            "NURTURE_SEQUENCES_DIR": str(ROOT / "sequences"),
-            "NURTURE_TEMPLATES_DIR": str(ROOT / "templates"),
-            "NURTURE_SECRET_KEY": SECRET,
-            "NURTURE_DATA_DIR": str(workdir),
-            "NURTURE_LOG_LEVEL": "WARNING",
-            # The whole path for every click: no flood limit summarising (bench/storm.py
-            # measures that).
-            "NURTURE_CLICK_FLOOD_LIMIT": "1000000",
-            "NURTURE_CLIENT_FLOOD_LIMIT": "1000000",
-        }
+        # The whole path for every click: no flood limit summarising (bench/storm.py
+        # measures that).
+        limits = {"NURTURE_CLICK_FLOOD_LIMIT": "1000000", "NURTURE_CLIENT_FLOOD_LIMIT": "1000000"}
         for run in range(args.repeat):
             port = free_port()
             bare_cmd = [sys.executable, "-c", BARE_APP, str(port)]
-            with serving(bare_cmd, port, base_env, workdir / "bare.log"):
+            with serving(bare_cmd, port, nurture_env(url, workdir, port), workdir / "bare.log"):
                 wrk(binary, port, script, args.warmup, "bare")
                 bare = wrk(binary, port, script, args.seconds, "bare")
             port = free_port()
-            web = [str(Path(sys.executable).parent / "nurture"), "run", "--role", "web"]
-            env = {**base_env, "NURTURE_HTTP_PORT": str(port)}
+            web = [NURTURE, "run", "--role", "web"]
+            env = nurture_env(url, workdir, port, secret=SECRET, **limits)
             with serving(web, port, env, workdir / "web.log") as proc:
                 # Each email's first click reads it from the database: warm up first.
                 wrk(binary, port, script, args.warmup, "nurture")

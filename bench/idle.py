@@ -12,19 +12,16 @@ Run: ``.venv/bin/python bench/idle.py [--n 0 100000 1000000] [--database URL]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
+from daemons import NURTURE, nurture_env, serving
 from plan import copies
-from send import ROOT, free_port
+from send import free_port
 from sqlalchemy import create_engine, text
 
 from nurture.clock import SystemClock
@@ -63,40 +60,11 @@ def due_check(url: str) -> tuple[float, str]:
 
 def measure(url: str, seconds: int, workdir: Path) -> tuple[float, float]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")} | {
-        "NURTURE_DATABASE_URL": url,
-        "NURTURE_SEQUENCES_DIR": str(ROOT / "sequences"),
-        "NURTURE_TEMPLATES_DIR": str(ROOT / "templates"),
-        "NURTURE_DATA_DIR": str(workdir),
-        "NURTURE_SECRET_KEY": "bench-key",
-        "NURTURE_HTTP_PORT": str(port),
-        "NURTURE_LOG_LEVEL": "WARNING",
-    }
-    log = workdir / "daemon.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "nurture"), "run"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the daemon exited: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("the daemon did not start")
-            time.sleep(0.2)
+    env = nurture_env(url, workdir, port)
+    with serving([NURTURE, "run"], port, env, workdir / "daemon.log") as proc:
         start = rss_mib(proc.pid)
         time.sleep(seconds)
         return start, rss_mib(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(60)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ Run: ``.venv/bin/python bench/storm.py [--seconds 10] [--database URL]``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -21,8 +20,9 @@ import time
 from pathlib import Path
 
 import httpx
-from clicks import CHROME, SECRET, ensure_wrk, lua_script, prepare, serving, wrk
-from send import ROOT, describe_database, free_port, fresh_database
+from clicks import CHROME, SECRET, ensure_wrk, lua_script, prepare, wrk
+from daemons import NURTURE, nurture_env, serving
+from send import describe_database, free_port, fresh_database
 from sqlalchemy import create_engine, text
 
 PERSON = {"User-Agent": CHROME, "Accept-Language": "en", "X-Forwarded-For": "203.0.113.50"}
@@ -75,16 +75,8 @@ def main(args: argparse.Namespace) -> int:
             storm, others = paths[0], paths[1:]
             script = lua_script([storm], workdir)
             port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")} | {
-                "NURTURE_DATABASE_URL": url,
-                "NURTURE_SEQUENCES_DIR": str(ROOT / "sequences"),
-                "NURTURE_TEMPLATES_DIR": str(ROOT / "templates"),
-                "NURTURE_SECRET_KEY": SECRET,
-                "NURTURE_DATA_DIR": str(workdir),
-                "NURTURE_HTTP_PORT": str(port),
-                "NURTURE_LOG_LEVEL": "WARNING",
-            }
-            daemon = [str(Path(sys.executable).parent / "nurture"), "run"]
+            env = nurture_env(url, workdir, port, secret=SECRET)
+            daemon = [NURTURE, "run"]
             base = f"http://127.0.0.1:{port}"
             with serving(daemon, port, env, workdir / "daemon.log"):
                 probe(base, others, 1.0)  # each email's first click reads it: warm up

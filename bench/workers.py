@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/workers.py --database postgresql+psycopg://... [--
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,15 +23,15 @@ import time
 from pathlib import Path
 
 import httpx
+from daemons import NURTURE, nurture_env
 from plan import copies, settings
-from send import ROOT, free_port, start_sink
+from send import free_port, start_sink
 from sqlalchemy import create_engine, text
 
 from nurture.mail.send import NoRelay
 from nurture.services import build_services
 from nurture.tokens import TokenKind
 
-NURTURE = str(Path(sys.executable).parent / "nurture")
 BROWSER = {
     "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
     "Accept-Language": "en",
@@ -74,18 +73,14 @@ def drain(
     url: str, workers: int, sink_port: int, n: int, workdir: Path
 ) -> tuple[float, list[float]]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")} | {
-        "NURTURE_DATABASE_URL": url,
-        "NURTURE_SEQUENCES_DIR": str(ROOT / "sequences"),
-        "NURTURE_TEMPLATES_DIR": str(ROOT / "templates"),
-        "NURTURE_DATA_DIR": str(workdir),
-        "NURTURE_SECRET_KEY": "bench-key",
-        "NURTURE_SMTP_HOST": "127.0.0.1",
-        "NURTURE_SMTP_PORT": str(sink_port),
-        "NURTURE_HTTP_PORT": str(port),
-        "NURTURE_LOG_LEVEL": "WARNING",
-        "NURTURE_TICK_SECONDS": "0.2",
-    }
+    env = nurture_env(
+        url,
+        workdir,
+        port,
+        NURTURE_SMTP_HOST="127.0.0.1",
+        NURTURE_SMTP_PORT=str(sink_port),
+        NURTURE_TICK_SECONDS="0.2",
+    )
     log = (workdir / f"web-{workers}.log").open("ab")
     web = subprocess.Popen([NURTURE, "run", "--role", "web"], env=env, stdout=log, stderr=log)
     latencies: list[float] = []

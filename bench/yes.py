@@ -17,24 +17,20 @@ Run: ``.venv/bin/python bench/yes.py [--n 20]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import email
 import email.policy
-import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from daemons import NURTURE, nurture_env, serving
 from send import ROOT, free_port
 
 from nurture.clock import SystemClock
@@ -111,31 +107,6 @@ def reply_to(raw: bytes, person: str) -> bytes:
     ).encode()
 
 
-@contextlib.contextmanager
-def daemon(env: dict[str, str], port: int, log: Path) -> Iterator[None]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "nurture"), "run"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait("the daemon", lambda: _healthy(port) or proc.poll() is not None)
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon exited: {log.read_text()[-2000:]}")
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def _healthy(port: int) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    return False
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
@@ -169,21 +140,21 @@ def main(args: argparse.Namespace) -> int:
     arrivals = Arrivals()
     smtp = SmtpServerThread(arrivals).start()  # type: ignore[arg-type]
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")} | {
-        "NURTURE_DATABASE_URL": url,
-        "NURTURE_SEQUENCES_DIR": str(workdir / "sequences"),
-        "NURTURE_TEMPLATES_DIR": str(ROOT / "templates"),
-        "NURTURE_DATA_DIR": str(workdir),
-        "NURTURE_SECRET_KEY": "bench-key",
-        "NURTURE_SMTP_HOST": "127.0.0.1",
-        "NURTURE_SMTP_PORT": str(smtp.port),
-        "NURTURE_HTTP_PORT": str(port),
-        "NURTURE_BASE_URL": f"http://127.0.0.1:{port}",
-        "NURTURE_LOG_LEVEL": "WARNING",
-    }
+    env = nurture_env(
+        url,
+        workdir,
+        port,
+        sequences=workdir / "sequences",
+        NURTURE_SMTP_HOST="127.0.0.1",
+        NURTURE_SMTP_PORT=str(smtp.port),
+        NURTURE_BASE_URL=f"http://127.0.0.1:{port}",
+    )
     took: dict[str, list[float]] = {"reply": [], "click": []}
     try:
-        with daemon(env, port, workdir / "daemon.log"), httpx.Client(timeout=10) as http:
+        with (
+            serving([NURTURE, "run"], port, env, workdir / "daemon.log"),
+            httpx.Client(timeout=10) as http,
+        ):
             firsts = [wait(p, lambda p=p: arrivals.get(p, "First")) for p in people]
             # Past NURTURE_CLICK_MIN_SECONDS after the last delivery: no soft signal.
             time.sleep(max(0.0, 6 - (time.monotonic() - max(t for t, _ in firsts))))  # type: ignore[misc]
