@@ -229,10 +229,16 @@ class Dispatcher:
 
     async def _send(self, rows: Sequence[OutgoingRow]) -> int:
         """Render, send and record claimed messages; returns how many were handed to SMTP."""
-        ready = await asyncio.to_thread(self._render, rows)
         turns: dict[int, float] = {}
-        if self.pacer.active and ready:
-            ready = await self._paced(ready, turns)
+        try:
+            ready = await asyncio.to_thread(self._render, rows)
+            if self.pacer.active and ready:
+                ready = await self._paced(ready, turns)
+        except Exception:
+            # A write that failed before anything was sent: the batch is settled (put back)
+            # before this worker sends anything else.
+            self.unsettled = True
+            raise
         if not ready:
             return 0
         waiting = deque(ready)

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 WRITE_ATTEMPTS = 4
 PAUSE_READ_SECONDS = 1.0  # how stale this worker's view of another one's pause may be
-PACE_RETRY_SECONDS = 5.0  # the soonest an email a receiver asked us to slow down is retried
 
 
 def why_not_send(row: ClaimedRow) -> str | None:
@@ -251,6 +250,11 @@ class SendLedger:
         return allowed
 
     def _failed(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
+        if err.throttled:
+            # The recipient's domain asks us to slow down: its pace halves (once per two
+            # intervals); the email itself is retried like any 4xx (counted, with backoff),
+            # so a receiver that always says so is given up on in the end.
+            self.pacer.throttled(out.recipient)
         if isinstance(err, Bounce | Rejected) and self.breaker.refusal(err.signature):
             count = self.breaker.count
             err = RelayRefused(f"{count} people in a row refused the same way: {err}")
@@ -262,19 +266,6 @@ class SendLedger:
             self._unknown(tx, out, err, now=now)
         elif isinstance(err, NotStarted):
             tx.outbox.mark_retry(out.id, at=now, error=str(err), uncount=True, worker=self.worker)
-        elif err.throttled and self.pacer.throttled(out.recipient) is not None:
-            # The recipient's domain asks us to slow down and its pace just halved: this
-            # email waits for its next turn there; a busy receiver is nobody's fault, so
-            # the attempt does not count towards giving up.
-            wait = max(PACE_RETRY_SECONDS, self.pacer.later(out.recipient))
-            tx.outbox.mark_retry(
-                out.id,
-                at=now + timedelta(seconds=wait * self.rng.uniform(1, 1.5)),
-                error=str(err),
-                uncount=True,
-                worker=self.worker,
-                waiting="pace",
-            )
         elif err.code is not None and out.attempts >= self.policy.max_attempts:
             # Only a recipient's 4xx runs out of attempts; an unreachable server is retried
             # until it comes back, so a dead SMTP server loses nothing.
@@ -287,15 +278,18 @@ class SendLedger:
             )
             self.fail(tx, out.id, f"gave up after {out.attempts} attempts: {err}", now=now)
         else:
-            delay = backoff(out.attempts, self.policy, self.rng)
-            log.info(
-                "message %s: temporary failure (%s); retry in %.0fs",
-                out.id,
-                err,
-                delay.total_seconds(),
-                extra={"action": "send_retry", "message_id": out.id},
-            )
-            tx.outbox.mark_retry(out.id, at=now + delay, error=str(err), worker=self.worker)
+            self._retry(tx, out, err, now=now)
+
+    def _retry(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
+        delay = backoff(out.attempts, self.policy, self.rng)
+        log.info(
+            "message %s: temporary failure (%s); retry in %.0fs",
+            out.id,
+            err,
+            delay.total_seconds(),
+            extra={"action": "send_retry", "message_id": out.id},
+        )
+        tx.outbox.mark_retry(out.id, at=now + delay, error=str(err), worker=self.worker)
 
     def _pause(self, tx: Tx, out: Composed, err: SendError, *, now: datetime) -> None:
         current = tx.control.pause()

@@ -77,9 +77,11 @@ class AbuseLimits:
         link had in this window, when the window began)."""
         n, start = self.links.hit((message_id, link))
         c, _ = self.clients.hit(client)
-        if n <= self.click_limit and c <= self.client_limit:
-            return None
-        return max(n - self.click_limit, 1), start
+        if n > self.click_limit:
+            return n - self.click_limit, start
+        if c > self.client_limit:
+            return c - self.client_limit, start
+        return None
 
     def open(self, message_id: int) -> bool:
         """Whether to record this open."""

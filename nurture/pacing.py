@@ -6,9 +6,8 @@ every other domain goes on at its own.
 Each domain (or group of domains with one MX, such as gmail.com and googlemail.com) has a
 budget kept by the generic cell rate algorithm: a theoretical arrival time that moves one
 interval per email, with a burst of one second's worth. The dispatcher asks ``reserve`` for
-each email it is about to send: an email whose turn comes within a second is kept and sent at
-its turn; a later one goes back to the queue for about when its turn will come (``later``),
-never failed for waiting.
+each email it is about to send: an email whose domain has room now goes; the others go back
+to the queue for about when their turn will come (``later``), never failed for waiting.
 """
 
 from __future__ import annotations
@@ -27,7 +26,10 @@ __all__ = ["parse_rate", "parse_rates", "DomainRates", "Pacer", "HORIZON"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HORIZON = 1.0  # seconds: an email whose turn comes sooner waits for it in the batch
+# An email is sent only when its domain has room now (a second's burst): one that waited in
+# the batch for its turn would already be handed to SMTP, past the last check before the
+# wire. The others go back to the queue for about when their turn will come.
+HORIZON = 0.0
 RECOVER_EVERY = 30.0  # seconds without a throttle answer between two steps back up
 RECOVER_STEP = 0.1  # of the configured rate, per step
 FLOOR = 1 / 64  # of the configured rate: the lowest that halving reaches

@@ -185,7 +185,10 @@ class SendTimes:
             return out
         people = sorted({row.subscriber_id for _, row, *_ in asks})
         capping = any(capped for *_, capped in asks)
-        fields = tx.subscribers.fields_of(people, lock=capping)
+        # No lock on the people: it would be taken after their enrollments by some paths and
+        # before by others (a deadlock on PostgreSQL). Two workers deciding for one person at
+        # the same instant may therefore each send one email past the cap.
+        fields = tx.subscribers.fields_of(people)
         taken: dict[int, list[datetime]] = {p: [] for p in people}
         if capping:
             for person, seq_id, step_id, at in tx.reports.capped_times(

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Table, select
 
-from nurture.db.models import EVENTS, INBOUND, MESSAGES
+from nurture.db.models import EVENTS, INBOUND, MESSAGES, SUBSCRIBERS
 from nurture.db.store import Store
 
-__all__ = ["rows", "EVENTS", "INBOUND", "MESSAGES"]
+__all__ = ["rows", "EVENTS", "INBOUND", "MESSAGES", "SUBSCRIBERS"]
 
 
 def rows(store: Store, table: Table, **where: Any) -> list[Any]:

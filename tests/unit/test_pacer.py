@@ -50,10 +50,11 @@ def test_a_bad_rate_is_one_clear_setting_error(text: str, says: str) -> None:
 def test_each_domain_has_its_own_budget_and_a_second_of_burst() -> None:
     hand = Hand()
     pacer = Pacer(parse_rates("slow.example=2/s,*=100/s"), clock=hand)
-    waits = [pacer.reserve("a@slow.example") for _ in range(4)]
-    # Two at once (a second's burst), then one each half second; the fifth is too far off.
-    assert waits == [0.0, 0.0, 0.5, 1.0]
-    assert pacer.reserve("b@slow.example") is None
+    # A second's burst goes at once; by default nothing waits for a later turn.
+    assert [pacer.reserve("a@slow.example") for _ in range(3)] == [0.0, 0.0, None]
+    # Asked to look ahead a second: one each half second, then too far off.
+    assert [pacer.reserve("a@slow.example", horizon=1.0) for _ in range(2)] == [0.5, 1.0]
+    assert pacer.reserve("b@slow.example", horizon=1.0) is None
     assert pacer.reserve("c@fast.example") == 0.0  # another domain is not held up
     assert pacer.later("b@slow.example") == pytest.approx(1.5)
     assert pacer.later("b@slow.example", behind=2) == pytest.approx(2.5)
@@ -64,8 +65,8 @@ def test_each_domain_has_its_own_budget_and_a_second_of_burst() -> None:
 def test_the_global_ceiling_holds_every_domain() -> None:
     hand = Hand()
     pacer = Pacer(max_rate=parse_rate("1/s"), clock=hand)
-    assert [pacer.reserve(f"p@d{i}.example") for i in range(2)] == [0.0, 1.0]
-    assert pacer.reserve("p@d3.example") is None
+    assert [pacer.reserve(f"p@d{i}.example", horizon=1.0) for i in range(2)] == [0.0, 1.0]
+    assert pacer.reserve("p@d3.example", horizon=1.0) is None
 
 
 def test_slow_down_halves_once_then_comes_back_slowly() -> None:
@@ -101,15 +102,12 @@ def test_split_keeps_the_turns_in_order_and_sends_the_rest_back() -> None:
     pacer = Pacer(parse_rates("slow.example=2/s,*=100/s"), clock=hand)
     emails = [f"{i}@slow.example" for i in range(6)] + ["z@fast.example"]
     kept, later = pacer.split(emails, lambda e: e)
-    assert [e for _, e in kept] == [
-        "0@slow.example",
-        "1@slow.example",
-        "z@fast.example",
-        "2@slow.example",
-        "3@slow.example",
-    ]
-    assert [at - hand.t for at, _ in kept] == [0, 0, 0, 0.5, 1.0]
+    assert [e for _, e in kept] == ["0@slow.example", "1@slow.example", "z@fast.example"]
+    assert [at - hand.t for at, _ in kept] == [0, 0, 0]
+    # The others come back about when their turn will be: 0.5, 1, 1.5 and 2 s from now.
     assert sorted((s, e) for s, es in later.items() for e in es) == [
+        (1, "2@slow.example"),
+        (2, "3@slow.example"),
         (2, "4@slow.example"),
         (3, "5@slow.example"),
     ]
