@@ -72,6 +72,7 @@ class GroupWriter(Generic[T]):
         self._queue: queue.Queue[tuple[object, _Waiter]] = queue.Queue(max_waiting)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = False
         self.groups = 0  # transactions written, for the benchmarks
         self.rows = 0
 
@@ -85,7 +86,10 @@ class GroupWriter(Generic[T]):
 
     async def write(self, item: T) -> None:
         """Hand ``item`` in and wait until it is committed (WriteFailed if it was refused).
-        A full queue makes the caller wait in a thread, never the event loop."""
+        A full queue makes the caller wait in a thread, never the event loop. After close(),
+        WriteFailed at once (nothing would write it)."""
+        if self._closed:
+            raise WriteFailed(f"{self.name}: the writer is closed")
         self._started()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -126,8 +130,9 @@ class GroupWriter(Generic[T]):
         _tell(rows, None)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what was handed in, then stop the thread."""
+        """Write what was handed in, then stop the thread; later writes fail at once."""
         with self._lock:
+            self._closed = True
             thread = self._thread
         if thread is None:
             return

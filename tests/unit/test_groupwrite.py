@@ -51,6 +51,8 @@ def test_close_writes_what_was_handed_in() -> None:
     writer.close()
     writer.close()  # twice is fine
     assert sorted(written) == list(range(10))
+    with pytest.raises(WriteFailed, match="closed"):  # nothing would write it: said at once
+        asyncio.run(writer.write(99))
 
 
 def test_a_full_queue_waits_in_a_thread_not_on_the_loop() -> None:
