@@ -12,6 +12,7 @@ import email.policy
 import mailbox
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,12 +58,13 @@ class SmtpServerThread:
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
         self._error: BaseException | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                self._loop.create_server(lambda: self._factory(self.handler), self.host, self.port)
+                self._loop.create_server(self._session, self.host, self.port)
             )
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # reported to start()
@@ -72,8 +74,23 @@ class SmtpServerThread:
         self._ready.set()
         self._loop.run_forever()
         self._server.close()
+        # Close the connections still open (a sender killed mid-session, one kept open),
+        # and let their sessions end, so nothing is left for the garbage collector.
+        for session in list(self._sessions):
+            if session.transport is not None and not session.transport.is_closing():
+                session.transport.close()
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
+
+    def _session(self) -> SMTP:
+        session = self._factory(self.handler)
+        self._sessions.add(session)
+        return session
 
     def start(self) -> SmtpServerThread:
         self._thread.start()
