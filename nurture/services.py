@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from nurture.clickpath import ClickPath
 from nurture.clicks import ClickPolicy
 from nurture.clock import Clock, SystemClock
 from nurture.conditions import Conditions, condition_problems
@@ -57,7 +58,8 @@ class Services:
     dispatcher: Dispatcher
     click_writer: GroupWriter[ClickEvent | FloodNote]
     limits: AbuseLimits
-    wakeup: Wakeup = field(default_factory=Wakeup)
+    wakeup: Wakeup
+    clicks: ClickPath
 
     async def close(self) -> None:
         """Write the clicks handed in, close the SMTP connections, then the database's."""
@@ -142,6 +144,15 @@ def build_services(
         worker=uuid.uuid4().hex,
     )
     tracker = Tracker(store=store, catalog=catalog, journey=journey, signer=signer, policy=policy)
+    writer: GroupWriter[ClickEvent | FloodNote] = GroupWriter(tracker.record, name="clicks")
+    limits = AbuseLimits(
+        click_limit=settings.click_flood_limit,
+        client_limit=settings.client_flood_limit,
+        seconds=settings.click_flood_seconds,
+        subscribe_per_minute=settings.subscribe_per_minute,
+        tarpit_seconds=settings.click_tarpit_seconds,
+    )
+    wakeup = Wakeup()
     return Services(
         settings=settings,
         clock=clock,
@@ -162,12 +173,8 @@ def build_services(
         subscriptions=Subscriptions(store=store, catalog=catalog, journey=journey, signer=signer),
         events=OutsideEvents(store=store, catalog=catalog, journey=journey),
         dispatcher=dispatcher,
-        click_writer=GroupWriter(tracker.record, name="clicks"),
-        limits=AbuseLimits(
-            click_limit=settings.click_flood_limit,
-            client_limit=settings.client_flood_limit,
-            seconds=settings.click_flood_seconds,
-            subscribe_per_minute=settings.subscribe_per_minute,
-            tarpit_seconds=settings.click_tarpit_seconds,
-        ),
+        click_writer=writer,
+        limits=limits,
+        wakeup=wakeup,
+        clicks=ClickPath(tracker=tracker, writer=writer, limits=limits, wakeup=wakeup, clock=clock),
     )

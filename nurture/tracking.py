@@ -330,18 +330,18 @@ class Tracker:
         found = self.catalog.locate(message.sequence_id, message.step_id)
         return found is not None and found[1].confirms
 
-    def opened(self, token: str, *, now: datetime, detail: dict[str, Any]) -> None:
-        """An open-pixel fetch: recorded, never a micro-yes (Apple Mail and many scanners
-        fetch every image). TokenError for a token we did not issue."""
-        parsed = self.signer.read(token, TokenKind.open)
+    def opened(self, message_id: int, *, now: datetime, detail: dict[str, Any]) -> None:
+        """An open-pixel fetch of a message (its token already read): recorded, never a
+        micro-yes (Apple Mail and many scanners fetch every image). TokenError for a
+        message that does not exist."""
+        target = self.target(message_id)
+        if target is None:
+            raise TokenError("no such message")
         with self.store.transaction() as tx:
-            message = tx.outbox.get(parsed.message_id)
-            if message is None:
-                raise TokenError("no such message")
             tx.events.add(
-                subscriber_id=message.subscriber_id,
-                enrollment_id=message.enrollment_id,
-                message_id=message.id,
+                subscriber_id=target.subscriber_id,
+                enrollment_id=target.enrollment_id,
+                message_id=target.id,
                 kind=EventKind.open,
                 outcome="recorded",
                 detail=detail,

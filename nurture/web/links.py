@@ -4,10 +4,7 @@ service and answers; a bad token is always a 404, never a redirect elsewhere."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,11 +12,8 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from nurture.clicks import FINGERPRINT, client_of
 from nurture.errors import TokenError
-from nurture.groupwrite import WriteFailed
-from nurture.limits import FLOOD_NOTE_EVERY, AbuseLimits
 from nurture.services import Services
-from nurture.tokens import TokenKind
-from nurture.tracking import ClickEvent, ClickRequest, FloodNote
+from nurture.tracking import ClickRequest
 from nurture.web.body import BodyError, read_body
 from nurture.web.pages import not_found, page
 
@@ -54,33 +48,11 @@ def _click_request(request: Request) -> ClickRequest:
 
 
 async def click(request: Request) -> Response:
-    """The token is checked and the email's links found in memory (the database is read
-    once per email); the click is answered once its row is committed, in a group with the
-    other clicks of the moment, by the click writer's thread."""
     s = services(request)
-    tracker, facts = s.tracker, _click_request(request)
     try:
-        parsed = tracker.read(request.path_params["token"])
-        target = tracker.targets.get(parsed.message_id)
-        if target is None:
-            target = await run_in_threadpool(tracker.target, parsed.message_id)
-        now = s.clock.now()
-        result, event = tracker.judge(parsed, target, now=now, request=facts)
+        result = await s.clicks.click(request.path_params["token"], _click_request(request))
     except TokenError:
         return not_found()
-    flood = s.limits.click(parsed.message_id, parsed.link, facts.ip)
-    with contextlib.suppress(WriteFailed):  # logged; the person still gets where they go
-        if flood is None:
-            await s.click_writer.write(event)
-            if event.judged_in is not None:  # its yes, if it is one, takes effect then
-                s.wakeup.soon(event.judged_in + 0.05)
-        else:
-            if flood[0] == 1 or flood[0] % FLOOD_NOTE_EVERY == 0:
-                # Past the limit: the window's further clicks are one summary row.
-                await s.click_writer.write(flood_note(event, parsed.link, flood, s.limits, now))
-            # A hammering client waits a little for each answer (a sleeping request costs
-            # nothing), so its storm cannot take the process's time from everyone else's.
-            await asyncio.sleep(s.limits.tarpit_seconds)
     if result.confirm_page:
         return HTMLResponse(
             page("confirm.html", title="Confirm your subscription"), headers=NO_STORE
@@ -89,29 +61,12 @@ async def click(request: Request) -> Response:
     return RedirectResponse(result.url, status_code=status, headers=NO_STORE)
 
 
-def flood_note(
-    event: ClickEvent, link: int, flood: tuple[int, float], limits: AbuseLimits, now: datetime
-) -> FloodNote:
-    over, began = flood
-    key = f"flood:{event.target.id}:{link}:{os.getpid()}:{int(began * 1000)}"
-    reason = f"more than {limits.click_limit} clicks on this link within {limits.seconds:g} s"
-    return FloodNote(event.target, link, key, over, reason, now)
-
-
 async def opened(request: Request) -> Response:
     s = services(request)
-    token, detail = (
-        request.path_params["token"],
-        {"ua": request.headers.get("user-agent", "")[:300]},
-    )
-    # The pixel always answers with the image, whatever the token; past the limit of opens
-    # of one email, they are not recorded (they decide nothing).
+    detail = {"ua": request.headers.get("user-agent", "")[:300]}
+    # The pixel always answers with the image, whatever the token.
     with contextlib.suppress(TokenError):
-        parsed = s.signer.read(token, TokenKind.open)
-        if s.limits.open(parsed.message_id):
-            await run_in_threadpool(
-                lambda: s.tracker.opened(token, now=s.clock.now(), detail=detail)
-            )
+        await s.clicks.opened(request.path_params["token"], detail)
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 
