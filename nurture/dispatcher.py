@@ -229,11 +229,10 @@ class Dispatcher:
 
     async def _send(self, rows: Sequence[OutgoingRow]) -> int:
         """Render, send and record claimed messages; returns how many were handed to SMTP."""
-        turns: dict[int, float] = {}
         try:
             ready = await asyncio.to_thread(self._render, rows)
             if self.pacer.active and ready:
-                ready = await self._paced(ready, turns)
+                ready = await self._paced(ready)
         except Exception:
             # A write that failed before anything was sent: the batch is settled (put back)
             # before this worker sends anything else.
@@ -265,8 +264,6 @@ class Dispatcher:
                         nxt = take()
                         ahead = asyncio.ensure_future(ledger.step(Step(done, nxt)))
                         done = None
-                        if allowed and current.id in turns:  # its domain's turn, if not yet
-                            await asyncio.sleep(turns[current.id] - time.monotonic())
                         if allowed and self._halted():  # handed off, but stop or pause first
                             done = Outcome(current, NotStarted(f"not started: {self._why()}"))
                         elif allowed:
@@ -309,10 +306,9 @@ class Dispatcher:
             self.timings["record"] += self.ledger.seconds - recorded
         return handed
 
-    async def _paced(self, ready: list[Composed], turns: dict[int, float]) -> list[Composed]:
-        """Domain pacing: the emails whose turn comes within a second, in the order of their
-        turns (kept in ``turns``: the monotonic time each may start); the others go back to
-        the queue for about when theirs will come."""
+    async def _paced(self, ready: list[Composed]) -> list[Composed]:
+        """Domain pacing: the emails whose domain has room now; the others go back to the
+        queue for about when their turn will come."""
         kept, later = self.pacer.split(ready, lambda out: out.recipient)
         if later:
             now = self.clock.now()
@@ -324,8 +320,7 @@ class Dispatcher:
                         tx.outbox.defer([o.id for o in outs], at=at, worker=self.worker)
 
             await asyncio.to_thread(defer)
-        turns.update({out.id: at for at, out in kept})
-        return [out for _, out in kept]
+        return kept
 
     def _settle(self, batch: Sequence[Composed], unwritten: list[Outcome]) -> None:
         """After writes kept failing: the outcomes known but not written are written, and the

@@ -7,7 +7,9 @@ Each domain (or group of domains with one MX, such as gmail.com and googlemail.c
 budget kept by the generic cell rate algorithm: a theoretical arrival time that moves one
 interval per email, with a burst of one second's worth. The dispatcher asks ``reserve`` for
 each email it is about to send: an email whose domain has room now goes; the others go back
-to the queue for about when their turn will come (``later``), never failed for waiting.
+to the queue for about when their turn will come (``later``), never failed for waiting. None
+waits in the batch for a later turn: it would already be handed to SMTP, past the last check
+before the wire (an unsubscribe).
 """
 
 from __future__ import annotations
@@ -21,15 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["parse_rate", "parse_rates", "DomainRates", "Pacer", "HORIZON"]
+__all__ = ["parse_rate", "parse_rates", "DomainRates", "Pacer"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# An email is sent only when its domain has room now (a second's burst): one that waited in
-# the batch for its turn would already be handed to SMTP, past the last check before the
-# wire. The others go back to the queue for about when their turn will come.
-HORIZON = 0.0
 RECOVER_EVERY = 30.0  # seconds without a throttle answer between two steps back up
 RECOVER_STEP = 0.1  # of the configured rate, per step
 FLOOR = 1 / 64  # of the configured rate: the lowest that halving reaches
@@ -153,41 +151,37 @@ class Pacer:
             out.append(self._budget("*", self.max_rate))
         return out
 
-    def reserve(self, recipient: str, *, horizon: float = HORIZON) -> float | None:
-        """Seconds until this email's turn, its place taken; None (nothing taken) when its
-        turn is further than ``horizon`` away."""
+    def reserve(self, recipient: str) -> bool:
+        """Whether this email's domain (and the deployment) has room for it now; if so, its
+        place is taken."""
         with self._lock:
             now = self.clock()
             budgets = self._budgets_of(recipient)
             for budget in budgets:
                 self._recover(budget, now)
-            start = max((b.turn(now) for b in budgets), default=now)
-            if start - now > horizon:
-                return None
+            if any(b.turn(now) > now for b in budgets):
+                return False
             for budget in budgets:
-                budget.tat = max(budget.tat, start) + budget.interval
-            return start - now
+                budget.tat = max(budget.tat, now) + budget.interval
+            return True
 
     def split(
         self, emails: list[T], recipient: Callable[[T], str]
-    ) -> tuple[list[tuple[float, T]], dict[int, list[T]]]:
-        """The emails whose turn comes within ``HORIZON``, as (monotonic time it may start,
-        email) in the order of their turns, their places taken; and the others by whole
-        seconds from now until about when their turn will come (nothing taken for them)."""
-        kept: list[tuple[float, T]] = []
+    ) -> tuple[list[T], dict[int, list[T]]]:
+        """The emails that have room now (their places taken), in order; and the others by
+        whole seconds from now until about when their turn will come (nothing taken)."""
+        kept: list[T] = []
         later: defaultdict[int, list[T]] = defaultdict(list)
-        behind: defaultdict[str, int] = defaultdict(int)
-        began = self.clock()
+        behind: defaultdict[str, int] = defaultdict(int)  # per budget: those sent back
         for email in emails:
             to = recipient(email)
-            wait = self.reserve(to)
-            if wait is not None:
-                kept.append((began + wait, email))
+            if self.reserve(to):
+                kept.append(email)
                 continue
-            domain = domain_of(to)
-            later[int(self.later(to, behind[domain])) + 1].append(email)
-            behind[domain] += 1
-        kept.sort(key=lambda pair: pair[0])
+            group = self.rates.group_of(domain_of(to))
+            key = group[0] if group is not None else "*"
+            later[int(self.later(to, behind[key])) + 1].append(email)
+            behind[key] += 1
         return kept, dict(later)
 
     def later(self, recipient: str, behind: int = 0) -> float:
