@@ -1,5 +1,6 @@
-"""The schema: Alembic migrations shipped inside the package (``nurture/db/migrations``), so an
-installed nurture can migrate a database without the source tree.
+"""The schema: the Alembic migrations of the repository's top-level ``migrations/``, installed
+with nurture as the package ``nurture.migrations`` and found through importlib.resources, so an
+installed nurture (a wheel, no source tree) migrates a database.
 
 SQLite is upgraded by the daemon itself (one process owns the file); a server database must
 be upgraded once, before its workers start, with ``nurture db upgrade``.
@@ -8,6 +9,7 @@ be upgraded once, before its workers start, with ``nurture db upgrade``.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,23 @@ from sqlalchemy import inspect
 from nurture.db.connect import describe_url, is_sqlite, normalize_url, reachable
 from nurture.errors import DatabaseError
 
-__all__ = ["MIGRATIONS", "alembic_config", "upgrade", "ensure_schema"]
+__all__ = ["migrations_folder", "alembic_config", "upgrade", "ensure_schema"]
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+def migrations_folder() -> Path:
+    """Where ``nurture.migrations`` is: the installed package's folder (the source tree's
+    ``migrations/`` in an editable install). Alembic reads its scripts from files on disk."""
+    folder = resources.files("nurture.migrations")
+    if not isinstance(folder, Path):  # a zipped install: Alembic cannot read it
+        raise DatabaseError(f"the migrations {folder} are not a folder on disk")
+    return folder
 
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations_folder()))
     cfg.attributes["url"] = normalize_url(url)
     return cfg
 

@@ -1,6 +1,7 @@
-"""The tables. The schema itself comes only from the Alembic migrations in
-``nurture/db/migrations/``; ``tests/migration`` proves these models and the migrated schema
-agree. Queries use the tables (SQLAlchemy Core), never ORM objects: see the stores beside."""
+"""The tables. The schema itself comes only from the Alembic migrations in the repository's
+``migrations/`` (installed as ``nurture.migrations``); ``tests/migration`` proves these models
+and the migrated schema agree. Queries use the tables (SQLAlchemy Core), never ORM objects: see
+the stores beside."""
 
 from __future__ import annotations
 

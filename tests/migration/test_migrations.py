@@ -1,15 +1,21 @@
 """The schema comes only from migrations: upgrade an empty database, compare with the models,
-go down and up again; and the migrations ship inside the package, so an installed nurture (not
-the source tree) migrates a database."""
+go down and up again; and the migrations (the repository's ``migrations/``) ship inside the
+package as ``nurture.migrations``, so an installed nurture (not the source tree) migrates a
+database."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from support.paths import REPO
 
@@ -56,17 +62,14 @@ def test_the_alembic_command_still_works_from_the_repository(tmp_path: Path) -> 
 
 
 def test_an_installed_nurture_migrates_an_empty_database(
-    empty_database_url: str, tmp_path_factory: object
+    empty_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """`pip install .` (a wheel, not the editable install of the tests), then `nurture db
-    upgrade` from a directory with no alembic.ini and no migrations folder."""
-    import pytest
-
-    assert isinstance(tmp_path_factory, pytest.TempPathFactory)
-    target = _installed(tmp_path_factory)
+    """A wheel installed into a folder (not the editable install of the tests), then `nurture
+    db upgrade` from a directory with no alembic.ini and no migrations folder."""
+    _, target = _installed(tmp_path_factory)
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
-    env.update(PYTHONPATH=str(target), NURTURE_DATABASE_URL=empty_database_url)
+    env = _installed_env(target)
+    env["NURTURE_DATABASE_URL"] = empty_database_url
     code = (
         "import nurture, sys; from nurture.cli import main; "
         "print(nurture.__file__, file=sys.stderr); sys.exit(main(['db', 'upgrade']))"
@@ -80,31 +83,89 @@ def test_an_installed_nurture_migrates_an_empty_database(
     assert set(Base.metadata.tables) <= tables(empty_database_url)
 
 
-_INSTALLED: dict[str, Path] = {}
+def test_the_wheel_carries_the_migrations_and_the_installed_nurture_reads_its_own(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Every revision of the repository's migrations/versions is in the wheel under
+    nurture/migrations/, and an installed nurture's Alembic reads them from the installed
+    package: the editable install of the tests could otherwise hand it the source tree's."""
+    wheel, target = _installed(tmp_path_factory)
+    versions = sorted(p.name for p in (REPO / "migrations" / "versions").glob("*.py"))
+    assert "0001_initial_schema.py" in versions
+
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    carried = sorted(
+        n.removeprefix("nurture/migrations/versions/")
+        for n in names
+        if n.startswith("nurture/migrations/versions/") and n.endswith(".py")
+    )
+    assert carried == versions
+    assert {"nurture/migrations/env.py", "nurture/migrations/script.py.mako"} <= names
+    strays = sorted(n for n in names if n.startswith(("migrations/", "nurture/db/migrations/")))
+    assert not strays  # no top-level `migrations` package, nothing left at the old place
+
+    code = (
+        "import json; from alembic.script import ScriptDirectory; "
+        "from nurture.db.migrate import alembic_config; "
+        "s = ScriptDirectory.from_config(alembic_config('sqlite://')); "
+        "print(json.dumps({'dir': s.dir, "
+        "'revisions': {r.revision: r.path for r in s.walk_revisions()}}))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path_factory.mktemp("elsewhere"),
+        env=_installed_env(target),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    installed = (target / "nurture" / "migrations").resolve()
+    assert Path(seen["dir"]).resolve() == installed
+    assert sorted(Path(p).name for p in seen["revisions"].values()) == versions
+    for path in seen["revisions"].values():
+        assert Path(path).resolve().is_relative_to(installed), path
+    source = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert set(seen["revisions"]) == {s.revision for s in source.walk_revisions()}
 
 
-def _installed(factory: object) -> Path:
-    """nurture built as a wheel and installed into a folder of its own (once per run)."""
-    if "target" not in _INSTALLED:
-        target = factory.mktemp("installed")  # type: ignore[attr-defined]
+_INSTALLED: dict[str, tuple[Path, Path]] = {}
+
+
+def _installed(factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """nurture built as a wheel from a clean copy of the tree (no stale build/ of the
+    repository can slip into it) and installed into a folder of its own, once per run:
+    (the wheel, the folder)."""
+    if "nurture" not in _INSTALLED:
+        source = factory.mktemp("source")
+        shutil.copy2(REPO / "pyproject.toml", source)
+        for folder in ("nurture", "migrations"):
+            shutil.copytree(
+                REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        wheels = factory.mktemp("wheels")
+        target = factory.mktemp("installed")
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--no-build-isolation",
-                "--target",
-                str(target),
-                str(REPO),
-            ],
+            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", wheels, source],
             capture_output=True,
             text=True,
         )
         assert r.returncode == 0, r.stderr
-        assert (target / "nurture" / "db" / "migrations" / "versions").is_dir()
-        _INSTALLED["target"] = target
-    return _INSTALLED["target"]
+        (wheel,) = wheels.glob("nurture-*.whl")
+        r = subprocess.run(
+            [*pip, "install", "--no-deps", "--target", target, wheel],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        _INSTALLED["nurture"] = (wheel, target)
+    return _INSTALLED["nurture"]
+
+
+def _installed_env(target: Path) -> dict[str, str]:
+    """The installed copy first on the path (before the editable install of the tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env["PYTHONPATH"] = str(target)
+    return env

@@ -14,7 +14,7 @@ OUTER = ("nurture.db", "nurture.mail", "nurture.web", "nurture.daemon", "nurture
 
 
 def modules() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "migrations" not in p.parts)
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def imported(path: Path) -> set[str]:
