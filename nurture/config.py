@@ -117,11 +117,13 @@ class Settings(BaseSettings):
     # A click with a person's signals and nothing else clicked on its email: judged this soon.
     click_quick_seconds: float = Field(default=1.0, ge=0)
     # Abuse limits (nurture.limits): clicks on one link / from one client address in a window
-    # past which they are summarised; form posts per client address a minute.
+    # past which they are summarised; form posts per client address a minute; sign-ups posted
+    # with the API token (the marketer's own servers, from one address) a minute, 0: no limit.
     click_flood_limit: int = Field(default=20, ge=1)
     client_flood_limit: int = Field(default=1000, ge=1)
     click_flood_seconds: float = Field(default=10.0, gt=0)
     subscribe_per_minute: int = Field(default=10, ge=1)
+    api_subscribe_per_minute: int = Field(default=600, ge=0)
     click_tarpit_seconds: float = Field(default=0.1, ge=0)  # each click past a limit waits
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).

@@ -11,6 +11,9 @@ per key in fixed windows, in memory, bounded in size.
 - The open pixel past the same limit per email is not recorded at all (opens decide nothing).
 - The form (``POST /subscribe``) past ``NURTURE_SUBSCRIBE_PER_MINUTE`` (10) per client address
   answers 429 with a page that says to try again in a minute.
+- The marketer's own sign-ups (``POST /subscribe`` with the API token: a landing page's
+  backend posts everyone's from one address) have a budget of their own, per token:
+  ``NURTURE_API_SUBSCRIBE_PER_MINUTE`` (600; 0: none), past which they answer 429 too.
 
 Each process counts on its own (several web processes each allow the limit).
 """
@@ -64,6 +67,7 @@ class AbuseLimits:
     client_limit: int = 1000
     seconds: float = 10.0
     subscribe_per_minute: int = 10
+    api_subscribe_per_minute: int = 600  # 0: no limit
     tarpit_seconds: float = 0.1  # how long each click past a limit waits for its answer
 
     def __post_init__(self) -> None:
@@ -71,6 +75,7 @@ class AbuseLimits:
         self.clients = Window(self.seconds)
         self.opens = Window(self.seconds)
         self.forms = Window(60.0)
+        self.tokens = Window(60.0)
 
     def click(self, message_id: int, link: int, client: str) -> tuple[int, float] | None:
         """None for a click to record as usual; past a limit, (how many clicks past it this
@@ -90,3 +95,8 @@ class AbuseLimits:
     def subscribe(self, client: str) -> bool:
         """Whether this form post may go on."""
         return self.forms.hit(client)[0] <= self.subscribe_per_minute
+
+    def api_subscribe(self, token: Hashable) -> bool:
+        """Whether a sign-up posted with the API token ``token`` may go on."""
+        limit = self.api_subscribe_per_minute
+        return limit == 0 or self.tokens.hit(token)[0] <= limit

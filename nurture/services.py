@@ -150,6 +150,7 @@ def build_services(
         client_limit=settings.client_flood_limit,
         seconds=settings.click_flood_seconds,
         subscribe_per_minute=settings.subscribe_per_minute,
+        api_subscribe_per_minute=settings.api_subscribe_per_minute,
         tarpit_seconds=settings.click_tarpit_seconds,
     )
     wakeup = Wakeup()

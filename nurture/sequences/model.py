@@ -202,5 +202,15 @@ class Catalog:
             return None
         return sequence, sequence.step(step_id)
 
+    def event_names(self) -> frozenset[str]:
+        """Every outside event name the loaded files name: a step's ``events:`` or a
+        sequence's ``goals:`` (a sequence without ``goals:`` names none of its own, though it
+        counts any event as its goal)."""
+        return frozenset(
+            name
+            for sequence in self.sequences.values()
+            for name in (*sequence.goals, *(e for step in sequence.steps for e in step.events))
+        )
+
     def __iter__(self) -> Iterator[Sequence]:
         return iter(self.sequences.values())

@@ -4,7 +4,9 @@ webhook, the health check."""
 
 from __future__ import annotations
 
+import difflib
 import hmac
+import logging
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +24,7 @@ from nurture.mail.inbound import MAX_INBOUND_BYTES
 from nurture.people import clean_tags
 from nurture.subscriptions import SubscribeResult
 from nurture.vocabulary import InboundSource, InboundStatus, SubscriberStatus
-from nurture.web.body import BodyError, read_body, read_payload
+from nurture.web.body import BodyError, read_body, read_payload, read_payload_kind
 from nurture.web.links import services
 from nurture.web.pages import page
 
@@ -36,6 +38,17 @@ __all__ = [
     "inbound",
 ]
 
+log = logging.getLogger(__name__)
+
+# The sign-ups of the API token share one budget (NURTURE_API_SUBSCRIBE_PER_MINUTE), whichever
+# server posts them; the key is not the token itself, so no copy of the secret is kept.
+API_TOKEN_KEY = "api-token"
+# Unknown event names are warned about once each (the app's state remembers them), up to this
+# many: a client holding the token could send endless new names.
+WARNED_MAX = 1000
+FLAGS = {"true": True, "1": True, "yes": True, "on": True}
+FLAGS |= {"false": False, "0": False, "no": False, "off": False, "": False}
+
 
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
@@ -45,7 +58,16 @@ def _wants_json(request: Request) -> bool:
 
 
 def _bearer(request: Request) -> str:
-    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    header = request.headers.get("authorization", "").strip()
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else header
+
+
+def _claims_token(request: Request) -> bool:
+    """Whether the request offers a bearer token (another scheme, such as a staging proxy's
+    Basic password, is no claim to be the marketer's own)."""
+    scheme = request.headers.get("authorization", "").strip().partition(" ")[0]
+    return scheme.lower() == "bearer"
 
 
 def _same(supplied: str, secret: str) -> bool:
@@ -100,19 +122,23 @@ async def subscribe_form(request: Request) -> Response:
 
 
 async def subscribe_post(request: Request) -> Response:
+    """The public form, or the marketer's own servers with the API token: their own limit,
+    and they may say ``confirmed`` and update a person who is already there."""
     s = services(request)
-    as_json = _wants_json(request)
+    own = _authorized(request)
+    if not own and _claims_token(request):
+        return _unauthorized()  # a wrong token is a mistake to show, not a stranger's post
+    as_json = own or _wants_json(request)
+    client = request.client.host if request.client else ""
+    if not (s.limits.api_subscribe(API_TOKEN_KEY) if own else s.limits.subscribe(client)):
+        return _too_many(as_json)
     data: dict[str, Any] = {}
-    if not s.limits.subscribe(request.client.host if request.client else ""):
-        text = "Too many sign-ups from your address. Please try again in a minute."
-        headers = {"Retry-After": "60"}
-        if as_json:
-            return JSONResponse({"error": text}, status_code=429, headers=headers)
-        html = page("message.html", title="Please wait a minute", text=text)
-        return HTMLResponse(html, status_code=429, headers=headers)
     try:
-        data = await read_payload(request)
-        fields = {k: v for k, v in data.items() if k not in ("email", "sequence", "tags")}
+        data, sent_json = await read_payload_kind(request)
+        as_json = as_json or sent_json
+        confirmed = _confirmed(data.get("confirmed"), own=own)
+        skip = ("email", "sequence", "tags", "confirmed")
+        fields = {k: v for k, v in data.items() if k not in skip}
         result = await run_in_threadpool(
             lambda: s.subscriptions.subscribe(
                 email=data.get("email"),
@@ -120,7 +146,8 @@ async def subscribe_post(request: Request) -> Response:
                 fields=fields,
                 tags=clean_tags(data.get("tags")),  # a list, or text split on ';'
                 now=s.clock.now(),
-                trusted=False,
+                confirmed=confirmed,
+                trusted=own,
             )
         )
     except (SubscribeError, BodyError) as exc:
@@ -153,6 +180,33 @@ async def subscribe_post(request: Request) -> Response:
     if request.app.state.outbox is not None and result.created:
         text += " (It is in the outbox.)"
     return HTMLResponse(page("message.html", title=title, text=text), status_code=status)
+
+
+def _too_many(as_json: bool) -> Response:
+    text = "Too many sign-ups from your address. Please try again in a minute."
+    headers = {"Retry-After": "60"}
+    if as_json:
+        return JSONResponse({"error": text}, status_code=429, headers=headers)
+    html = page("message.html", title="Please wait a minute", text=text)
+    return HTMLResponse(html, status_code=429, headers=headers)
+
+
+def _confirmed(value: object, *, own: bool) -> bool:
+    """``confirmed``: the person opted in elsewhere, so no confirmation email. Only the
+    marketer's own servers may say so: from anyone else it is refused, not ignored (ignored,
+    a site that forgot its token would have its people held, unconfirmed, without a word)."""
+    flag = FLAGS.get(value.strip().lower()) if isinstance(value, str) else value
+    if value is None or flag is False:
+        return False
+    if flag is not True:
+        raise BodyError("confirmed must be true or false")
+    if not own:
+        raise SubscribeError(
+            "confirmed needs the API token (Authorization: Bearer $NURTURE_API_TOKEN): "
+            "without it, a person confirms through the email they are sent",
+            status=403,
+        )
+    return True
 
 
 def _told(result: SubscribeResult) -> tuple[str, str]:
@@ -192,12 +246,35 @@ async def events(request: Request) -> Response:
     except (SubscribeError, BodyError) as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
     s.wakeup.soon()  # what it advanced goes out now, not at the next tick
-    body = {
+    body: dict[str, Any] = {
         "converted": result.converted,
         "advanced": result.advanced,
         "duplicate": result.duplicate,
+        **_known(request, str(data.get("event")).strip(), s.catalog.event_names()),
     }
     return JSONResponse(body)
+
+
+def _known(request: Request, name: str, names: frozenset[str]) -> dict[str, Any]:
+    """Whether any sequence names the event (a step's ``events:``, a ``goals:``), and, when
+    none does, the closest name that one does: ``trial_start`` recorded while a step waits
+    for ``trial_started`` would otherwise leave the person waiting until the timeout, with a
+    200 to the app. An unknown event is still recorded (the app may send what no sequence
+    uses yet); each unknown name is logged once per process (its one app)."""
+    if name in names:
+        return {"known": True}
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    warned: set[str] = request.app.state.unknown_events
+    if name not in warned and len(warned) < WARNED_MAX:
+        warned.add(name)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        log.warning(
+            "event %r is named by no sequence's events: or goals: (recorded)%s",
+            name,
+            hint,
+            extra={"action": "event_unknown", "event": name},
+        )
+    return {"known": False, **({"did_you_mean": close[0]} if close else {})}
 
 
 async def remove(request: Request) -> Response:

@@ -41,6 +41,7 @@ def create_app(services: Services, *, outbox: Outbox | None = None) -> Starlette
     app = Starlette(routes=routes)
     app.state.services = services
     app.state.outbox = outbox
+    app.state.unknown_events = set()  # event names no sequence names, warned about once
     # A junk token ending in '/' must get a 404, not a redirect to another path.
     app.router.redirect_slashes = False
     return app

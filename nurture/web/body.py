@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Message
 
-__all__ = ["BodyError", "read_body", "read_payload", "MAX_FORM_BYTES"]
+__all__ = ["BodyError", "read_body", "read_payload", "read_payload_kind", "MAX_FORM_BYTES"]
 
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 100
@@ -42,17 +42,34 @@ async def read_body(request: Request, *, limit: int) -> bytes:
 
 async def read_payload(request: Request, *, limit: int = MAX_FORM_BYTES) -> dict[str, Any]:
     """A JSON object or a form, as a dict; BodyError when it is neither."""
+    return (await read_payload_kind(request, limit=limit))[0]
+
+
+async def read_payload_kind(
+    request: Request, *, limit: int = MAX_FORM_BYTES
+) -> tuple[dict[str, Any], bool]:
+    """``read_payload``, and whether the body was JSON (the answer then is JSON too)."""
     body = await read_body(request, limit=limit)
-    if "application/json" in request.headers.get("content-type", ""):
+    if _is_json(request.headers.get("content-type", ""), body):
         try:
             data = json.loads(body or b"{}")
         except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             raise BodyError("the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise BodyError("the JSON body must be an object")
-        return data
+        return data, True
     form = await _replay(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    return {k: v for k, v in form.items() if isinstance(v, str)}, False
+
+
+def _is_json(content_type: str, body: bytes) -> bool:
+    """Declared JSON; or an object sent with no content type (``requests.post(url,
+    data=json.dumps(...))``) or as text/plain (``fetch()`` with a string body), which no form
+    begins with. A form content type is a form whatever its body."""
+    if "application/json" in content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("", "text/plain") and body.lstrip()[:1] == b"{"
 
 
 def _replay(request: Request, body: bytes) -> Request:

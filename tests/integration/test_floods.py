@@ -108,3 +108,47 @@ def test_the_form_answers_429_past_its_limit_per_address(world: World, http: htt
     assert refused.headers["Retry-After"] == "60"
     page = http.post("/subscribe", data={"email": "late@example.com", "sequence": "journey"})
     assert "Please wait a minute" in page.text
+
+
+TOKEN = {"authorization": "Bearer test-api-token"}
+
+
+def test_the_marketers_own_server_has_its_own_limit_not_the_forms(
+    world: World, http: httpx.Client
+) -> None:
+    """A landing page's backend posts every sign-up from one address: with the API token they
+    are not the form's (10 a minute per address), nor do they use up its budget."""
+    limit = world.services.settings.subscribe_per_minute
+    anonymous = [
+        http.post("/subscribe", data={"email": f"a{i}@example.com", "sequence": "journey"})
+        for i in range(limit)
+    ]
+    assert [r.status_code for r in anonymous] == [201] * limit
+    own = [
+        http.post(
+            "/subscribe",
+            json={"email": f"api{i}@example.com", "sequence": "journey"},
+            headers=TOKEN,
+        )
+        for i in range(30)
+    ]
+    assert [r.status_code for r in own] == [201] * 30
+    late = http.post("/subscribe", data={"email": "late@example.com", "sequence": "journey"})
+    assert late.status_code == 429
+
+
+def test_the_api_tokens_sign_ups_have_a_limit_of_their_own(make_world: MakeWorld) -> None:
+    world = make_world(api_subscribe_per_minute=3)
+    with served_client(world.services) as http:
+        codes = [
+            http.post(
+                "/subscribe",
+                json={"email": f"t{i}@example.com", "sequence": "journey"},
+                headers=TOKEN,
+            ).status_code
+            for i in range(5)
+        ]
+        assert codes == [201, 201, 201, 429, 429]
+        # The form, from the same address, has its own budget still.
+        form = http.post("/subscribe", data={"email": "f@example.com", "sequence": "journey"})
+        assert form.status_code == 201

@@ -17,6 +17,7 @@ from support.smtp import Caught
 from support.web import BROWSER, ServedApp
 from support.world import MakeWorld, World
 
+from nurture.db.subscribers import SubscriberRow
 from nurture.tokens import TokenKind
 from nurture.vocabulary import EnrollmentStatus as Status
 from nurture.vocabulary import ExitReason
@@ -176,7 +177,12 @@ def test_events_need_the_api_token(world: World, http: httpx.Client) -> None:
     )
     r = http.post("/events", json=body, headers={"authorization": "Bearer test-api-token"})
     assert r.status_code == 200
-    assert r.json() == {"converted": ["journey"], "advanced": [], "duplicate": False}
+    assert r.json() == {
+        "converted": ["journey"],
+        "advanced": [],
+        "duplicate": False,
+        "known": True,
+    }
     assert world.state("hoa@example.com").exit_reason is ExitReason.converted
     r = http.post(
         "/events",
@@ -184,6 +190,122 @@ def test_events_need_the_api_token(world: World, http: httpx.Client) -> None:
         headers={"authorization": "Bearer test-api-token"},
     )
     assert r.status_code == 404
+
+
+TOKEN = {"authorization": "Bearer test-api-token"}
+
+
+def person(world: World, email: str) -> SubscriberRow | None:
+    with world.services.store.transaction() as tx:
+        return tx.subscribers.by_email(email)
+
+
+def test_with_the_token_a_sign_up_may_be_confirmed_elsewhere(
+    world: World, http: httpx.Client
+) -> None:
+    body = {"email": "own@example.com", "sequence": "journey", "confirmed": True}
+    r = http.post("/subscribe", json=body, headers=TOKEN)
+    assert r.status_code == 201 and r.json()["status"] == "confirmed"
+    world.tick()
+    [mail] = world.smtp.to("own@example.com")  # no confirmation: the next step goes
+    assert mail.subject.startswith("Read this")
+    assert world.state("own@example.com").step_id == "read"
+
+
+def test_with_the_token_a_person_already_there_is_updated_and_confirmed(
+    world: World, http: httpx.Client
+) -> None:
+    http.post("/subscribe", data={"email": "pen@example.com", "sequence": "journey"})
+    again = {"email": "pen@example.com", "sequence": "journey", "plan": "pro", "tags": ["vip"]}
+    assert http.post("/subscribe", json=again).status_code == 200  # the public form: as it was
+    sub = person(world, "pen@example.com")
+    assert sub is not None and "plan" not in sub.fields and sub.tags == ()
+    r = http.post("/subscribe", json={**again, "confirmed": "true"}, headers=TOKEN)
+    assert r.status_code == 200 and r.json()["status"] == "confirmed"
+    sub = person(world, "pen@example.com")
+    assert sub is not None and sub.fields["plan"] == "pro" and sub.tags == ("vip",)
+    world.tick()
+    assert [m.subject for m in world.smtp.to("pen@example.com")] == ["Read this, friend"]
+
+
+@pytest.mark.parametrize("confirmed", [True, "on"])
+def test_without_the_token_confirmed_is_refused(
+    world: World, http: httpx.Client, confirmed: object
+) -> None:
+    """Refused, not ignored: a site that forgot its token learns it at once, where ignoring
+    would leave its people unconfirmed (and held, in a sequence without a confirmation step)."""
+    body = {"email": "anon@example.com", "sequence": "journey", "confirmed": confirmed}
+    if confirmed is True:
+        r = http.post("/subscribe", json=body)
+        assert r.status_code == 403 and "API token" in r.json()["error"]
+    else:
+        r = http.post("/subscribe", data=body)
+        assert r.status_code == 403 and "API token" in r.text
+    assert person(world, "anon@example.com") is None
+    r = http.post("/subscribe", json={**body, "confirmed": False})
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+    sub = person(world, "anon@example.com")
+    assert sub is not None and "confirmed" not in sub.fields
+
+
+def test_a_wrong_token_is_a_401_not_the_public_form(world: World, http: httpx.Client) -> None:
+    body = {"email": "wrong@example.com", "sequence": "journey"}
+    for header in ("Bearer wrong", "bearer wrong", "Bearer"):
+        r = http.post("/subscribe", json=body, headers={"authorization": header})
+        assert r.status_code == 401 and "API token" in r.json()["error"]
+    assert person(world, "wrong@example.com") is None
+    # A staging site's password (another scheme) claims nothing: the public form.
+    r = http.post("/subscribe", json=body, headers={"authorization": "Basic c3RhZ2U6cHc="})
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+
+
+def test_a_json_body_without_a_content_type_is_read_as_json(
+    world: World, http: httpx.Client
+) -> None:
+    """``requests.post(url, data=json.dumps(...))`` sends no content type, and ``fetch()`` with
+    a string body sends text/plain: both were read as an empty form."""
+    body = b' \n{"email": "raw@example.com", "sequence": "journey", "first_name": "Raw"}'
+    r = http.post("/subscribe", content=body)
+    assert r.status_code == 201 and r.json()["created"] is True
+    plain = body.replace(b"raw@", b"plain@")
+    r = http.post("/subscribe", content=plain, headers={"content-type": "text/plain;charset=UTF-8"})
+    assert r.status_code == 201 and r.json()["created"] is True
+    sub = person(world, "raw@example.com")
+    assert sub is not None and sub.fields["first_name"] == "Raw"
+    # Declared a form, it is a form (this one has no email field).
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = http.post("/subscribe", content=body.replace(b"raw@", b"form@"), headers=form)
+    assert r.status_code == 400 and "an email address is required" in r.text
+    event = b'{"email": "raw@example.com", "event": "purchase"}'
+    r = http.post("/events", content=event, headers=TOKEN)
+    assert r.status_code == 200 and r.json()["converted"] == ["journey"]
+
+
+def test_an_event_no_sequence_names_is_recorded_and_said_so(
+    world: World, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.subscribe("evt@example.com", confirmed=True)
+    for _ in range(2):
+        r = http.post(
+            "/events", json={"email": "evt@example.com", "event": "purchse"}, headers=TOKEN
+        )
+        assert r.status_code == 200
+        assert r.json() == {
+            "converted": [],
+            "advanced": [],
+            "duplicate": False,
+            "known": False,
+            "did_you_mean": "purchase",
+        }
+    warned = [r for r in caplog.records if "purchse" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"
+    assert "did you mean 'purchase'" in warned[0].getMessage()
+    recorded = rows(world.services.store, EVENTS, kind="event")
+    assert [e.detail["event"] for e in recorded] == ["purchse", "purchse"]
+    r = http.post("/events", json={"email": "evt@example.com", "event": "zzz"}, headers=TOKEN)
+    assert r.json()["known"] is False and "did_you_mean" not in r.json()
+    r = http.post("/events", json={"email": "evt@example.com", "event": "purchase"}, headers=TOKEN)
+    assert r.json()["known"] is True and r.json()["converted"] == ["journey"]
 
 
 def reply_to(mail: Caught, body: str = "Yes please!", **headers: str) -> bytes:

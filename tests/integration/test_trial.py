@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.db import MESSAGES, rows
+from support.db import EVENTS, MESSAGES, rows
 from support.mail import visible_links
 from support.paths import REPO
+from support.web import served_client
 from support.world import MakeWorld, World
 
 from nurture.vocabulary import EnrollmentStatus, ExitReason
@@ -76,6 +77,32 @@ def test_a_pro_goes_from_the_survey_to_the_trial_the_advanced_track_and_pays(
     assert paid.converted == ["trial"]
     state = trial.state("pro@example.com", "trial")
     assert state.status is EnrollmentStatus.exited and state.exit_reason is ExitReason.converted
+
+
+def test_a_misspelt_event_is_recorded_and_answered_with_the_name_the_step_waits_for(
+    trial: World,
+) -> None:
+    """Issue 19: the app reported ``trial_start`` while the step waits for ``trial_started``;
+    the 200 said nothing, and the person waited until the step's timeout."""
+    _, _, pro = to_survey(trial, "typo@example.com")
+    trial.click(pro)
+    trial.clock.advance(days=1)
+    trial.tick()
+    assert trial.state("typo@example.com", "trial").step_id == "trial"
+    token = {"authorization": "Bearer test-api-token"}
+    with served_client(trial.services) as http:
+        body = {"email": "typo@example.com", "event": "trial_start"}
+        r = http.post("/events", json=body, headers=token)
+        assert r.status_code == 200
+        assert r.json()["known"] is False and r.json()["did_you_mean"] == "trial_started"
+        assert r.json()["advanced"] == [] and r.json()["converted"] == []
+        assert trial.state("typo@example.com", "trial").step_id == "trial"
+        r = http.post("/events", json={**body, "event": "trial_started"}, headers=token)
+        assert r.json()["known"] is True and r.json()["advanced"] == ["trial"]
+        r = http.post("/events", json={**body, "event": "first_payment"}, headers=token)
+        assert r.json()["known"] is True and r.json()["converted"] == ["trial"]
+    events = rows(trial.services.store, EVENTS, kind="event")
+    assert [e.detail["event"] for e in events] == ["trial_start", "trial_started", "first_payment"]
 
 
 def test_a_beginner_gets_the_basics_and_skips_the_advanced_track(trial: World) -> None:

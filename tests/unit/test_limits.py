@@ -48,3 +48,11 @@ def test_opens_and_the_form() -> None:
     assert [limits.open(7) for _ in range(3)] == [True, True, False]
     assert [limits.subscribe("192.0.2.1") for _ in range(3)] == [True, True, False]
     assert limits.subscribe("192.0.2.2")
+
+
+def test_the_api_tokens_sign_ups() -> None:
+    limits = AbuseLimits(subscribe_per_minute=1, api_subscribe_per_minute=2)
+    assert [limits.api_subscribe("token") for _ in range(3)] == [True, True, False]
+    assert limits.subscribe("192.0.2.1")  # the form's budget is untouched
+    unlimited = AbuseLimits(api_subscribe_per_minute=0)
+    assert all(unlimited.api_subscribe("token") for _ in range(5000))
