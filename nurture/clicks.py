@@ -43,13 +43,13 @@ SCANNERS_FILE = Path(__file__).parent / "data" / "scanners.txt"
 NETWORKS_FILE = Path(__file__).parent / "data" / "scanner-networks.txt"
 
 
-# The headers that tell one browser from another, beside its address and user agent.
+# The headers that tell one browser from another, beside its address and user agent: what
+# the browser says of itself, the same on every request it makes. The request-context headers
+# (Sec-Fetch-Site/Mode/Dest/User, Origin, Referer, Content-Type) describe one request, not the
+# browser: the confirmation link opened from the mail client (Sec-Fetch-Site: none) and the
+# press of the page's button (same-origin, with Origin and a form body) are one person.
 FINGERPRINT = (
     "accept-language",
-    "sec-fetch-site",
-    "sec-fetch-mode",
-    "sec-fetch-dest",
-    "sec-fetch-user",
     "sec-ch-ua",
     "sec-ch-ua-platform",
 )

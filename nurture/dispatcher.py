@@ -41,9 +41,14 @@ from nurture.sequences import Catalog
 from nurture.tokens import Signer
 from nurture.vocabulary import Link
 
-__all__ = ["Dispatcher", "DispatchPolicy"]
+__all__ = ["Dispatcher", "DispatchPolicy", "SLICE_SECONDS", "MIN_SLICE"]
 
 log = logging.getLogger(__name__)
+
+# A slice of sending lasts about this long, so what falls due meanwhile (a person's yes) waits
+# at most that for its turn; never fewer emails than MIN_SLICE a slice.
+SLICE_SECONDS = 0.5
+MIN_SLICE = 10
 
 
 class Dispatcher:
@@ -88,6 +93,7 @@ class Dispatcher:
         self.timings: defaultdict[str, float] = defaultdict(float)
         self.stopping = threading.Event()
         self.unsettled = False  # a failed batch left messages this worker must settle
+        self._per_email: float | None = None  # seconds an email takes (slice_size)
 
     def with_transport(self, transport: Transport, *, worker: str) -> Dispatcher:
         """Another worker on the same parts, sending through ``transport`` (a second worker
@@ -114,12 +120,12 @@ class Dispatcher:
 
     # -- planning ------------------------------------------------------------------------
 
-    def plan(self, now: datetime) -> tuple[int, list[OutgoingRow]]:
-        """Decide for up to one batch of due enrollments. The messages decided on are
-        recorded and claimed in the same transaction; returns how many enrollments were
-        claimed and those messages, ready to render and send."""
+    def plan(self, now: datetime, *, limit: int | None = None) -> tuple[int, list[OutgoingRow]]:
+        """Decide for up to one batch (``limit``, else the batch size) of due enrollments. The
+        messages decided on are recorded and claimed in the same transaction; returns how
+        many enrollments were claimed and those messages, ready to render and send."""
         with self._timed("plan"), self.store.transaction() as tx:
-            due = tx.enrollments.claim_due(now, self.policy.batch_size)
+            due = tx.enrollments.claim_due(now, limit or self.policy.batch_size)
             made = self.journey.plan(tx, due, now=now, worker=self.worker)
         outgoing = [
             OutgoingRow(
@@ -139,14 +145,17 @@ class Dispatcher:
         ]
         return len(due), outgoing
 
+    def _plan_now(self, limit: int) -> tuple[int, list[OutgoingRow]]:
+        return self.plan(self.clock.now(), limit=limit)
+
     # -- delivery ------------------------------------------------------------------------
 
-    def _claim(self) -> list[OutgoingRow]:
+    def _claim(self, limit: int | None = None) -> list[OutgoingRow]:
         """Queued messages due (retries, and what a gone worker left); those no longer
         wanted are cancelled here."""
         now = self.clock.now()
         with self._timed("claim"), self.store.transaction() as tx:
-            claimed = tx.outbox.claim(now, self.policy.batch_size)
+            claimed = tx.outbox.claim(now, limit or self.policy.batch_size)
             wanted = []
             unwanted: dict[str, list[int]] = {}
             for row in claimed:
@@ -292,9 +301,11 @@ class Dispatcher:
         recorded = self.ledger.seconds
         try:
             with self._timed("send"):
+                began = time.perf_counter()
                 results = await asyncio.gather(
                     *(work() for _ in range(workers)), return_exceptions=True
                 )
+                self._measured(time.perf_counter() - began, handed)
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 # A write that kept failing: settle what this batch left, then say so.
@@ -344,9 +355,26 @@ class Dispatcher:
         with self.store.transaction() as tx:
             tx.outbox.release(message_ids, now=self.clock.now())
 
-    async def deliver(self) -> int:
+    def _measured(self, seconds: float, handed: int) -> None:
+        """How long an email takes to send, all connections together (a moving average)."""
+        if handed <= 0:
+            return
+        per = seconds / handed
+        self._per_email = per if self._per_email is None else 0.7 * self._per_email + 0.3 * per
+
+    def slice_size(self) -> int:
+        """How many emails one slice of sending takes: about ``SLICE_SECONDS`` of sending at
+        the pace measured (the batch size at most, ``MIN_SLICE`` at least). Between slices
+        the sender claims what fell due meanwhile, so a person who just said yes waits for
+        one slice, not for a bulk send to drain."""
+        if self._per_email is None or self._per_email <= 0:
+            return self.policy.batch_size
+        fits = int(SLICE_SECONDS / self._per_email)
+        return max(MIN_SLICE, min(self.policy.batch_size, fits))
+
+    async def deliver(self, *, limit: int | None = None) -> int:
         """Claim (retries, resumed sends), render, send and record up to one batch."""
-        rows = await asyncio.to_thread(self._claim)
+        rows = await asyncio.to_thread(self._claim, limit)
         return await self._send(rows) if rows else 0
 
     def _sending_paused(self) -> bool:
@@ -359,8 +387,8 @@ class Dispatcher:
         return pause is not None and pause.until > now
 
     async def run_once(self, *, max_batches: int = 50) -> tuple[int, int]:
-        """Plan and deliver until nothing is due (or ``max_batches``, or stopping, or
-        paused); one tick's work."""
+        """Plan and deliver, slice by slice, until nothing is due (or ``max_batches`` batches'
+        worth of emails, or stopping, or paused); one tick's work."""
         if self.unsettled:
             # What a batch whose writes failed left: settled before anything new is sent
             # (here, not from the heartbeat's thread, so no batch of this worker is under way).
@@ -373,17 +401,20 @@ class Dispatcher:
         if await asyncio.to_thread(self._sending_paused):
             return 0, 0
         self.ledger.paused = False  # a pause that ran out: try again (a success clears it)
-        for _ in range(max_batches):
+        budget = max_batches * self.policy.batch_size
+        while planned + sent < budget:
             if self._halted():
                 break
-            n, fresh = await asyncio.to_thread(self.plan, self.clock.now())
+            limit = self.slice_size()
+            n, fresh = await asyncio.to_thread(self._plan_now, limit)
             m = await self._send(fresh) if fresh else 0
+            queued = 0
             if not self._halted():
-                m += await self.deliver()
+                queued = await self.deliver(limit=limit)
             planned += n
-            sent += m
+            sent += m + queued
             # A decision can make an enrollment due at once (a timeout moving on to a step
             # with no delay), so plan again until a pass claims nothing.
-            if n == 0 and m < self.policy.batch_size:
+            if n == 0 and queued < limit:
                 break
         return planned, sent

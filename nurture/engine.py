@@ -87,6 +87,7 @@ class Skipped:
     step_id: str
     visit: int
     reason: str
+    event: str | None = None  # the outside event, reported before, that answered the step
 
 
 Action = SendEmail | ConfirmSubscriber | Remember | Skipped
@@ -168,8 +169,9 @@ def on_due(
     """Something fell due for this enrollment: send its email, a reminder, or time out. A
     step with a condition (``when:``) is sent only if ``admits`` says it holds now; else it
     is skipped and the person moves on to the next step, whose delay counts from now. A step
-    whose ask is an outside event the person ``reported`` already (since enrolling) is
-    answered: its email is not sent, and they move on as after a yes."""
+    whose ask is an outside event the person ``reported`` already (since enrolling, and that
+    answered no earlier step of this enrollment) is answered: its email is not sent, and they
+    move on as after a yes (``Skipped.event`` names the event, which is now used up)."""
     if state.status is not EnrollmentStatus.active or state.due_at is None or state.due_at > now:
         return Decision(state)
     step = sequence.step(state.step_id)
@@ -200,7 +202,8 @@ def on_due(
                 answered=True,
             )
             why = f"{earlier[0]} was reported before this step's email: its ask is answered"
-            return Decision(moved.state, (Skipped(step.id, state.visit, why),), moved.outcome)
+            skipped = Skipped(step.id, state.visit, why, event=earlier[0])
+            return Decision(moved.state, (skipped,), moved.outcome)
         # Nothing more falls due until the email is delivered (on_delivered).
         sent = replace(state, phase=Phase.wait, step_sent_at=None, reminders_sent=0, due_at=None)
         return Decision(sent, (SendEmail(step.id, state.visit),), outcome="sent")

@@ -40,6 +40,10 @@ __all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY"]
 
 log = logging.getLogger(__name__)
 
+# A step held for a yes in waiting (a click not judged yet) is looked at again this long
+# after the click's judgement is due.
+YES_PENDING_MARGIN = timedelta(seconds=1)
+
 # An enrollment or message whose sequence or step the loaded files lack (renamed or removed
 # under a running deployment) is looked at again this much later, never failed.
 ORPHAN_RETRY = timedelta(hours=1)
@@ -113,8 +117,18 @@ class Journey:
         """Decide for claimed due enrollments and record the messages decided on, claimed for
         sending by ``worker``."""
         decisions: list[tuple[EnrollmentRow, Decision]] = []
+        # A click on the ask of the step a person waits at, recorded and not judged yet, is a
+        # yes in waiting: nothing of that step falls due (no reminder, no timeout, no softer
+        # ask) until it is judged, so a yes counts as of the moment it was made.
+        waiting = [i.enrollment.id for i in due if i.enrollment.state.phase is Phase.wait]
+        pending = tx.events.pending_yeses(waiting) if waiting else {}
         for item in due:
             row = item.enrollment
+            judged_at = pending.get((row.id, row.state.step_id, row.state.visit))
+            if judged_at is not None and row.state.phase is Phase.wait:
+                until = max(judged_at, now) + YES_PENDING_MARGIN
+                decisions.append((row, engine.postpone(row.state, until=until, outcome="held")))
+                continue
             found = self.catalog.locate(row.sequence_id, row.state.step_id)
             if found is None:
                 log.error(
@@ -131,12 +145,26 @@ class Journey:
                 continue
             confirmed = row.subscriber_status is SubscriberStatus.confirmed
             admits = self._admits(item)
-            reported = frozenset[str]()
+            reported: dict[str, list[int]] = {}
             if found[1].events and row.state.phase is Phase.send:
-                reported = tx.events.reported(row.subscriber_id, since=row.created_at)
+                # The outside events reported since enrolling that no step of this enrollment
+                # was answered by: one event answers one step.
+                reported = tx.events.unanswered(
+                    row.subscriber_id, since=row.created_at, enrollment_id=row.id
+                )
             decision = engine.on_due(
-                row.state, found[0], now=now, confirmed=confirmed, admits=admits, reported=reported
+                row.state,
+                found[0],
+                now=now,
+                confirmed=confirmed,
+                admits=admits,
+                reported=frozenset(reported),
             )
+            for action in decision.actions:
+                if isinstance(action, Skipped) and action.event is not None:
+                    tx.events.mark_answered(
+                        reported[action.event][0], enrollment_id=row.id, step_id=action.step_id
+                    )
             decisions.append((row, decision))
         by_id = {item.enrollment.id: item for item in due}
         decisions = self._recheck_held(tx, decisions, now, by_id)
@@ -183,14 +211,22 @@ class Journey:
     # -- what people do ------------------------------------------------------------------
 
     def answer(
-        self, tx: Tx, message: MessageRow, by: YesBy, *, now: datetime, answer: str | None = None
+        self,
+        tx: Tx,
+        message: MessageRow,
+        by: YesBy,
+        *,
+        now: datetime,
+        answer: str | None = None,
+        made_at: datetime | None = None,
     ) -> str:
         """A click judged human on a counting link (with the answer its link gives, if any),
         or a person's reply, to ``message``: the micro-yes if it answers the current ask.
-        Returns the outcome, for the event."""
+        ``made_at``: when the person made it (a click is judged seconds later), the yes's
+        time in the report. Returns the outcome, for the event."""
         enrollment = self._locked(tx, message)
         yes = engine.Yes(by, message.step_id, message.visit, answer=answer)
-        return self._yes(tx, enrollment, yes, now=now)
+        return self._yes(tx, enrollment, yes, now=now, made_at=made_at)
 
     def event(
         self, tx: Tx, subscriber_id: int, name: str, *, now: datetime
@@ -212,14 +248,23 @@ class Journey:
                 out.append((row, outcome))
         return out
 
-    def _yes(self, tx: Tx, enrollment: EnrollmentRow, yes: engine.Yes, *, now: datetime) -> str:
+    def _yes(
+        self,
+        tx: Tx,
+        enrollment: EnrollmentRow,
+        yes: engine.Yes,
+        *,
+        now: datetime,
+        made_at: datetime | None = None,
+    ) -> str:
         found = self.catalog.locate(enrollment.sequence_id, enrollment.state.step_id)
         if found is None:
             return "ignored:sequence_not_loaded"
         decision = engine.on_yes(enrollment.state, found[0], yes, now=now)
         if decision.state != enrollment.state or decision.actions:
             self._apply(tx, [(enrollment, decision)], now=now)
-            tx.answers.mark_yes(enrollment.id, yes.visit, by=yes.by, answer=yes.answer, now=now)
+            at = min(made_at, now) if made_at is not None else now
+            tx.answers.mark_yes(enrollment.id, yes.visit, by=yes.by, answer=yes.answer, now=at)
             log.info(
                 "enrollment %s: %s by %s on %s%s",
                 enrollment.id,
@@ -282,6 +327,22 @@ class Journey:
         tx.enrollments.start_clocks(
             [(d.enrollment_id, d.step_id, d.visit, at + d.clock) for d in deliveries], at=at
         )
+
+    def convert(self, tx: Tx, enrollment: EnrollmentRow, name: str, *, now: datetime) -> bool:
+        """A goal event (``name``) converts the enrollment. If the step the person waits at
+        asks for that very event, it is that step's yes too (the report counts it), then the
+        enrollment leaves as converted. False if it had finished already."""
+        state = enrollment.state
+        found = self.catalog.locate(enrollment.sequence_id, state.step_id)
+        if (
+            found is not None
+            and state.status is EnrollmentStatus.active
+            and state.phase is Phase.wait
+            and name in found[1].events
+            and found[1].advance_on.accepts(YesBy.event)
+        ):
+            tx.answers.mark_yes(enrollment.id, state.visit, by=YesBy.event, answer=None, now=now)
+        return self.stop(tx, enrollment.id, ExitReason.converted, now=now)
 
     # -- leaving -------------------------------------------------------------------------
 
@@ -373,7 +434,11 @@ class Journey:
                         enrollment_id=row.id,
                         kind=EventKind.skipped,
                         outcome=f"skipped:{action.step_id}",
-                        detail={"step": action.step_id, "reason": action.reason},
+                        detail={
+                            "step": action.step_id,
+                            "reason": action.reason,
+                            **({"answered_by": action.event} if action.event else {}),
+                        },
                         now=now,
                     )
             if any(isinstance(a, ConfirmSubscriber) for a in d.actions):

@@ -5,6 +5,7 @@ app can retry safely."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from nurture.errors import SubscribeError
 from nurture.journey import Journey
 from nurture.people import TAG, clean_fields, clean_tags, normalize_email
 from nurture.sequences import Catalog
-from nurture.vocabulary import EventKind, ExitReason
+from nurture.vocabulary import EventKind
 
 __all__ = ["EventResult", "OutsideEvents"]
 
@@ -75,7 +76,7 @@ class OutsideEvents:
                 'properties.set must be an object of fields, e.g. {"plan": "trial"}'
             )
         fields, tags = clean_fields(fields), clean_tags(props.get("tags"))
-        key = None if external_id is None else str(external_id).strip()[:200] or None
+        key = _idempotency_key(name, external_id)
         with self.store.transaction() as tx:
             sub = tx.subscribers.by_email(address)
             if sub is None:
@@ -100,7 +101,7 @@ class OutsideEvents:
                 sequence = self.catalog.get(row.sequence_id)
                 if sequence is None or not sequence.counts_as_goal(name):
                     continue
-                if self.journey.stop(tx, row.id, ExitReason.converted, now=now):
+                if self.journey.convert(tx, row, name, now=now):
                     converted.append(row.sequence_id)
                     tx.events.add(
                         subscriber_id=sub.id,
@@ -111,8 +112,27 @@ class OutsideEvents:
                         now=now,
                     )
             # After the goals: someone a goal converted has nothing left to answer.
-            advanced = [row.sequence_id for row, _ in self.journey.event(tx, sub.id, name, now=now)]
+            answered = self.journey.event(tx, sub.id, name, now=now)
+            advanced = [row.sequence_id for row, _ in answered]
             outcome = "converted" if converted else "advanced" if advanced else "recorded"
             detail.update(advanced=advanced, converted=converted)
+            # The step this event answered in each enrollment: it answers no other step of
+            # it (a later step asking for the same event waits for another one).
+            detail["answered"] = {str(row.id): row.state.step_id for row, _ in answered}
             tx.events.set_outcome(event_id, outcome, detail)
         return EventResult(converted, advanced)
+
+
+def _idempotency_key(name: str, external_id: object) -> str | None:
+    """The stored key of an app's event id: scoped by event name (and, by the unique index,
+    by person), as a payments API scopes its idempotency keys by caller. An id too long to
+    store whole is kept as its digest."""
+    if external_id is None:
+        return None
+    given = str(external_id).strip()
+    if not given:
+        return None
+    key = f"{name}:{given}"
+    if len(key) > 200:
+        key = f"{name}:sha256:{hashlib.sha256(given.encode()).hexdigest()}"
+    return key

@@ -209,6 +209,9 @@ class Tracker:
                 "ua": request.user_agent[:300],
                 "client": request.who,
                 "reasons": reasons,
+                # A counting link's click is a yes in waiting: the step's reminders and
+                # timeout hold until it is judged (Journey.plan).
+                "counts": link.counts,
                 **({"answer": link.answer} if link.answer is not None else {}),
             },
             now=now,
@@ -240,7 +243,7 @@ class Tracker:
             "clicks": note.clicks,
             "reasons": [note.reason],
         }
-        if not tx.events.update_detail(note.key, detail):
+        if not tx.events.update_detail(target.subscriber_id, note.key, detail):
             tx.events.add(
                 subscriber_id=target.subscriber_id,
                 enrollment_id=target.enrollment_id,
@@ -302,16 +305,18 @@ class Tracker:
         now: datetime,
     ) -> None:
         window = timedelta(seconds=self.policy.window_seconds)
-        if click.at + window > now and len(around) > 1:
-            # Judged early (a person's signals), but something else was clicked on this
-            # email meanwhile: wait for the whole window after all.
-            tx.events.postpone_click(click.id, until=click.at + window)
-            return
         links = message.links
         # A walk or a honeypot hit condemns the client that made it, not another client's
         # click on the same email (a person's, seconds after their scanner's walk).
         who = str(click.detail.get("client", ""))
         seen = {i for _, i, _, c in around if c == who and 0 <= i < len(links)}
+        if click.at + window > now and seen - {click.link}:
+            # Judged early (a person's signals), but the same client clicked another link of
+            # this email meanwhile: it may be walking them, so wait for the whole window.
+            # Its own repeats of this link (the confirmation page, then its button) and
+            # other clients' clicks (judged on their own) do not make it wait.
+            tx.events.postpone_click(click.id, until=click.at + window)
+            return
         verdict, reasons = decide(
             click.reasons,
             links_in_window=sum(1 for i in seen if not links[i].honeypot),
@@ -322,7 +327,9 @@ class Tracker:
         outcome = "bot" if verdict is Verdict.bot else "recorded"
         link = links[click.link] if 0 <= click.link < len(links) else None
         if verdict is Verdict.human and link is not None and link.counts:
-            outcome = self.journey.answer(tx, message, YesBy.click, now=now, answer=link.answer)
+            outcome = self.journey.answer(
+                tx, message, YesBy.click, now=now, answer=link.answer, made_at=click.at
+            )
         tx.events.decide_click(click, verdict=verdict, outcome=outcome, reasons=reasons)
         tx.answers.clicked(message.id, human=verdict is Verdict.human, now=now)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, insert, select, update
@@ -122,9 +122,18 @@ def _with_subscriber() -> Select[Any]:
     )
 
 
-def claim_due_query(now: datetime, limit: int) -> Select[Any]:
-    """Active enrollments whose due_at has come, oldest first, with their subscriber's address
-    and fields; each worker skips the rows another one holds."""
+# What fell due this recently (a person's yes, a form just sent) is claimed before an older
+# backlog (a fresh import's confirmations, a relay's outage made up): a person who just acted
+# never waits behind a bulk send.
+FRESH = timedelta(seconds=3)
+
+
+def claim_due_query(
+    now: datetime, limit: int, *, since: datetime | None = None, skip: Sequence[int] = ()
+) -> Select[Any]:
+    """Active enrollments whose due_at has come, oldest first (with ``since``: only those due
+    since then, newest first), with their subscriber's address and fields; each worker skips
+    the rows another one holds, and this one those in ``skip``."""
     q = (
         select(
             *ENROLLMENTS.c,
@@ -135,10 +144,14 @@ def claim_due_query(now: datetime, limit: int) -> Select[Any]:
         )
         .join(SUBSCRIBERS, S.id == E.subscriber_id)
         .where(E.status == EnrollmentStatus.active.value, E.due_at <= now)
-        .order_by(E.due_at)
-        .limit(limit)
     )
-    return claim(q, of=ENROLLMENTS)
+    if since is not None:
+        q = q.where(E.due_at > since).order_by(E.due_at.desc(), E.id)
+    else:
+        q = q.order_by(E.due_at)
+    if skip:
+        q = q.where(E.id.not_in(skip))
+    return claim(q.limit(limit), of=ENROLLMENTS)
 
 
 class EnrollmentStore:
@@ -232,7 +245,13 @@ class EnrollmentStore:
             self._conn.execute(_START_CLOCK, params)
 
     def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
-        return [
-            DueRow(_row(r), r.email, r.fields or {}, tuple(r.tags or ()))
-            for r in self._conn.execute(claim_due_query(now, limit))
-        ]
+        """Up to ``limit`` due enrollments: what fell due within ``FRESH`` first (at most
+        half of them, newest first), then the oldest."""
+        fresh = list(
+            self._conn.execute(claim_due_query(now, max(1, limit // 2), since=now - FRESH))
+        )
+        rows = fresh
+        if len(fresh) < limit:
+            rest = claim_due_query(now, limit - len(fresh), skip=[r.id for r in fresh])
+            rows = fresh + list(self._conn.execute(rest))
+        return [DueRow(_row(r), r.email, r.fields or {}, tuple(r.tags or ())) for r in rows]

@@ -10,12 +10,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from nurture.db.dialect import claim, insert_new
-from nurture.db.models import EVENTS
+from nurture.db.models import EVENTS, MESSAGES
 from nurture.vocabulary import EventKind, Verdict
 
 __all__ = ["PendingClick", "EventRow", "EventStore", "events_row"]
 
 V = EVENTS.c
+M = MESSAGES.c
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,12 @@ class EventStore:
         if rows:
             self._conn.execute(insert(EVENTS), rows)
 
-    def update_detail(self, external_id: str, detail: dict[str, Any]) -> bool:
-        """The detail of the event with that external id; False if there is none."""
+    def update_detail(self, subscriber_id: int, external_id: str, detail: dict[str, Any]) -> bool:
+        """The detail of the person's event with that external id; False if there is none."""
         done = self._conn.execute(
-            update(EVENTS).where(V.external_id == external_id).values(detail=detail)
+            update(EVENTS)
+            .where(V.subscriber_id == subscriber_id, V.external_id == external_id)
+            .values(detail=detail)
         )
         return bool(done.rowcount)
 
@@ -146,14 +149,47 @@ class EventStore:
             for r in self._conn.execute(q.order_by(V.id))
         ]
 
-    def reported(self, subscriber_id: int, *, since: datetime | None) -> frozenset[str]:
-        """The names of the outside events a person's app reported since then."""
-        q = select(V.detail).where(
+    def unanswered(
+        self, subscriber_id: int, *, since: datetime | None, enrollment_id: int
+    ) -> dict[str, list[int]]:
+        """The outside events a person's app reported since then that answered no step of
+        ``enrollment_id`` yet: their ids by name, oldest first. (Each event row keeps, in
+        ``detail.answered``, the step it answered in each enrollment.)"""
+        q = select(V.id, V.detail).where(
             V.subscriber_id == subscriber_id, V.kind == EventKind.event.value
         )
         if since is not None:
             q = q.where(V.created_at >= since)
-        return frozenset(str((d or {}).get("event")) for d in self._conn.scalars(q))
+        out: dict[str, list[int]] = {}
+        mine = str(enrollment_id)
+        for event_id, detail in self._conn.execute(q.order_by(V.id)):
+            d = detail or {}
+            if mine not in (d.get("answered") or {}):
+                out.setdefault(str(d.get("event")), []).append(int(event_id))
+        return out
+
+    def mark_answered(self, event_id: int, *, enrollment_id: int, step_id: str) -> None:
+        """The outside event ``event_id`` answered ``step_id`` of that enrollment: it answers
+        no other step of it."""
+        detail = dict(self._conn.scalar(select(V.detail).where(V.id == event_id)) or {})
+        detail["answered"] = {**(detail.get("answered") or {}), str(enrollment_id): step_id}
+        self._conn.execute(update(EVENTS).where(V.id == event_id).values(detail=detail))
+
+    def pending_yeses(self, enrollment_ids: list[int]) -> dict[tuple[int, str, int], datetime]:
+        """Clicks on a counting link not judged yet, for these enrollments: by (enrollment,
+        step, visit) of the email clicked, when the last of them is due to be judged."""
+        q = (
+            select(V.enrollment_id, M.step_id, M.visit, V.evaluate_at, V.detail)
+            .join(MESSAGES, M.id == V.message_id)
+            .where(V.verdict == Verdict.pending.value, V.enrollment_id.in_(enrollment_ids))
+        )
+        out: dict[tuple[int, str, int], datetime] = {}
+        for enrollment_id, step_id, visit, due, detail in self._conn.execute(q):
+            if not (detail or {}).get("counts", True) or due is None:
+                continue
+            key = (int(enrollment_id), step_id, int(visit))
+            out[key] = max(due, out.get(key, due))
+        return out
 
     def pending_clicks(self, now: datetime, limit: int) -> list[PendingClick]:
         """Clicks whose burst window has closed, locked for deciding."""

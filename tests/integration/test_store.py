@@ -162,20 +162,28 @@ def test_a_state_is_stored_whole_and_read_back_in_utc(store: Store) -> None:
     assert back.step_sent_at is not None and back.step_sent_at.tzinfo is UTC
 
 
-def test_the_claim_takes_active_due_enrollments_oldest_first(store: Store) -> None:
+def test_the_claim_takes_what_just_fell_due_then_the_oldest(store: Store) -> None:
+    """A backlog (older due rows) never makes what fell due seconds ago (a person's yes) wait:
+    the fresh lane goes first, at most half a batch, then the oldest."""
     with store.transaction() as tx:
-        late = enrolled(tx, "late@example.com", at=T0 + M)[1]
-        early = enrolled(tx, "early@example.com", at=T0 - M)[1]
+        just = enrolled(tx, "just@example.com", at=T0 + M)[1]
+        older = enrolled(tx, "older@example.com", at=T0 - M)[1]
+        oldest = enrolled(tx, "oldest@example.com", at=T0 - 3 * M)[1]
         enrolled(tx, "future@example.com", at=T0 + 10 * M)
         _, done = enrolled(tx, "done@example.com", at=T0 - 2 * M)
         finished = EnrollmentState(EnrollmentStatus.completed, "offer", Phase.wait, 1, None)
         tx.enrollments.save([(done, finished)], now=T0)
     with store.transaction() as tx:
         claimed = tx.enrollments.claim_due(T0 + M, limit=10)
-        assert [c.enrollment.id for c in claimed] == [early, late]
-        assert claimed[0].email == "early@example.com"
-        assert claimed[0].fields == {"first_name": "Ann"}
-        assert len(tx.enrollments.claim_due(T0 + M, limit=1)) == 1
+        assert [c.enrollment.id for c in claimed] == [just, oldest, older]
+        assert claimed[1].email == "oldest@example.com"
+        assert claimed[1].fields == {"first_name": "Ann"}
+    with store.transaction() as tx:
+        assert [c.enrollment.id for c in tx.enrollments.claim_due(T0 + M, limit=1)] == [just]
+    with store.transaction() as tx:
+        # Ten seconds on, nothing is fresh: the oldest first.
+        claimed = tx.enrollments.claim_due(T0 + M + timedelta(seconds=10), limit=2)
+        assert [c.enrollment.id for c in claimed] == [oldest, older]
 
 
 def test_two_workers_never_claim_the_same_enrollment(store: Store) -> None:

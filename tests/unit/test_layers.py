@@ -65,10 +65,11 @@ def test_mail_stays_at_the_edge(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", modules(), ids=name)
-def test_each_module_says_what_it_owns_and_stays_readable(path: Path) -> None:
+def test_each_module_says_what_it_owns(path: Path) -> None:
+    # No line count caps a module (CONVENTIONS: one concept per module, split when the
+    # concept splits, not when a file grows): a cap split cli.py by size, into a circle.
     tree = ast.parse(path.read_text(encoding="utf-8"))
     assert ast.get_docstring(tree), f"{name(path)} has no docstring"
-    assert len(path.read_text(encoding="utf-8").splitlines()) <= 420, f"{name(path)} is too long"
 
 
 def test_the_readme_module_table_lists_every_module() -> None:
