@@ -9,28 +9,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.browser import click_ask_in_frame, open_mail, person_page, require_chromium
 from support.daemon import NURTURE, Daemon, e2e_env
 from support.paths import DATA, REPO
 
+require_chromium()
+
+from playwright.sync_api import Page  # noqa: E402
+
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("chromium is required under CI: scripts/setup test installs it")
-    pytest.skip(
-        "Debian's chromium is not installed (scripts/setup test installs it)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 
 @pytest.fixture
@@ -44,56 +36,15 @@ def catcher_daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 @pytest.fixture
 def page() -> Iterator[Page]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            # Headless Chromium says "HeadlessChrome", which scanners say too: be a person's.
-            agent = browser.new_page().evaluate("navigator.userAgent").replace("Headless", "")
-            yield browser.new_page(
-                viewport={"width": 1000, "height": 900},
-                user_agent=agent,
-                timezone_id="Pacific/Auckland",  # the form sends it: send windows read it
-            )
-        finally:
-            browser.close()
+    yield from person_page(
+        viewport={"width": 1000, "height": 900},
+        timezone_id="Pacific/Auckland",  # the form sends it: send windows read it
+    )
 
 
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def open_mail(page: Page, base: str, subject: str) -> None:
-    """Go to the outbox and open the email with that subject, reloading until it arrives."""
-    for _ in range(100):
-        page.goto(base + "/outbox")
-        link = page.get_by_role("link", name=subject)
-        if link.count():
-            link.first.click()
-            page.wait_for_load_state()
-            return
-        page.wait_for_timeout(200)
-    raise AssertionError(f"{subject!r} never reached the outbox")
-
-
-def click_ask_in_frame(page: Page, text: str) -> Page:
-    frame = page.frame_locator("iframe")
-    with page.context.expect_page() as popup_info:
-        frame.get_by_role("link", name=text).click()
-    popup = popup_info.value
-    popup.wait_for_load_state()
-    return popup
 
 
 def test_a_newcomer_walks_the_journey_in_a_browser(catcher_daemon: Daemon, page: Page) -> None:
