@@ -138,8 +138,9 @@ def simulate(
     zone: ZoneInfo | None = None,
     start: datetime = START,
 ) -> Run:
-    """One persona through ``sequence``, from subscribing (not yet confirmed) at ``start``
-    to the end; send windows are read in ``zone`` (None: UTC)."""
+    """One persona through ``sequence``, from subscribing at ``start`` (not yet confirmed,
+    unless the sequence's people confirmed elsewhere) to the end; send windows are read in
+    ``zone`` (None: UTC)."""
     conditions = conditions or Conditions()
     times = SendTimes()
     zone = zone or times.default_zone
@@ -147,7 +148,7 @@ def simulate(
     if sample is not None:
         fields = dict(sample)
     tags = set(listed)
-    confirmed = False
+    confirmed = sequence.confirmed_elsewhere  # they were subscribed --confirmed
     now = start
     state = engine.start(sequence, now=now, confirmed=confirmed)
     run = Run(persona.name)
@@ -193,11 +194,7 @@ def simulate(
             if isinstance(action, engine.SendEmail):
                 step = sequence.step(action.step_id)
                 variant = assign(step, 1)
-                title = step.subject if action.kind.is_step else ""
-                if variant is not None and action.kind.is_step:
-                    title = variant.subject
-                elif not action.kind.is_step:
-                    title = step.reminders[action.kind.reminder - 1].subject
+                title, _ = step.email(action.kind, variant.id if variant else None)
                 if render is not None and "{" in title:
                     person = subscriber_context("sim@example.com", fields, sorted(tags))
                     title = render(title, person)

@@ -123,14 +123,7 @@ class Renderer:
         variant: str | None = None,
     ) -> Rendered:
         step = sequence.step(step_id)
-        chosen = step.variant(variant)
-        if kind.is_step and chosen is not None:
-            subject_src, template_name = chosen.subject, chosen.template
-        elif kind.is_step:
-            subject_src, template_name = step.subject, step.template
-        else:
-            reminder = step.reminders[kind.reminder - 1]
-            subject_src, template_name = reminder.subject, reminder.template
+        subject_src, template_name = step.email(kind, variant)
         unsubscribe_url = self.unsubscribe_url(message_id)
         context = {
             "subscriber": subscriber_context(email, fields, tags),
@@ -183,23 +176,16 @@ class Renderer:
 def sample_problems(catalog: Catalog, renderer: Renderer) -> list[Problem]:
     """Render every email of every sequence for its sample subscriber (the sequence's
     ``sample:`` fields): what would fail at send time (a name the template lacks, a sandbox
-    refusal, a bound passed) fails here, with the file and the step's line."""
+    refusal, a bound passed) fails here, with the file and the step's line. A reminder that
+    follows the person's A/B variant is rendered for each variant."""
     problems = []
     for sequence in catalog:
         fields, tags = sample_person(sequence)
         for step in sequence.steps:
-            emails: list[tuple[MessageKind, str | None]] = [
-                (MessageKind.STEP, v.id) for v in step.variants
-            ] or [(MessageKind.STEP, None)]
-            emails += [(MessageKind(n), None) for n in range(1, len(step.reminders) + 1)]
-            for kind, variant in emails:
-                which = f"step '{step.id}'" + (
-                    f", reminder {kind.reminder}"
-                    if kind.reminder
-                    else f", variant '{variant}'"
-                    if variant
-                    else ""
-                )
+            for kind, variant in _emails(step):
+                which = f"step '{step.id}'"
+                which += f", reminder {kind.reminder}" if kind.reminder else ""
+                which += f", variant '{variant}'" if variant else ""
                 try:
                     out = renderer.render(
                         sequence,
@@ -218,6 +204,17 @@ def sample_problems(catalog: Catalog, renderer: Renderer) -> list[Problem]:
                 for message in _answer_problems(step, kind, out.links):
                     problems.append(Problem(sequence.source, step.line, f"{which}: {message}"))
     return problems
+
+
+def _emails(step: Step) -> list[tuple[MessageKind, str | None]]:
+    """Every email a step can send: its own for each variant, each reminder (for each variant
+    where it follows the person's)."""
+    variants: list[str | None] = [v.id for v in step.variants] or [None]
+    out = [(MessageKind.STEP, v) for v in variants]
+    for n, reminder in enumerate(step.reminders, start=1):
+        follows = reminder.subject is None or reminder.template is None
+        out += [(MessageKind(n), v) for v in (variants if follows else [None])]
+    return out
 
 
 def _answer_problems(step: Step, kind: MessageKind, links: list[Link]) -> list[str]:

@@ -9,7 +9,7 @@ from datetime import time, timedelta
 from enum import StrEnum
 from typing import Literal
 
-from nurture.vocabulary import YesBy
+from nurture.vocabulary import MessageKind, YesBy
 
 __all__ = [
     "AdvanceOn",
@@ -99,9 +99,13 @@ class SendWindow:
 
 @dataclass(frozen=True)
 class Reminder:
+    """A reminder of a step's email. Without a ``subject`` it says "Re: " and the subject of
+    the email the person got (their variant's, in an A/B test); without a ``template`` it is
+    that email's template again."""
+
     after: timedelta
-    subject: str
-    template: str
+    subject: str | None = None
+    template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,21 @@ class Step:
 
     def variant(self, variant_id: str | None) -> Variant | None:
         return next((v for v in self.variants if v.id == variant_id), None)
+
+    def email(self, kind: MessageKind, variant_id: str | None = None) -> tuple[str, str]:
+        """The subject (Jinja2 source) and template of one of the step's emails, for the
+        person's A/B variant (None, or one the step no longer has: the step's first): the
+        step's own, or a reminder, which follows that variant where it names no subject or
+        template of its own."""
+        chosen = self.variant(variant_id) or self
+        subject, template = chosen.subject, chosen.template
+        if kind.is_step:
+            return subject, template
+        reminder = self.reminders[kind.reminder - 1]
+        return (
+            f"Re: {subject}" if reminder.subject is None else reminder.subject,
+            template if reminder.template is None else reminder.template,
+        )
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ class _Model(BaseModel):
 
 class ReminderModel(_Model):
     after: Duration
-    subject: str
-    template: str
+    subject: str | None = None  # None: "Re: " + the subject of the person's email (variant)
+    template: str | None = None  # None: the template of the person's email (variant)
 
 
 class GotoModel(_Model):

@@ -19,7 +19,7 @@ from support.paths import DATA, REPO
 from nurture.errors import SubscribeError
 from nurture.mail.compose import compose
 from nurture.mail.render import Rendered, Renderer, html_to_text, make_environment
-from nurture.sequences import AdvanceOn, Sequence, Step, load_catalog
+from nurture.sequences import AdvanceOn, Catalog, Sequence, Step, load_catalog
 from nurture.subscriptions import normalize_email
 from nurture.tokens import Signer, Token, TokenKind
 from nurture.vocabulary import Link, MessageKind
@@ -641,3 +641,49 @@ def test_validation_renders_every_email_for_the_sample_subscriber(tmp_path: Path
     assert "'dict object' has no attribute 'company'" in by_file["a.yaml"].message
     assert "default" in by_file["a.yaml"].message and "sample:" in by_file["a.yaml"].message
     assert "SecurityError" in by_file["b.yaml"].message
+
+
+def test_a_reminder_that_follows_the_variant_is_rendered_for_each_variant(tmp_path: Path) -> None:
+    """A reminder without subject and template is "Re: " and the email of the person's
+    variant: each variant's, so validation renders it for each (variant b's template needs a
+    field the sample lacks: its email and its reminder say so, named by variant)."""
+    from nurture.mail.render import sample_problems
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "a.html").write_text("<p>Body A, {{ subscriber.first_name }}</p>\n")
+    (templates / "b.html").write_text("<p>Body B, {{ subscriber.company }}</p>\n")
+    sequences = tmp_path / "sequences"
+    sequences.mkdir()
+    (sequences / "ab.yaml").write_text(
+        'id: ab\nname: N\nfrom: "Ada <ada@acme.example>"\nconfirmed_elsewhere: true\n'
+        "steps:\n"
+        "  - id: one\n"
+        "    variants:\n"
+        "      - {id: a, subject: 'Hi {{ subscriber.first_name }}', template: a.html}\n"
+        "      - {id: b, subject: Hello, template: b.html}\n"
+        "    wait: 3d\n"
+        "    reminders: [{after: 1d}, {after: 2d, subject: Last}]\n"
+    )
+    env = make_environment(templates)
+    seq = load_catalog(sequences, env=env).get("ab")
+    assert seq is not None
+    rend = Renderer(env, SIGNER, BASE)
+    fields = {"first_name": "Ann", "company": "Acme"}
+    for kind, variant, subject, body in [
+        (MessageKind(1), "a", "Re: Hi Ann", "Body A, Ann"),
+        (MessageKind(1), "b", "Re: Hello", "Body B, Acme"),
+        (MessageKind(2), "a", "Last", "Body A, Ann"),
+        (MessageKind(2), "b", "Last", "Body B, Acme"),
+    ]:
+        out = rend.render(
+            seq, "one", kind, message_id=1, email="a@b.c", fields=fields, variant=variant
+        )
+        assert (out.subject, body in out.html) == (subject, True)
+    problems = sample_problems(Catalog({"ab": seq}), rend)
+    assert [p.message.split(":")[0] for p in problems] == [
+        "step 'one', variant 'b'",
+        "step 'one', reminder 1, variant 'b'",
+        "step 'one', reminder 2, variant 'b'",
+    ]
+    assert all(p.line == 6 for p in problems)

@@ -22,7 +22,7 @@ from nurture.sequences import (
     load_catalog,
     load_sequence_file,
 )
-from nurture.vocabulary import YesBy
+from nurture.vocabulary import MessageKind, YesBy
 
 TEMPLATES = {
     "a.html": '<p>A <a href="https://acme.example/a" data-micro-yes>a</a></p>\n',
@@ -898,3 +898,55 @@ def test_send_windows_load_and_each_mistake_names_its_line(
             "to: \"17:30\"} (got 'weekdays')",
         ),
     ]
+
+
+def test_a_reminder_may_follow_the_persons_email(seq_dir: Path, env: jinja2.Environment) -> None:
+    """A reminder without subject says "Re: " and the subject of the email the person got
+    (their variant's); without template it is that email's template again."""
+    text = VALID.replace(
+        "    on_timeout: next                            # 9\n",
+        "    reminders: [{after: 1d}, {after: 2d, template: r.html}]\n    on_timeout: next\n",
+    ).replace(
+        "    subject: Two                                # 11\n    template: a.html",
+        "    variants:\n"
+        "      - {id: a, subject: A, template: a.html}\n"
+        "      - {id: b, subject: 'B {{ subscriber.first_name }}', template: r.html}\n"
+        "    reminders: [{after: 12h}, {after: 18h, subject: Last}]",
+    )
+    seq, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert problems == [] and seq is not None
+    one, two = seq.steps
+    assert one.reminders == (
+        Reminder(timedelta(days=1)),
+        Reminder(timedelta(days=2), None, "r.html"),
+    )
+    first, second = MessageKind(1), MessageKind(2)
+    hi = "Hi {{ subscriber.first_name | default('there') }}"
+    assert one.email(first) == (f"Re: {hi}", "a.html")
+    assert one.email(second) == (f"Re: {hi}", "r.html")
+    assert two.email(MessageKind.STEP, "b") == ("B {{ subscriber.first_name }}", "r.html")
+    assert two.email(first, "b") == ("Re: B {{ subscriber.first_name }}", "r.html")
+    assert two.email(first, "a") == ("Re: A", "a.html")
+    assert two.email(second, "b") == ("Last", "r.html")
+    # A variant the step no longer has (the file changed under a running deployment): the
+    # first variant, as the step's own email.
+    assert two.email(first, "gone") == ("Re: A", "a.html")
+
+
+def test_a_following_reminder_still_checks_what_it_names(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    text = VALID.replace(
+        "    on_timeout: next                            # 9\n",
+        "    reminders:\n"
+        "      - {after: 1d, template: rr.html}\n"
+        "      - {after: 2d, subject: '{{'}\n"
+        "    on_timeout: next\n",
+    )
+    _, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert [(p.line, p.message.split(":")[0]) for p in problems] == [
+        (10, "step 'one', reminder 1"),
+        (11, "step 'one', reminder 2"),
+    ]
+    assert "unknown template 'rr.html'" in problems[0].message
+    assert "the subject is not a valid template" in problems[1].message
