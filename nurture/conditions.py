@@ -10,6 +10,7 @@ with a number, say) is false, and the skip records why.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import jinja2
 
 from nurture.errors import Problem
 from nurture.mail.sandbox import Sandbox, make_environment
-from nurture.sequences import Catalog, Sequence
+from nurture.sequences import Sequence
 
 __all__ = ["Conditions", "subscriber_context", "sample_person", "condition_problems"]
 
@@ -64,13 +65,13 @@ def sample_person(sequence: Sequence) -> tuple[dict[str, Any], list[str]]:
     return fields, [str(t) for t in given] if isinstance(given, list) else []
 
 
-def condition_problems(catalog: Catalog, conditions: Conditions) -> list[Problem]:
+def condition_problems(sequences: Iterable[Sequence], conditions: Conditions) -> list[Problem]:
     """Every ``when:`` evaluated for its sequence's sample subscriber: one that cannot be
-    evaluated at all (a field the sample lacks compared with a number, a filter that fails)
-    would skip its step for everyone, so it is a problem now, with the step's line. Whether
-    it is true or false for the sample is not."""
+    evaluated at all (a text field compared with a number, a filter that fails) would skip
+    its step for everyone, so it is a problem now, with the step's line. Whether it is true
+    or false for the sample is not. (A name the sample lacks is the loader's problem.)"""
     out = []
-    for sequence in catalog:
+    for sequence in sequences:
         fields, tags = sample_person(sequence)
         person = subscriber_context("sample@example.com", fields, tags)
         for step in sequence.steps:
@@ -82,9 +83,10 @@ def condition_problems(catalog: Catalog, conditions: Conditions) -> list[Problem
                     Problem(
                         sequence.source,
                         step.line,
-                        f"step '{step.id}': {why}, for the sample subscriber {fields}; give the "
-                        "field a default (subscriber.seats | default(0) > 5) or add it to "
-                        "the sequence's sample:",
+                        f"step '{step.id}': {why}, for the sample subscriber {fields}: it "
+                        "would skip the step for everyone like them; values from a form or an "
+                        "import are text (compare numbers as subscriber.seats | int > 5), "
+                        "and sample: should hold values such as people have",
                     )
                 )
     return out

@@ -15,7 +15,6 @@ from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
 from nurture.db.store import Store
 from nurture.dispatcher import Dispatcher
-from nurture.errors import SequenceError
 from nurture.experiments import Experiments
 from nurture.groupwrite import GroupWriter
 from nurture.inbox import Inbox
@@ -27,7 +26,7 @@ from nurture.mail.send import NoRelay, SmtpPool, SmtpTarget, Transport
 from nurture.outside import OutsideEvents
 from nurture.sendpolicy import DispatchPolicy
 from nurture.sendtimes import Caps, SendTimes
-from nurture.sequences import Catalog, load_catalog
+from nurture.sequences import Catalog, read_sequences
 from nurture.subscriptions import Subscriptions
 from nurture.tokens import Signer
 from nurture.tracking import ClickEvent, FloodNote, Tracker
@@ -72,12 +71,12 @@ def load_sequences(settings: Settings) -> tuple[Sandbox, Catalog]:
     """The templates' environment and the validated sequences, every email of which renders
     for its sample subscriber; SequenceError otherwise."""
     env = make_environment(settings.templates_dir)
-    catalog = load_catalog(settings.sequences_dir, env=env)
-    problems = sample_problems(catalog, build_renderer(settings, env, Signer("sample-only")))
-    problems += condition_problems(catalog, Conditions(env))
-    if problems:
-        raise SequenceError(problems)
-    return env, catalog
+    # Every file as far as it reads, so that one mistake anywhere hides no other.
+    reading = read_sequences(settings.sequences_dir, env=env)
+    renderer = build_renderer(settings, env, Signer("sample-only"))
+    problems = sample_problems(reading.sequences, renderer, skip=reading.unrendered)
+    problems += condition_problems(reading.sequences, Conditions(env))
+    return env, reading.catalog(problems)
 
 
 def build_renderer(settings: Settings, env: Sandbox, signer: Signer) -> Renderer:

@@ -5,7 +5,7 @@ frozen domain objects. ``model`` holds the objects, ``schema`` the keys a file m
 from __future__ import annotations
 
 from nurture.sequences.checks import TEMPLATE_NAMES
-from nurture.sequences.loader import load_catalog, load_sequence_file
+from nurture.sequences.loader import Reading, load_catalog, load_sequence_file, read_sequences
 from nurture.sequences.model import (
     AdvanceOn,
     Answer,
@@ -33,6 +33,8 @@ __all__ = [
     "Sequence",
     "Catalog",
     "TEMPLATE_NAMES",
+    "Reading",
+    "read_sequences",
     "load_catalog",
     "load_sequence_file",
 ]

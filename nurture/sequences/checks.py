@@ -4,6 +4,7 @@ compile, and use only what their context has. Each problem is reported with wher
 
 from __future__ import annotations
 
+import difflib
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = [
     "check_loops",
     "check_email",
     "check_condition",
+    "fields_read",
+    "SUBSCRIBER_NAMES",
 ]
 
 
@@ -146,9 +149,17 @@ def check_asks(step: StepModel, i: int, ids: list[str], problem: Any) -> None:
 
 
 def check_condition(
-    env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str, problem: Any
+    env: jinja2.Environment,
+    raw: dict[str, Any],
+    here: Loc,
+    label: str,
+    problem: Any,
+    *,
+    names: frozenset[str] | None = None,
 ) -> None:
-    """A step's ``when:`` compiles, and uses only what a condition sees (the subscriber)."""
+    """A step's ``when:`` compiles, uses only what a condition sees (the subscriber), and
+    reads only the ``names`` the sequence's sample subscriber has (None: unknown, unchecked):
+    a name no one has (a typo) would skip the step for everyone, silently."""
     source = raw.get("when")
     if source is None:
         return
@@ -170,17 +181,65 @@ def check_condition(
     except jinja2.TemplateError as exc:  # an unknown filter or test
         problem((*here, "when"), f"{label}: when {source!r}: {exc}")
         return
-    if unknown:
+    for name in unknown:
+        hint = (
+            f"did you mean subscriber.{name}?"
+            if names is not None and name in names
+            else _did_you_mean(name, ["subscriber"])
+        )
         problem(
             (*here, "when"),
-            f"{label}: when uses {', '.join(repr(n) for n in unknown)}; a condition sees only "
-            "subscriber (its fields, subscriber.tags and subscriber.email)",
+            f"{label}: when uses '{name}'; a condition sees only subscriber (its fields, "
+            f"subscriber.tags and subscriber.email)" + (f"; {hint}" if hint else ""),
         )
+    if unknown:
         return
     try:
         env.compile_expression(source)  # unknown filters and tests fail here
     except jinja2.TemplateError as exc:
         problem((*here, "when"), f"{label}: when {source!r}: {exc}")
+        return
+    if names is None:
+        return
+    for name in sorted(fields_read(tree) - names):
+        hint = _did_you_mean(name, sorted(names))
+        problem(
+            (*here, "when"),
+            f"{label}: when reads subscriber.{name}, but '{name}' is not a field of the sample "
+            "subscriber; add it to sample: if people have it"
+            + (f", or {hint}" if hint else f" (the sample has: {', '.join(sorted(names))})"),
+        )
+
+
+# What every subscriber has besides their fields: nurture.conditions.subscriber_context gives
+# email and tags, and nurture keeps the answers they gave as the field ``answers``.
+SUBSCRIBER_NAMES = frozenset({"email", "tags", "answers"})
+
+
+def fields_read(tree: jinja2.nodes.Node) -> set[str]:
+    """The names an expression reads of ``subscriber`` (subscriber.plan, subscriber['plan']);
+    a method called on it (subscriber.get('plan')) is no name."""
+    nodes = jinja2.nodes
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}
+    found: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "subscriber"):
+            continue
+        if isinstance(node, nodes.Getattr) and id(node) not in called:
+            found.add(node.attr)
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
+            found.add(node.arg.value)
+    return found
+
+
+def _did_you_mean(name: str, names: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean '{close[0]}'?" if close else None
 
 
 def check_loops(steps: list[StepModel | None], problem: Any) -> None:

@@ -1,23 +1,29 @@
 """Loading sequence files: YAML -> pydantic models -> frozen domain objects.
 
 Every mistake a marketer can make is reported at once, each as a ``Problem`` with the file, the
-line and a plain sentence. Each step is validated on its own, so one broken step never hides
-the problems of the others. Nothing here touches the database.
+line and a plain sentence. One mistake never hides another: each step is validated on its own,
+a key found wrong is left out and the rest of its step or file checked all the same, and a file
+with problems is still read as far as it can be (a *draft*), so that the checks needing whole
+sequences (``nurture.services.load_sequences`` renders every email and evaluates every
+condition for the sample subscriber) run on every file, whatever is wrong elsewhere. Nothing
+here touches the database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import time
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jinja2
-import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from nurture.errors import Problem, SequenceError
 from nurture.sequences.checks import (
+    SUBSCRIBER_NAMES,
     check_asks,
     check_condition,
     check_email,
@@ -49,76 +55,43 @@ from nurture.sequences.schema import (
     clean_loc,
     sentence,
 )
+from nurture.sequences.source import MAX_FILE_BYTES, line_for, read_yaml
 
-__all__ = ["load_catalog", "load_sequence_file", "MAX_FILE_BYTES"]
+__all__ = ["Reading", "read_sequences", "load_catalog", "load_sequence_file", "MAX_FILE_BYTES"]
 
-MAX_FILE_BYTES = 1024 * 1024
-
-
-def _line_map(node: yaml.Node, source: str, problems: list[Problem]) -> dict[Loc, int]:
-    """Map each key path of a YAML document to its 1-based line; report duplicate keys."""
-    lines: dict[Loc, int] = {}
-
-    def walk(n: yaml.Node, path: Loc) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in n.value:
-                key = str(key_node.value)
-                if key in seen:
-                    problems.append(
-                        Problem(source, key_node.start_mark.line + 1, f"duplicate key '{key}'")
-                    )
-                seen.add(key)
-                lines[(*path, key)] = key_node.start_mark.line + 1
-                walk(value_node, (*path, key))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                walk(item, (*path, i))
-
-    walk(node, ())
-    return lines
+M = TypeVar("M", bound=BaseModel)
 
 
-def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
+@dataclass(frozen=True)
+class Reading:
+    """What the files gave: every problem found, and each file's sequence as far as it could
+    be read (a draft where the file has problems). ``unrendered`` names the steps (file, step
+    id) whose emails were found broken already: rendering them would say it again; likewise
+    a draft's step whose condition is broken has no ``when``."""
+
+    sequences: tuple[Sequence, ...]
+    problems: tuple[Problem, ...]
+    unrendered: frozenset[tuple[str, str]] = frozenset()
+
+    def catalog(self, more: Iterable[Problem] = ()) -> Catalog:
+        """The sequences of a deployment; SequenceError listing every problem (these and
+        ``more``, found on the drafts), by file and line, when there is any."""
+        problems = sorted([*self.problems, *more], key=lambda p: (p.file, p.line or 0))
+        if problems:
+            raise SequenceError(problems)
+        return Catalog({s.id: s for s in self.sequences})
 
 
-def _anchor_problem(source: str, text: str) -> Problem | None:
-    """Anchors and aliases let a few lines of YAML grow into gigabytes (the "billion laughs"):
-    sequence files take none. Read as a stream of events, before anything is built."""
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            anchor = getattr(event, "anchor", None)
-            if anchor is None:
-                continue
-            what = (
-                f"alias '*{anchor}'"
-                if isinstance(event, yaml.AliasEvent)
-                else f"anchor '&{anchor}'"
-            )
-            return Problem(
-                source,
-                event.start_mark.line + 1 if event.start_mark else None,
-                f"YAML {what}: sequence files take no anchors or aliases (a few lines of them "
-                "can grow huge); write the value out where it is used",
-            )
-    except yaml.YAMLError:
-        return None  # the composer below reports it, with its line
-    return None
+@dataclass
+class _File:
+    """One file as read: its draft (None when there was no mapping to read), the steps not to
+    render, whether its id can be trusted, and whether every ``confirms`` and
+    ``confirmed_elsewhere`` of it was read (else nobody can say that no sequence confirms)."""
 
-
-def _yaml_problem(source: str, exc: yaml.YAMLError) -> Problem:
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return Problem(source, None, f"YAML syntax error: {exc}")
-    mark = exc.problem_mark or exc.context_mark
-    what = exc.problem or "invalid YAML"
-    if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
-        what += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
-    return Problem(source, mark.line + 1 if mark else None, f"YAML syntax error: {what}")
+    draft: Sequence | None = None
+    unrendered: set[str] = field(default_factory=set)
+    id_ok: bool = False
+    whole: bool = False
 
 
 def _timeout(model: Literal["exit", "next"] | GotoModel) -> Timeout:
@@ -175,7 +148,68 @@ def _step(s: StepModel, line: int | None) -> Step:
     )
 
 
-def _check_templates(
+def _salvage(
+    model: type[M], raw: dict[str, Any], errors: list[Any], fill: dict[str, Any]
+) -> tuple[M | None, set[str]]:
+    """The model of ``raw`` without the keys found wrong (the required ones among them given
+    a stand-in from ``fill``), so that what is right can still be checked; and those keys."""
+    dropped = {str(loc[0]) for err in errors if (loc := clean_loc(tuple(err["loc"])))}
+    if any(not clean_loc(tuple(err["loc"])) for err in errors):
+        return None, dropped  # the whole thing is wrong, not one key
+    kept = {k: v for k, v in raw.items() if k not in dropped}
+    for key, value in fill.items():
+        if key not in kept:
+            dropped.add(key)
+            kept[key] = value
+    try:
+        return model.model_validate(kept), dropped
+    except ValidationError:
+        return None, dropped
+
+
+def _header(data: dict[str, Any], problem: Any) -> tuple[SequenceModel, set[str]]:
+    """The file's top level, with stand-ins for the keys that are wrong or missing."""
+    try:
+        return SequenceModel.model_validate(data), set()
+    except ValidationError as exc:
+        errors = exc.errors()
+    said: set[str] = set()
+    for err in errors:
+        loc = clean_loc(tuple(err["loc"]))
+        if loc[:1] == ("reenter",):
+            if "reenter" in said:  # each branch of the union reports its own error
+                continue
+            said.add("reenter")
+        problem(loc, sentence(err, loc))
+    fill = {"id": "_", "name": "_", "from": "", "steps": [None]}
+    model, dropped = _salvage(SequenceModel, data, errors, fill)
+    assert model is not None  # every key it requires has its stand-in
+    return model, dropped
+
+
+def _step_model(raw: Any, here: Loc, label: str, problem: Any) -> tuple[StepModel | None, set[str]]:
+    """One step, each of its mistakes said once; without the keys found wrong when it has
+    some (a stand-in ``wait``: the checks of the wait are then left out)."""
+    try:
+        return StepModel.model_validate(raw), set()
+    except ValidationError as exc:
+        errors = exc.errors()
+    bad_timeout = False
+    for err in errors:
+        loc = clean_loc(tuple(err["loc"]))
+        if loc[:1] == ("on_timeout",):
+            # Each branch of the union reports its own error: say it once.
+            if bad_timeout:
+                continue
+            bad_timeout = True
+        problem((*here, *loc), f"{label}: {sentence(err, loc)}")
+    if not isinstance(raw, dict):
+        return None, set()
+    model, dropped = _salvage(StepModel, raw, errors, {"wait": "1d"})
+    return (None if "id" in dropped else model), dropped
+
+
+def _check_emails(
     env: jinja2.Environment, raw: dict[str, Any], here: Loc, label: str, problem: Any
 ) -> None:
     variants = raw.get("variants")
@@ -186,63 +220,41 @@ def _check_templates(
                 check_email(env, variant, (*here, "variants", v), which, problem)
     else:
         check_email(env, raw, here, label, problem)
-    for r, reminder in enumerate(raw.get("reminders") or []):
+    reminders = raw.get("reminders")
+    for r, reminder in enumerate(reminders if isinstance(reminders, list) else []):
         if isinstance(reminder, dict):
             check_email(
                 env, reminder, (*here, "reminders", r), f"{label}, reminder {r + 1}", problem
             )
-    check_condition(env, raw, here, label, problem)
+
+
+# Keys that, left out of a step, would make a check of it say something untrue.
+_ASKS_NEED = {"advance_on", "events", "variants"}
+_RENDER_NEEDS = {"subject", "template", "variants", "answers"}
 
 
 def load_sequence_file(
     path: Path, *, env: jinja2.Environment | None = None, problems: list[Problem]
 ) -> Sequence | None:
     """Load one file; append every problem found to ``problems``; None if it cannot be used."""
-    source = str(path)
     found = len(problems)
+    read = _read_file(path, env, problems)
+    return read.draft if len(problems) == found else None
+
+
+def _read_file(path: Path, env: jinja2.Environment | None, problems: list[Problem]) -> _File:
+    source = str(path)
+    read = read_yaml(path, problems)
+    if read is None:
+        return _File()
+    data, lines = read
 
     def problem(loc: Loc, message: str) -> None:
-        problems.append(Problem(source, _line_for(lines, loc), message))
+        problems.append(Problem(source, line_for(lines, loc), message))
 
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            problems.append(
-                Problem(source, None, f"the file is larger than {MAX_FILE_BYTES // 1024} KiB")
-            )
-            return None
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(source, None, f"cannot read the file: {exc}"))
-        return None
-    refused = _anchor_problem(source, text)
-    if refused is not None:
-        problems.append(refused)
-        return None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.append(_yaml_problem(source, exc))
-        return None
-    if node is None or not isinstance(data, dict):
-        problems.append(
-            Problem(source, 1, "a sequence file must be a mapping with id, name, from and steps")
-        )
-        return None
-    lines = _line_map(node, source, problems)
-
-    header: SequenceModel | None = None
-    try:
-        header = SequenceModel.model_validate(data)
-    except ValidationError as exc:
-        said: set[str] = set()
-        for err in exc.errors():
-            loc = clean_loc(tuple(err["loc"]))
-            if loc[:1] == ("reenter",):
-                if "reenter" in said:  # each branch of the union reports its own error
-                    continue
-                said.add("reenter")
-            problem(loc, sentence(err, loc))
+    header, header_dropped = _header(data, problem)
+    # What a condition may read of the sample subscriber (None: the sample is wrong itself).
+    names = None if "sample" in header_dropped else frozenset(header.sample) | SUBSCRIBER_NAMES
     raw_steps: list[Any] = data["steps"] if isinstance(data.get("steps"), list) else []
     raw_ids = [s.get("id") if isinstance(s, dict) else None for s in raw_steps]
 
@@ -263,61 +275,76 @@ def load_sequence_file(
             first_use[step_id] = i
 
     steps: list[StepModel | None] = []
+    dropped: list[set[str]] = []
+    sound: list[tuple[bool, bool]] = []  # (its emails, its condition) have no problem so far
     for i, raw in enumerate(raw_steps):
         here: Loc = ("steps", i)
-        bad_timeout = False
-        try:
-            steps.append(StepModel.model_validate(raw))
-        except ValidationError as exc:
-            steps.append(None)
-            for err in exc.errors():
-                loc = clean_loc(tuple(err["loc"]))
-                if loc[:1] == ("on_timeout",):
-                    # Each branch of the union reports its own error: say it once.
-                    if bad_timeout:
-                        continue
-                    bad_timeout = True
-                problem((*here, *loc), f"{label(i)}: {sentence(err, loc)}")
-        if isinstance(raw, dict) and not bad_timeout:
+        step, left_out = _step_model(raw, here, label(i), problem)
+        steps.append(step)
+        dropped.append(left_out)
+        if isinstance(raw, dict) and "on_timeout" not in left_out:
             check_goto(raw, here, label(i), list(first_use), problem)
+        before = len(problems)
         if env is not None and isinstance(raw, dict):
-            _check_templates(env, raw, here, label(i), problem)
+            _check_emails(env, raw, here, label(i), problem)
+        emails_ok = len(problems) == before
+        if env is not None and isinstance(raw, dict):
+            check_condition(env, raw, here, label(i), problem, names=names)
+        sound.append((emails_ok, len(problems) == before))
 
     for i, step in enumerate(steps):
         if step is not None:
-            check_step(step, i, len(steps), problem)
-            check_asks(step, i, list(first_use), problem)
+            if "wait" not in dropped[i]:
+                check_step(step, i, len(steps), problem)
+            if not dropped[i] & _ASKS_NEED:
+                check_asks(step, i, list(first_use), problem)
     check_loops(steps, problem)
-    if header is not None and not _address_ok(header.sender):
+    if "from" not in header_dropped and not _address_ok(header.sender):
         problem(
             ("from",), f'from {header.sender!r} is not an address like "Ada <ada@acme.example>"'
         )
 
-    if len(problems) > found or header is None:
-        return None
-    built = tuple(
-        _step(s, _line_for(lines, ("steps", i))) for i, s in enumerate(steps) if s is not None
-    )
-    return Sequence(
+    # The draft: every step that could be built (the first of two with one id), each email
+    # and condition to check against the sample only where none of its problems was said.
+    with_sample = "sample" not in header_dropped
+    built: list[Step] = []
+    unrendered: set[str] = set()
+    for i, s in enumerate(steps):
+        if s is None or first_use.get(s.id) != i:
+            continue
+        emails_ok, when_ok = sound[i]
+        built_step = _step(s, line_for(lines, ("steps", i)))
+        if not (when_ok and with_sample and "when" not in dropped[i]):
+            built_step = replace(built_step, when=None)
+        has_emails = bool(s.variants) or (s.subject is not None and s.template is not None)
+        if not (emails_ok and with_sample and has_emails) or dropped[i] & _RENDER_NEEDS:
+            unrendered.add(s.id)
+        built.append(built_step)
+    draft = Sequence(
         id=header.id,
         name=header.name,
         sender=header.sender,
-        steps=built,
+        steps=tuple(built),
         source=source,
         goals=tuple(header.goals),
-        line=_line_for(lines, ("id",)),
+        line=line_for(lines, ("id",)),
         sample=tuple(sorted(header.sample.items())),
         confirmed_elsewhere=header.confirmed_elsewhere,
         reenter=_reentry(header.reenter),
         send_window=_window(header.send_window),
     )
+    whole = "confirmed_elsewhere" not in header_dropped and all(
+        s is not None and "confirms" not in d for s, d in zip(steps, dropped, strict=True)
+    )
+    return _File(draft, unrendered, "id" not in header_dropped, whole)
 
 
-def _silent_holds(sequences: dict[str, Sequence]) -> list[Problem]:
+def _silent_holds(sequences: Iterable[Sequence]) -> list[Problem]:
     """Nothing is sent to a person before they confirm (double opt-in). With no confirmation
     step anywhere, everyone who subscribes (POST /subscribe) would be held with nothing sent,
     for ever: a mistake, unless the sequence says its people confirmed elsewhere."""
-    if any(step.confirms for seq in sequences.values() for step in seq.steps):
+    sequences = list(sequences)
+    if any(step.confirms for seq in sequences for step in seq.steps):
         return []
     return [
         Problem(
@@ -329,7 +356,7 @@ def _silent_holds(sequences: dict[str, Sequence]) -> list[Problem]:
             "click that confirms), or, if everyone enrolled here confirmed elsewhere "
             "(nurture subscribe --confirmed), say `confirmed_elsewhere: true`",
         )
-        for seq in sequences.values()
+        for seq in sequences
         if not seq.confirmed_elsewhere
     ]
 
@@ -343,33 +370,42 @@ def _address_ok(sender: str) -> bool:
     return bool(local) and "." in domain and not domain.startswith(".")
 
 
-def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:
-    """Load every ``*.yaml``/``*.yml`` file; raise SequenceError listing all problems."""
-    problems: list[Problem] = []
+def read_sequences(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Reading:
+    """Read every ``*.yaml``/``*.yml`` file, as far as each can be read."""
     if not sequences_dir.is_dir():
-        raise SequenceError(
-            [Problem(str(sequences_dir), None, "the sequences directory does not exist")]
-        )
+        problem = Problem(str(sequences_dir), None, "the sequences directory does not exist")
+        return Reading((), (problem,))
     files = sorted([*sequences_dir.glob("*.yaml"), *sequences_dir.glob("*.yml")])
     if not files:
-        raise SequenceError([Problem(str(sequences_dir), None, "no sequence files (*.yaml) found")])
-    sequences: dict[str, Sequence] = {}
+        return Reading((), (Problem(str(sequences_dir), None, "no sequence files (*.yaml) found"),))
+    problems: list[Problem] = []
+    drafts: list[Sequence] = []
+    unrendered: set[tuple[str, str]] = set()
+    owners: dict[str, str] = {}
+    whole = True
     for path in files:
-        seq = load_sequence_file(path, env=env, problems=problems)
+        read = _read_file(path, env, problems)
+        whole = whole and read.whole
+        seq = read.draft
         if seq is None:
             continue
-        if seq.id in sequences:
+        if read.id_ok and seq.id in owners:
             problems.append(
                 Problem(
                     seq.source,
                     seq.line,
-                    f"sequence id '{seq.id}' is already used by {sequences[seq.id].source}",
+                    f"sequence id '{seq.id}' is already used by {owners[seq.id]}",
                 )
             )
-            continue
-        sequences[seq.id] = seq
-    problems += _silent_holds(sequences)
-    if problems:
-        problems.sort(key=lambda p: (p.file, p.line or 0))
-        raise SequenceError(problems)
-    return Catalog(sequences)
+        if read.id_ok:
+            owners.setdefault(seq.id, seq.source)
+        drafts.append(seq)
+        unrendered.update((seq.source, step_id) for step_id in read.unrendered)
+    if whole:  # with a file or a step unread, nobody can say that none confirms
+        problems += _silent_holds(drafts)
+    return Reading(tuple(drafts), tuple(problems), frozenset(unrendered))
+
+
+def load_catalog(sequences_dir: Path, *, env: jinja2.Environment | None = None) -> Catalog:
+    """Load every ``*.yaml``/``*.yml`` file; raise SequenceError listing all problems."""
+    return read_sequences(sequences_dir, env=env).catalog()

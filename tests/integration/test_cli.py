@@ -78,6 +78,95 @@ def test_validate_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     ]
 
 
+def test_validate_reports_every_kind_of_mistake_of_every_file_in_one_run(tmp_path: Path) -> None:
+    """Issue 19: five seeded mistakes took three runs to see. A YAML error in one file, schema
+    errors, a bad step, or a problem in one sequence hid the checks that render each email and
+    evaluate each condition for the sample subscriber, everywhere; a step with an unknown key
+    hid its own rules. Now one run says everything, each with its file and line."""
+    seq, templates = tmp_path / "sequences", tmp_path / "templates"
+    seq.mkdir()
+    templates.mkdir()
+    (templates / "hello.html").write_text(
+        "<p>Hi {{ subscriber.first_name }} of {{ subscriber.company }}</p>\n"
+        '<a href="https://acme.example/go" data-micro-yes>Go</a>\n'
+    )
+    (templates / "plain.html").write_text('<a href="https://acme.example/p">Go</a>\n')
+    (seq / "a.yaml").write_text(
+        "id: alpha\n"  # 1
+        "name: Alpha\n"
+        'from: "Ada <ada@acme.example>"\n'
+        "steps:\n"
+        "  - id: confirm\n"  # 5
+        "    confirms: true\n"
+        "    subject: Confirm\n"
+        "    template: plain.html\n"
+        "    wait: 2d\n"
+        "  - id: welcome\n"  # 10: renders for the sample though the step has mistakes
+        "    subject: Welcome\n"
+        "    template: hello.html\n"
+        "    wait: 3 days\n"
+        "    colour: blue\n"
+        "  - id: pros\n"  # 15
+        "    subject: For pros\n"
+        "    template: nope.html\n"
+        "    when: \"'pro' in subscriber.tag\"\n"
+        "    wait: 1d\n"
+        "    delya: 1h\n"  # 20
+        "    reminders:\n"
+        "      - after: 2d\n"
+        "    on_timeout: {goto: nowhere}\n"
+    )
+    (seq / "b.yaml").write_text("id: beta\nname: [oops\nsteps:\n")
+    (seq / "c.yaml").write_text(
+        "id: gamma\n"  # 1
+        "name: Gamma\n"
+        'from: "Ada <ada@acme.example>"\n'
+        "sample: {first_name: Ada, plans: trial}\n"
+        "steps:\n"  # 5
+        "  - id: one\n"
+        "    subject: One\n"
+        "    template: hello.html\n"
+        "    wait: 1d\n"
+        "    when: \"subscriber.plan == 'trial'\"\n"  # 10
+        "  - id: two\n"
+        "    subject: Two\n"
+        "    template: plain.html\n"
+        "    wait: 1d\n"
+        "    when: \"'vip' in tags\"\n"  # 15
+    )
+    r = run("validate", cwd=tmp_path)
+    assert r.returncode == 1
+    a, b, c = (str(Path("sequences") / name) for name in ("a.yaml", "b.yaml", "c.yaml"))
+    company = (
+        "'dict object' has no attribute 'company'; give it a default "
+        "({{ subscriber.x | default('') }}) or add the field to the sequence's sample:"
+    )
+    assert r.stderr.splitlines() == [
+        f"{a}:10: step 'welcome': cannot be rendered for the sample subscriber "
+        f"{{'first_name': 'Ada'}}: {company}",
+        f"{a}:13: step 'welcome': wait: '3 days' is not a duration: write a number and a unit, "
+        "e.g. 3d, 12h, 30m, 1s (units: s, m, h, d, w)",
+        f"{a}:14: step 'welcome': unknown key 'colour'",
+        f"{a}:17: step 'pros': unknown template 'nope.html' (not found in the templates directory)",
+        f"{a}:18: step 'pros': when reads subscriber.tag, but 'tag' is not a field of the "
+        "sample subscriber; add it to sample: if people have it, or did you mean 'tags'?",
+        f"{a}:20: step 'pros': unknown key 'delya'",
+        f"{a}:22: step 'pros': reminder 1 at 2d comes after the wait of 1d is over; it would "
+        "never be sent",
+        f"{a}:23: step 'pros': on_timeout goes to step 'nowhere', which this sequence does not "
+        "have (steps: confirm, welcome, pros)",
+        f"{b}:3: YAML syntax error: expected ',' or ']', but got ':' (while parsing a flow "
+        "sequence that starts at line 2)",
+        f"{c}:6: step 'one': cannot be rendered for the sample subscriber "
+        f"{{'first_name': 'Ada', 'plans': 'trial'}}: {company}",
+        f"{c}:10: step 'one': when reads subscriber.plan, but 'plan' is not a field of the "
+        "sample subscriber; add it to sample: if people have it, or did you mean 'plans'?",
+        f"{c}:15: step 'two': when uses 'tags'; a condition sees only subscriber (its fields, "
+        "subscriber.tags and subscriber.email); did you mean subscriber.tags?",
+        "12 problems found",
+    ]
+
+
 def test_preview_prints_subject_text_html_and_the_ask(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [

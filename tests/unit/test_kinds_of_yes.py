@@ -361,6 +361,7 @@ def test_validation_evaluates_each_condition_for_the_sample(tmp_path: Path) -> N
     seq, problems = load(
         tmp_path,
         """
+        sample: {first_name: Ada, seats: many, plan: y}
         steps:
           - {id: a, subject: A, template: a.html, wait: 1d, when: "subscriber.seats > 5"}
           - {id: b, subject: B, template: a.html, wait: 1d, when: "subscriber.plan == 'x'"}
@@ -368,7 +369,7 @@ def test_validation_evaluates_each_condition_for_the_sample(tmp_path: Path) -> N
     )
     assert problems == [] and seq is not None
     [problem] = condition_problems(Catalog({"s": seq}), Conditions())
-    assert problem.line == 6 and "step 'a'" in problem.message and "default(0)" in problem.message
+    assert problem.line == 7 and "step 'a'" in problem.message and "| int > 5" in problem.message
     _, bad = load(
         tmp_path,
         "steps:\n  - {id: a, subject: A, template: a.html, wait: 1d,"
@@ -405,3 +406,78 @@ def test_reminders_of_a_question_and_answers_sharing_a_url_are_problems(tmp_path
     ]
     assert any("lead to the same URL https://acme.example/q" in m for m in found), found
     assert any("reminder 1: a reminder of a question has no answer links" in m for m in found)
+
+
+@pytest.mark.parametrize(
+    ("sample", "when", "says"),
+    [
+        (
+            "{first_name: Ada}",
+            "'pro' in subscriber.tag",
+            "step 'a': when reads subscriber.tag, but 'tag' is not a field of the sample "
+            "subscriber; add it to sample: if people have it, or did you mean 'tags'?",
+        ),
+        (
+            "{first_name: Ada, plans: trial}",
+            "subscriber['plan'] == 'trial'",
+            "but 'plan' is not a field of the sample subscriber; add it to sample: if people "
+            "have it, or did you mean 'plans'?",
+        ),
+        (
+            "{first_name: Ada}",
+            "subscriber.seats | int > 5",
+            "add it to sample: if people have it (the sample has: answers, email, first_name, "
+            "tags)",
+        ),
+        ("{first_name: Ada}", "'pro' in tags", "when uses 'tags'; a condition sees only"),
+        ("{first_name: Ada}", "'pro' in tags", "; did you mean subscriber.tags?"),
+        ("{first_name: Ada}", "subscribr.plan == 'x'", "; did you mean 'subscriber'?"),
+    ],
+)
+def test_a_condition_that_reads_a_name_the_sample_lacks_is_a_problem(
+    tmp_path: Path, sample: str, when: str, says: str
+) -> None:
+    """A typo (subscriber.tag for tags) would skip the step for everyone, silently: each name
+    a condition reads must be one the sample subscriber has, like the templates' names."""
+    seq, problems = load(
+        tmp_path,
+        f"""
+        sample: {sample}
+        steps:
+          - id: a
+            subject: A
+            template: a.html
+            when: "{when}"
+            wait: 1d
+        """,
+    )
+    assert seq is None
+    [problem] = problems
+    assert problem.line == 10 and says in problem.message  # the line of when:
+
+
+def test_a_condition_may_read_every_name_the_sample_has(tmp_path: Path) -> None:
+    seq, problems = load(
+        tmp_path,
+        """
+        sample: {first_name: Ada, plan: trial, tags: [pro]}
+        steps:
+          - id: a
+            subject: A
+            template: a.html
+            when: >-
+              subscriber.plan == 'trial' and 'pro' in subscriber['tags']
+              and subscriber.email and subscriber.answers.survey != 'no'
+              and subscriber.get('first_name')
+            wait: 1d
+        """,
+    )
+    assert problems == [] and seq is not None
+
+
+def test_the_names_every_subscriber_has_are_those_conditions_see() -> None:
+    from nurture.conditions import subscriber_context
+    from nurture.sequences.checks import SUBSCRIBER_NAMES
+
+    # answers is a field nurture keeps (absent until a first answer); the rest come from here.
+    assert set(subscriber_context("a@example.com", {}, [])) == SUBSCRIBER_NAMES - {"answers"}

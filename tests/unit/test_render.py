@@ -19,7 +19,7 @@ from support.paths import DATA, REPO
 from nurture.errors import SubscribeError
 from nurture.mail.compose import compose
 from nurture.mail.render import Rendered, Renderer, html_to_text, make_environment
-from nurture.sequences import AdvanceOn, Catalog, Sequence, Step, load_catalog
+from nurture.sequences import AdvanceOn, Sequence, Step, load_catalog
 from nurture.subscriptions import normalize_email
 from nurture.tokens import Signer, Token, TokenKind
 from nurture.vocabulary import Link, MessageKind
@@ -680,10 +680,11 @@ def test_a_reminder_that_follows_the_variant_is_rendered_for_each_variant(tmp_pa
             seq, "one", kind, message_id=1, email="a@b.c", fields=fields, variant=variant
         )
         assert (out.subject, body in out.html) == (subject, True)
-    problems = sample_problems(Catalog({"ab": seq}), rend)
+    problems = sample_problems([seq], rend)
     assert [p.message.split(":")[0] for p in problems] == [
         "step 'one', variant 'b'",
         "step 'one', reminder 1, variant 'b'",
         "step 'one', reminder 2, variant 'b'",
     ]
     assert all(p.line == 6 for p in problems)
+    assert sample_problems([seq], rend, skip={(seq.source, "one")}) == []

@@ -601,9 +601,12 @@ def test_catalog_collects_problems_from_several_files(
 def test_catalog_sorts_problems_by_file_and_line(seq_dir: Path, env: jinja2.Environment) -> None:
     # Within one file the loader finds the duplicate step id (line 10) before the unknown
     # template of the first step (line 7); the catalog reports them in file order.
-    text = VALID.replace("id: two ", "id: one ").replace(
-        "template: a.html                            # 7", "template: nope.html"
+    text = (
+        VALID.replace("id: two ", "id: one ")
+        .replace("template: a.html                            # 7", "template: nope.html")
+        .replace("id: demo", "id: other")
     )
+    write(seq_dir, "0_optin.yaml", OPT_IN)  # someone can confirm: no silent holds
     second = write(seq_dir, "b.yaml", text)
     first = write(seq_dir, "a.yaml", VALID.replace("wait: 1d ", "wait: 1 day"))
     with pytest.raises(SequenceError) as info:
@@ -950,3 +953,81 @@ def test_a_following_reminder_still_checks_what_it_names(
     ]
     assert "unknown template 'rr.html'" in problems[0].message
     assert "the subject is not a valid template" in problems[1].message
+
+
+# ---------------------------------------------------------------------------------------------
+# One mistake hides no other
+
+
+def test_a_step_with_a_wrong_key_still_has_its_other_rules_checked(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    text = VALID.replace(
+        "    on_timeout: next                            # 9\n",
+        "    reminders: [{after: 4d, subject: R, template: r.html}]\n    delya: 1h\n",
+    )
+    _, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert sorted((p.line, p.message) for p in problems) == [
+        (
+            9,
+            "step 'one': reminder 1 at 4d comes after the wait of 3d is over; it would never "
+            "be sent",
+        ),
+        (10, "step 'one': unknown key 'delya'"),
+    ]
+
+
+def test_a_key_left_out_says_nothing_untrue_about_the_rest(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    # A wrong advance_on leaves the events unjudged (the stand-in click takes none); a wrong
+    # wait leaves the reminders unjudged (against which wait?).
+    text = VALID.replace(
+        "    wait: 3d ", "    advance_on: evnt\n    events: [paid]\n    wait: 3 days "
+    ).replace(
+        "    on_timeout: next                            # 9\n",
+        "    reminders: [{after: 4d, subject: R, template: r.html}]\n    on_timeout: next\n",
+    )
+    _, problems = load(write(seq_dir, "demo.yaml", text), env)
+    assert sorted(p.line or 0 for p in problems) == [8, 10]
+    assert "advance_on must be one of" in problems[0].message
+    assert "'3 days' is not a duration" in problems[1].message
+
+
+def test_a_file_with_mistakes_is_still_read_for_the_checks_of_whole_sequences(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    """Rendering each email and evaluating each condition for the sample need whole sequences:
+    they get every file as far as it reads (a draft), without the parts already said broken."""
+    from nurture.sequences import read_sequences
+
+    write(seq_dir, "0_optin.yaml", OPT_IN)
+    text = (
+        VALID.replace('from: "Ada <ada@acme.example>"', "from: nobody")
+        .replace("template: a.html                            # 7", "template: nope.html")
+        .replace("    wait: 1d ", '    when: "subscriber.x"\n    wait: 1d ')
+    )
+    broken = write(seq_dir, "demo.yaml", text)
+    reading = read_sequences(seq_dir, env=env)
+    assert sorted(p.line or 0 for p in reading.problems) == [3, 7, 13]
+    optin, demo = reading.sequences
+    assert optin.id == "optin" and demo.id == "demo" and demo.source == str(broken)
+    assert [s.id for s in demo.steps] == ["one", "two"]
+    assert reading.unrendered == {(str(broken), "one")}  # its template is unknown: said
+    assert demo.step("two").when is None  # its condition is wrong: said
+    with pytest.raises(SequenceError) as info:
+        reading.catalog()
+    assert len(info.value.problems) == 3
+
+
+def test_nobody_can_say_that_none_confirms_while_a_file_is_unread(
+    seq_dir: Path, env: jinja2.Environment
+) -> None:
+    # The only confirmation step is in a file with a YAML error: only that error is said,
+    # not "nobody who subscribes can ever get an email" for every other sequence.
+    write(seq_dir, "0_optin.yaml", OPT_IN + "  - [oops\n")
+    write(seq_dir, "demo.yaml", VALID)
+    with pytest.raises(SequenceError) as info:
+        load_catalog(seq_dir, env=env)
+    [problem] = info.value.problems
+    assert "YAML syntax error" in problem.message
