@@ -172,6 +172,13 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_LEGEND = (
+    "\nwaiting, held (for a confirmation), completed, left: people (enrollments) at the step"
+    " now, or when they finished or left the sequence; human clicks, bot clicks: clicks on"
+    " the step's emails, its reminders included, as judged (each click of a flood counted)"
+)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     services = _services(args)
     with services.store.transaction() as tx:
@@ -207,7 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\n{seq_id}: {total} enrollments")
         print(
             f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}"
-            f"{'clicks: human':>15}{'bot':>6}  left (why)"
+            f"{'human clicks':>14}{'bot clicks':>12}  left (why)"
         )
         for step_id in steps + [s for s in counts if s not in steps]:
             c = counts.get(step_id, {})
@@ -217,10 +224,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             k = clicks.get((seq_id, step_id), {})
             print(
                 f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
-                f"{c.get('completed', 0):>11}{k.get('human', 0):>15}{k.get('bot', 0):>6}"
+                f"{c.get('completed', 0):>11}{k.get('human', 0):>14}{k.get('bot', 0):>12}"
                 f"  {left or '-'}"
             )
-    print("\nmessages: " + (", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"))
+    if layout:
+        print(STATUS_LEGEND)
+    emails = ", ".join(f"{k} {v}" for k, v in sorted(messages.items())) or "none"
+    print(f"\nemails (steps' and reminders'), by status: {emails}")
     if waiting:
         why = {"window": "their send window", "cap": "the per-person cap", "pace": "pacing"}
         print(

@@ -4,20 +4,37 @@ other tables, and one person's messages for `nurture person`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from nurture.db.funnel import flood_clicks
 from nurture.db.models import ENROLLMENTS, EVENTS, MESSAGES
 from nurture.vocabulary import EnrollmentStatus, EventKind, MessageStatus
 
-__all__ = ["StatusRow", "ReportStore"]
+__all__ = ["Skips", "StatusRow", "ReportStore"]
 
 E = ENROLLMENTS.c
 M = MESSAGES.c
 V = EVENTS.c
+
+
+@dataclass
+class Skips:
+    """A step's visits that sent nothing: answered before its email, skipped by ``when:``."""
+
+    answered: int = 0
+    when: dict[str, int] = field(default_factory=dict)  # per reason
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.when.values())
+
+
+# The engine's reason for a step answered by an event reported before its email.
+ANSWERED_EARLIER = "was reported before this step's email"
 
 
 @dataclass(frozen=True)
@@ -91,21 +108,36 @@ class ReportStore:
         )
         return list(self._conn.execute(q))
 
-    def skipped_by_step(self, sequence_id: str, step_ids: list[str]) -> dict[str, int]:
-        """Steps skipped by their condition, per step of one sequence (an event's outcome
-        holds 48 characters: a long step id is found by what is left of it)."""
+    def skips_by_step(
+        self, sequence_id: str, step_ids: list[str], since: datetime | None = None
+    ) -> dict[str, Skips]:
+        """Per step of one sequence, the visits that sent nothing, by why: answered by an
+        outside event reported before the email (a yes), or skipped by the step's ``when:``
+        (per reason). Both are stored as ``skipped`` events; the answered ones name their
+        event (``answered_by``; before that was stored, their reason said it). An event's
+        outcome holds 48 characters: a long step id is found by what is left of it."""
+        reason = V.detail["reason"].as_string()
+        answered_by = V.detail["answered_by"].as_string()
         q = (
-            select(V.outcome, func.count())
+            select(V.outcome, reason, answered_by.is_not(None), func.count())
             .join(ENROLLMENTS, E.id == V.enrollment_id)
             .where(V.kind == EventKind.skipped.value, E.sequence_id == sequence_id)
-            .group_by(V.outcome)
+            .group_by(V.outcome, reason, answered_by.is_not(None))
         )
+        if since is not None:
+            q = q.where(V.created_at >= since)
         kept = {f"skipped:{step}"[:48]: step for step in step_ids}
-        out: dict[str, int] = {}
-        for outcome, n in self._conn.execute(q):
+        out: dict[str, Skips] = {}
+        for outcome, why, answered, n in self._conn.execute(q):
             step = kept.get(str(outcome))
-            if step is not None:
-                out[step] = out.get(step, 0) + int(n)
+            if step is None:
+                continue
+            skips = out.setdefault(step, Skips())
+            if answered or ANSWERED_EARLIER in str(why or ""):
+                skips.answered += int(n)
+            else:
+                key = str(why or "no reason recorded")
+                skips.when[key] = skips.when.get(key, 0) + int(n)
         return out
 
     def message_totals(self) -> list[tuple[str, str, str, str, int, int]]:
@@ -127,10 +159,11 @@ class ReportStore:
         return {status: n for status, n in self._conn.execute(q)}
 
     def click_counts(self) -> list[tuple[str, str, str, int]]:
-        """(sequence, step, verdict, clicks) for every click with a verdict."""
+        """(sequence, step, verdict, clicks) of the clicks with a verdict, on the step's own
+        email and its reminders; a flood's summary row counts the clicks it stands for."""
         keys = (M.sequence_id, M.step_id, V.verdict)
         q = (
-            select(*keys, func.count())
+            select(*keys, func.sum(flood_clicks()))
             .join(MESSAGES, M.id == V.message_id)
             .where(V.kind == EventKind.click.value, V.verdict.is_not(None))
             .group_by(*keys)

@@ -22,13 +22,25 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from nurture.person import person_story
-from nurture.report import build_report
+from nurture.report import LEGEND, build_report, pct, span
 from nurture.web.links import services
 from nurture.web.pages import page
 
 __all__ = ["routes", "allowed", "funnel_svg"]
 
 BAR = 28  # px per step in the funnel
+
+# What each column of the step table counts: the report's words, with the table's headings.
+_HEADINGS = {
+    "rem.": "reminders sent",
+    "people clicked": "people who clicked",
+    "median, p90": "median to yes",
+}
+ADMIN_LEGEND = [
+    (_HEADINGS.get(label, label), meaning)
+    for label, meaning in LEGEND
+    if label != "yes after rem."  # not a column here
+]
 
 
 def _loopback(request: Request) -> bool:
@@ -125,7 +137,16 @@ async def dashboard(request: Request) -> Response:
     from markupsafe import Markup
 
     charts = {q["id"]: Markup(funnel_svg(q)) for q in found["report"]["sequences"]}
-    html = page("admin.html", title="nurture dashboard", email=email, charts=charts, **found)
+    html = page(
+        "admin.html",
+        title="nurture dashboard",
+        email=email,
+        charts=charts,
+        span=span,
+        pct=pct,
+        legend=ADMIN_LEGEND,
+        **found,
+    )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 

@@ -77,19 +77,20 @@ Every email it sent is here. <a href="/subscribe">Subscribe someone</a>.</p>
 <p>{% if pause %}<strong class="error">Paused since {{ pause.since.strftime('%Y-%m-%d %H:%M') }} UTC:
 {{ pause.reason }}</strong> (retried at {{ pause.until.strftime('%H:%M') }}; <code>nurture resume</code>)
 {% else %}Sending normally.{% endif %}
-Messages: {% for k, v in messages|dictsort %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.</p>
+Emails (steps' and reminders'), by status: {% for k, v in messages|dictsort %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.</p>
 {% for q in report.sequences %}
-<h2>{{ q.name }} <span class="muted">({{ q.id }}): {{ q.enrolled }} enrolled, {{ q.converted }} converted</span></h2>
+<h2>{{ q.name }} <span class="muted">({{ q.id }}): {{ q.enrolled }} enrolled, {{ q.converted }} converted{% if q.converted %}, median {{ span(q.median_seconds_to_convert) }} from enrolling{% endif %}</span></h2>
 {{ charts[q.id] }}
-<table><tr><th>step</th><th>entered</th><th>sent</th><th>yes</th><th>rate</th><th>click / reply / event</th>
-<th>median to yes</th><th>people / bot clicks</th><th>waiting</th><th>left</th></tr>
-{% for st in q.steps %}<tr><td>{{ st.id }}</td><td>{{ st.entered }}</td><td>{{ st.sent }}</td><td>{{ st.yes }}</td>
-<td>{% if st.yes_rate is not none %}{{ '%.1f' % (st.yes_rate * 100) }}%{% else %}-{% endif %}</td>
-<td>{{ st.by_click }} / {{ st.by_reply }} / {{ st.by_event }}</td>
-<td>{% if st.time_to_yes.median_seconds is not none %}{{ '%.1f' % (st.time_to_yes.median_seconds / 3600) }} h{% else %}-{% endif %}</td>
-<td>{{ st.human_clickers }} / {{ st.bot_clicks }}</td><td>{{ st.waiting }}</td>
+<table><tr><th>step</th><th>entered</th><th>sent</th><th>reminders sent</th><th>yes</th><th>rate</th><th>click / reply / event</th>
+<th>answered before its email</th><th>skipped by when</th><th>median to yes</th><th>people who clicked</th><th>bot clicks</th><th>waiting</th><th>left</th></tr>
+{% for st in q.steps %}<tr><td>{{ st.id }}</td><td>{{ st.entered }}</td><td>{{ st.sent }}</td><td>{{ st.reminded }}</td><td>{{ st.yes }}</td>
+<td>{{ pct(st.yes_rate) }}</td><td>{{ st.by_click }} / {{ st.by_reply }} / {{ st.by_event }}</td>
+<td>{{ st.answered_early }}</td><td>{{ st.skipped }}{% for w in st.skipped_why %}<br><span class="muted">{{ w.reason }}: {{ w.count }}</span>{% endfor %}</td>
+<td>{{ span(st.time_to_yes.median_seconds) }}</td>
+<td>{{ st.human_clickers }}</td><td>{{ st.bot_clicks }}</td><td>{{ st.waiting }}</td>
 <td>{% for k, v in st.left|dictsort %}{{ k }} {{ v }} {% else %}-{% endfor %}</td></tr>{% endfor %}
-</table>{% endfor %}
+</table>
+<p class="muted">{% for label, meaning in legend %}{{ label }}: {{ meaning }}.{% if not loop.last %} {% endif %}{% endfor %}</p>{% endfor %}
 <h2>One person</h2>
 <form method="get" action="/admin"><label>Email <input type="email" name="email" value="{{ email }}"></label>
 <button type="submit">Look up</button></form>

@@ -51,7 +51,8 @@ def test_the_dashboard_shows_the_funnel_the_table_and_one_person(guarded: World)
             '<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="funnel of journey"'
             in r.text
         )
-        assert "<td>confirm</td><td>1</td><td>1</td><td>1</td>" in r.text
+        # entered, sent, reminders sent, yes
+        assert "<td>confirm</td><td>1</td><td>1</td><td>0</td><td>1</td>" in r.text
         one = http.get("/admin", params={"email": "ann@example.com"}, headers=basic("s3cret"))
         assert "<strong>ann@example.com</strong>: confirmed" in one.text
         assert "Confirm, Ann" in one.text and "Read this, Ann" in one.text

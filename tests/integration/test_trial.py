@@ -179,7 +179,7 @@ def test_report_and_remove_from_the_command_line(
     assert [v["id"] for v in steps["trial"]["variants"]] == ["a", "b"]
     assert "no verdict yet" in steps["trial"]["verdict"]
     plain = run("report", database_url=database_url, tmp_path=tmp_path)
-    assert "answer growing" in plain.stdout and "chosen by 1" in plain.stdout
+    assert "answer growing" in plain.stdout and "chosen 1 time" in plain.stdout
     gone = run(
         "remove",
         "gro@example.com",
