@@ -161,11 +161,30 @@ def simulate(
             step.when, subscriber_context("sim@example.com", fields, sorted(tags))
         )
 
+    # Reminders waiting for their send window: (when it opens, the visit, the email). As in
+    # the daemon, one goes at the opening if the person is still at that visit; else (a yes,
+    # a timeout at or before the opening) it is cancelled.
+    held: list[tuple[datetime, int, Email]] = []
+
+    def release(until: datetime, *, inclusive: bool) -> None:
+        nonlocal held
+        waiting = []
+        for when, visit, mail in held:
+            if when < until or (inclusive and when == until):
+                if state.status is EnrollmentStatus.active and visit >= state.visit:
+                    run.emails.append(mail)
+            else:
+                waiting.append((when, visit, mail))
+        held = waiting
+
     while state.status is EnrollmentStatus.active:
         if len(run.emails) >= MAX_EMAILS:
             run.outcome = "stopped:loop"
             break
         due = state.due_at
+        upcoming = [t for t in (yes_at, due) if t is not None]
+        if upcoming:
+            release(min(upcoming), inclusive=False)
         if yes_at is not None and (due is None or yes_at <= due):
             now = yes_at
             yes_at = None
@@ -204,16 +223,18 @@ def simulate(
                 if window is not None:
                     window = replace(window, spread=timedelta(0))
                 sent, _ = times.earliest(now, window=window, zone=zone, capped=False)
-                run.emails.append(
-                    Email(
-                        sent - start,
-                        step.id,
-                        str(action.kind),
-                        title,
-                        variant.id if variant else None,
-                        waited=sent - now if sent > now else None,
-                    )
+                mail = Email(
+                    sent - start,
+                    step.id,
+                    str(action.kind),
+                    title,
+                    variant.id if variant else None,
+                    waited=sent - now if sent > now else None,
                 )
+                if sent > now and not action.kind.is_step:
+                    held.append((sent, action.visit, mail))
+                else:
+                    run.emails.append(mail)
                 if action.kind.is_step:
                     run.visited.append(step.id)
                     now = sent
@@ -222,6 +243,7 @@ def simulate(
                     )
                     yes_at = _planned_yes(persona, step, now)
                     yes_to = (step.id, action.visit)
+        release(now, inclusive=True)
     if state.status is EnrollmentStatus.held:
         run.outcome = "held"
     elif state.status is EnrollmentStatus.completed:

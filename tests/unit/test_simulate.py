@@ -3,7 +3,8 @@ sequences (no database, no mail)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,37 @@ def test_simulate_sends_at_the_window_opening_in_the_personas_zone() -> None:
     # Without a zone, the same run reads the window in UTC.
     utc_run = simulate(office, PERSONAS[0], start=friday_evening)
     assert (friday_evening + utc_run.emails[1].at).strftime("%a %H:%M") == "Mon 09:00"
+
+
+def test_a_reminder_held_by_its_window_past_the_timeout_is_not_shown(tmp_path: Path) -> None:
+    """As the daemon: a reminder that falls due outside the send window waits for its opening
+    and is cancelled if the step times out (or is answered) by then. Found by the generated
+    journeys: the simulator showed a reminder the daemon never sends."""
+    (tmp_path / "s.yaml").write_text(
+        textwrap.dedent(
+            """
+            id: held
+            name: Held
+            from: "Ada <ada@acme.example>"
+            confirmed_elsewhere: true
+            send_window: {days: [mon, tue, wed, thu, fri], from: "09:00", to: "17:00", spread: 0s}
+            steps:
+              - id: ask
+                subject: Ask
+                template: welcome.html
+                wait: 1d
+                reminders:
+                  - {after: 30m, subject: Early, template: welcome.html}
+                  - {after: 20h, subject: Late, template: welcome.html}
+                on_timeout: exit
+            """
+        )
+    )
+    catalog = load_catalog(tmp_path, env=make_environment(REPO / "templates"))
+    sequence = catalog.get("held")
+    assert sequence is not None
+    # Wednesday 09:00: the late reminder falls due Thursday 05:00, outside the window, which
+    # opens at 09:00, as the step times out.
+    run = simulate(sequence, PERSONAS[2], start=datetime(2026, 1, 7, 9, 0, tzinfo=UTC))
+    assert [(e.step, e.kind) for e in run.emails] == [("ask", "step"), ("ask", "reminder1")]
+    assert run.outcome == "exited:timeout"
