@@ -137,4 +137,4 @@ def test_a_slow_relay_makes_one_overrun_line_not_a_warning_per_interval(tmp_path
     assert "maximum number of running instances" not in log
     lines = [line for line in log.splitlines() if "past its 0.05s interval" in line]
     assert len(lines) == 1, log[-3000:]  # at most one a minute, and this ran for seconds
-    assert "intervals skipped" in lines[0] and "judging" in lines[0]
+    assert "intervals skipped" in lines[0] and "deciding" in lines[0]

@@ -133,7 +133,7 @@ def test_an_outside_event_is_the_yes_of_the_step_waiting_for_it(
     }
     r = api.post("/events", json=body, headers=AUTH)
     assert r.status_code == 200, r.text
-    assert r.json() == {"converted": [], "advanced": ["asks"], "duplicate": False}
+    assert r.json() == {"converted": [], "advanced": ["asks"], "duplicate": False, "known": True}
     assert asks.state("eve@example.com", "asks").step_id == "offer"
     tags, fields = person(asks, "eve@example.com")
     assert "trialist" in tags and fields["plan"] == "trial" and fields["seats"] == 3
@@ -141,7 +141,8 @@ def test_an_outside_event_is_the_yes_of_the_step_waiting_for_it(
     again = api.post("/events", json=body, headers=AUTH)
     assert again.status_code == 200 and again.json()["duplicate"] is True
     events = rows(asks.services.store, EVENTS, kind=EventKind.event.value)
-    assert [(e.external_id, e.outcome) for e in events] == [("app-123", "advanced")]
+    # The app's id, kept per person and event name.
+    assert [(e.external_id, e.outcome) for e in events] == [("trial_started:app-123", "advanced")]
     asks.tick()
     assert subjects(asks, "eve@example.com")[-1] == "Offer for you"
     [trial] = rows(asks.services.store, MESSAGES, step_id="trial")
@@ -154,7 +155,7 @@ def test_an_event_nobody_waits_for_is_recorded_and_an_unknown_person_is_a_404(
     survey(asks, "ned@example.com")
     body = {"email": "ned@example.com", "event": "trial_started"}
     r = api.post("/events", json=body, headers=AUTH)
-    assert r.json() == {"converted": [], "advanced": [], "duplicate": False}
+    assert r.json() == {"converted": [], "advanced": [], "duplicate": False, "known": True}
     assert asks.state("ned@example.com", "asks").step_id == "survey"
     [event] = rows(asks.services.store, EVENTS, kind=EventKind.event.value)
     assert event.outcome == "recorded" and event.detail["event"] == "trial_started"
