@@ -12,12 +12,21 @@ of people's plans, printed with the seed to replay it (``pytest --hypothesis-see
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
-from support.journeys import Journey, Scenario, reset, scenarios
+from support.journeys import Journey, Scenario, Web, reset, scenarios
 
 EXAMPLES = int(os.environ.get("JOURNEY_EXAMPLES", "100"))
+
+
+@pytest.fixture
+def web() -> Iterator[Web]:
+    served = Web()
+    yield served
+    served.close()
 
 
 @settings(
@@ -32,11 +41,11 @@ EXAMPLES = int(os.environ.get("JOURNEY_EXAMPLES", "100"))
 )
 @given(scenario=scenarios())
 def test_generated_journeys_keep_the_promise(
-    database_url: str, tmp_path: Path, scenario: Scenario
+    database_url: str, tmp_path: Path, web: Web, scenario: Scenario
 ) -> None:
     folder = reset(database_url, tmp_path)
     note(scenario.describe())
-    journey = Journey(scenario, database_url, folder)
+    journey = Journey(scenario, database_url, folder, web)
     try:
         journey.run()
         note("sent: " + ", ".join(f"{s.email} {s.step_id}/{s.kind}" for s in journey.sent))

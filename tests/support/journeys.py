@@ -23,7 +23,7 @@ import itertools
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,9 @@ class Sent:
     visit: int
     kind: str
     enrollment_id: int
+    html: str = ""  # parsed once: the tracked links a person and a scanner follow
+    subject: str = ""
+    header_id: str = ""  # its Message-ID header
 
 
 @dataclass(order=True)
@@ -308,10 +311,40 @@ class _Action:
     what: Callable[[], None] = field(compare=False)
 
 
+class Web:
+    """The real app under uvicorn on loopback, kept across scenarios (starting and stopping
+    uvicorn is a good part of a scenario's time): each scenario, and each restart within one,
+    puts its own services in the app's state."""
+
+    def __init__(self) -> None:
+        self.served: ServedApp | None = None
+        self.app: Any = None
+        self.base = ""
+        self.http: httpx.Client | None = None
+
+    def serve(self, services: Services) -> httpx.Client:
+        if self.served is None:
+            from nurture.web.app import create_app
+
+            self.app = create_app(services)
+            self.served = ServedApp(self.app)
+            self.base = self.served.__enter__()
+            self.http = httpx.Client(base_url=self.base, follow_redirects=False, timeout=30)
+        self.app.state.services = services
+        assert self.http is not None
+        return self.http
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.served is not None:
+            self.served.__exit__(None, None, None)
+
+
 class Journey:
     """One scenario through the real services of one database."""
 
-    def __init__(self, scenario: Scenario, database_url: str, workdir: Path) -> None:
+    def __init__(self, scenario: Scenario, database_url: str, workdir: Path, web: Web) -> None:
         self.scenario = scenario
         self.database_url = database_url
         self.workdir = workdir
@@ -328,9 +361,9 @@ class Journey:
         self.doubts: dict[str, int] = {}  # clicks in doubt (judged after the window) by person
         self._write_files(edited=False)
         self.services = self._build()
-        self.app = ServedApp(self._asgi())
-        self.base = self.app.__enter__()
-        self.http = httpx.Client(base_url=self.base, follow_redirects=False, timeout=30)
+        self.web = web
+        self.http = web.serve(self.services)
+        self.base = web.base
 
     # -- setting up -----------------------------------------------------------------------
 
@@ -354,11 +387,6 @@ class Journey:
         )
         return build_services(settings, clock=self.clock)
 
-    def _asgi(self) -> Any:
-        from nurture.web.app import create_app
-
-        return create_app(self.services)
-
     @property
     def sequence(self) -> Sequence:
         found = self.services.catalog.get("gen")
@@ -366,8 +394,6 @@ class Journey:
         return found
 
     def close(self) -> None:
-        self.http.close()
-        self.app.__exit__(None, None, None)
         self.services.store.dispose()
         self.server.stop()
 
@@ -437,7 +463,8 @@ class Journey:
     def _arrived(self) -> None:
         with self.handler.lock:
             fresh = self.handler.caught[len(self.sent) :]
-        ids = [int(str(c.message["Message-ID"]).strip("<>").split(".")[0]) for c in fresh]
+        parsed = [c.message for c in fresh]
+        ids = [int(str(m["Message-ID"]).strip("<>").split(".")[0]) for m in parsed]
         m = MESSAGES.c
         with self.services.store.database.connect() as conn:
             found = {
@@ -446,11 +473,13 @@ class Journey:
                     select(m.id, m.step_id, m.visit, m.kind, m.enrollment_id).where(m.id.in_(ids))
                 )
             }
-        for caught, message_id in zip(fresh, ids, strict=True):
+        for caught, message, message_id in zip(fresh, parsed, ids, strict=True):
             row = found[message_id]
+            html = message.get_body(preferencelist=("html",))
             sent = Sent(
                 self.clock.now(), caught, message_id, caught.recipient, row.step_id, row.visit,
-                row.kind, row.enrollment_id,
+                row.kind, row.enrollment_id, html.get_content() if html else "",
+                str(message["Subject"]), str(message["Message-ID"]),
             )  # fmt: skip
             self.sent.append(sent)
             self._respond(sent)
@@ -481,7 +510,7 @@ class Journey:
         step = self.sequence.step(sent.step_id)
         by = _kind_of_yes(step)
         if by is YesBy.click:
-            links = visible_links(sent.caught.part("html"))
+            links = visible_links(sent.html)
             if step.answers:
                 choice = self._plan(sent.email).answers.get(step.id) or step.answers[0].id
                 link = links[[a.id for a in step.answers].index(choice)]
@@ -538,7 +567,7 @@ class Journey:
     def _walk(self, sent: Sent) -> None:
         """A mail scanner: every link of the email (the honeypot too), and the confirmation
         page's form, from its own network, with no browser headers."""
-        html = sent.caught.part("html")
+        html = sent.html
         for url in [u for u, _ in _all_links(html)]:
             path = "/" + url.split("/", 3)[3]
             headers = {**SCANNER, "X-Forwarded-For": SCANNER_IP}
@@ -546,13 +575,13 @@ class Journey:
             self.http.post(path, data={"confirm": "yes"}, headers=headers)
 
     def _about(self, sent: Sent) -> None:
-        links = visible_links(sent.caught.part("html"))
+        links = visible_links(sent.html)
         self._click(links[-1], BROWSER, ip=_person_ip(sent.email))
 
     def _auto_reply(self, sent: Sent) -> None:
         text = "I am out of the office with limited access to email."
         raw = reply(sent.caught, text, Auto_Submitted="auto-replied",
-                    Subject="Automatic reply: " + sent.caught.subject)  # fmt: skip
+                    Subject="Automatic reply: " + sent.subject)  # fmt: skip
         self.services.inbox.receive(raw, now=self.clock.now(), source=InboundSource.webhook)
 
     def _subscribe(self, plan: Plan) -> None:
@@ -577,14 +606,10 @@ class Journey:
 
     def _restart(self) -> None:
         """The daemon stops and starts again on an edited file: nothing in memory is kept."""
-        self.http.close()
-        self.app.__exit__(None, None, None)
         self.services.store.dispose()
         self._write_files(edited=True)
         self.services = self._build()
-        self.app = ServedApp(self._asgi())
-        self.base = self.app.__enter__()
-        self.http = httpx.Client(base_url=self.base, follow_redirects=False, timeout=30)
+        self.http = self.web.serve(self.services)
         self.restarted = self.clock.now()
 
     # -- what must hold -------------------------------------------------------------------
@@ -606,7 +631,7 @@ class Journey:
             self._as_simulated(plan)
 
     def _no_email_twice(self) -> None:
-        ids = [str(s.caught.message["Message-ID"]) for s in self.sent]
+        ids = [s.header_id for s in self.sent]
         assert len(ids) == len(set(ids)), "an email was sent twice"
         keys = [(s.enrollment_id, s.visit, s.kind) for s in self.sent]
         assert len(keys) == len(set(keys)), "a step visit's email was sent twice"
@@ -673,8 +698,8 @@ class Journey:
             return
         for s in self.sent:
             if s.kind == "step" and s.step_id != "confirm":
-                edited = s.caught.subject.endswith("(v2)")
-                assert edited == (s.at >= self.restarted), (s.caught.subject, s.at)
+                edited = s.subject.endswith("(v2)")
+                assert edited == (s.at >= self.restarted), (s.subject, s.at)
 
     def _as_simulated(self, plan: Plan) -> None:
         """The path each person took is the one ``nurture simulate`` predicts for the same
@@ -769,4 +794,4 @@ def reset(database_url: str, workdir: Path) -> Path:
     return folder
 
 
-__all__ = ["Journey", "Plan", "Scenario", "reset", "scenarios", "sequences", "replace"]
+__all__ = ["Journey", "Plan", "Scenario", "Web", "reset", "scenarios", "sequences"]
