@@ -28,10 +28,11 @@ from datetime import datetime, timedelta
 
 from nurture.clock import Clock
 from nurture.composer import Composed, Composer, NotLoaded
+from nurture.db.enrollments import FRESH
 from nurture.db.messages import OutgoingRow
-from nurture.db.store import Store
+from nurture.db.store import Store, Tx
 from nurture.handover import Handover
-from nurture.journey import ORPHAN_RETRY, Journey
+from nurture.journey import ORPHAN_RETRY, YES_PENDING_MARGIN, Journey
 from nurture.ledger import GroupCommit, Outcome, SendLedger, Step, why_not_send
 from nurture.mail.render import Renderer
 from nurture.mail.send import NotStarted, Transport
@@ -94,6 +95,7 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.unsettled = False  # a failed batch left messages this worker must settle
         self._per_email: float | None = None  # seconds an email takes (slice_size)
+        self._last_plan: datetime | None = None  # when due work was last claimed
 
     def with_transport(self, transport: Transport, *, worker: str) -> Dispatcher:
         """Another worker on the same parts, sending through ``transport`` (a second worker
@@ -124,8 +126,11 @@ class Dispatcher:
         """Decide for up to one batch (``limit``, else the batch size) of due enrollments. The
         messages decided on are recorded and claimed in the same transaction; returns how
         many enrollments were claimed and those messages, ready to render and send."""
+        # What fell due since the last claim is fresh, however long the slice between took.
+        since = now - FRESH if self._last_plan is None else min(self._last_plan, now - FRESH)
+        self._last_plan = now
         with self._timed("plan"), self.store.transaction() as tx:
-            due = tx.enrollments.claim_due(now, limit or self.policy.batch_size)
+            due = tx.enrollments.claim_due(now, limit or self.policy.batch_size, fresh_since=since)
             made = self.journey.plan(tx, due, now=now, worker=self.worker)
         outgoing = [
             OutgoingRow(
@@ -166,8 +171,26 @@ class Dispatcher:
                     unwanted.setdefault(why, []).append(row.outgoing.id)
             for why, ids in unwanted.items():
                 tx.outbox.cancel(ids, why=why)
+            wanted = self._hold_for_pending_yes(tx, wanted, now)
             tx.outbox.lease([o.id for o in wanted], worker=self.worker, now=now)
         return wanted
+
+    @staticmethod
+    def _hold_for_pending_yes(tx: Tx, rows: list[OutgoingRow], now: datetime) -> list[OutgoingRow]:
+        """A reminder queued (for its send window, the cap, pacing, a retry) whose step has a
+        click on its ask waiting to be judged waits until just after the judgement, as the
+        planner holds the enrollment: a yes counts as of its click."""
+        reminders = [o for o in rows if not o.kind.is_step]
+        if not reminders:
+            return rows
+        pending = tx.events.pending_yeses(sorted({o.enrollment_id for o in reminders}))
+        held = []
+        for o in reminders:
+            judged = pending.get((o.enrollment_id, o.step_id, o.visit))
+            if judged is not None:
+                tx.outbox.hold([o.id], until=max(judged, now) + YES_PENDING_MARGIN)
+                held.append(o.id)
+        return [o for o in rows if o.id not in held]
 
     def _render(self, rows: Sequence[OutgoingRow]) -> list[Composed]:
         """Render claimed messages outside any transaction, then store their subjects and
@@ -368,7 +391,9 @@ class Dispatcher:
         the sender claims what fell due meanwhile, so a person who just said yes waits for
         one slice, not for a bulk send to drain."""
         if self._per_email is None or self._per_email <= 0:
-            return self.policy.batch_size
+            # Not measured yet: a small first slice, so that a slow relay cannot make the
+            # first one last long.
+            return min(MIN_SLICE, self.policy.batch_size)
         fits = int(SLICE_SECONDS / self._per_email)
         return max(MIN_SLICE, min(self.policy.batch_size, fits))
 

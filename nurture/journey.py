@@ -36,7 +36,7 @@ from nurture.vocabulary import (
     YesBy,
 )
 
-__all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY"]
+__all__ = ["Journey", "Planned", "Delivery", "ORPHAN_RETRY", "YES_PENDING_MARGIN"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ class Journey:
             judged_at = pending.get((row.id, row.state.step_id, row.state.visit))
             if judged_at is not None and row.state.phase is Phase.wait:
                 until = max(judged_at, now) + YES_PENDING_MARGIN
-                decisions.append((row, engine.postpone(row.state, until=until, outcome="held")))
+                decisions.append(
+                    (row, engine.postpone(row.state, until=until, outcome="held:yes_pending"))
+                )
                 continue
             found = self.catalog.locate(row.sequence_id, row.state.step_id)
             if found is None:

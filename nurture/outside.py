@@ -132,7 +132,9 @@ def _idempotency_key(name: str, external_id: object) -> str | None:
     given = str(external_id).strip()
     if not given:
         return None
-    key = f"{name}:{given}"
+    # "/" cannot be in an event name (letters, digits, _ . : -): "order:paid" with id 42
+    # and "order" with id "paid:42" are two keys.
+    key = f"{name}/{given}"
     if len(key) > 200:
-        key = f"{name}:sha256:{hashlib.sha256(given.encode()).hexdigest()}"
+        key = f"{name}/sha256:{hashlib.sha256(given.encode()).hexdigest()}"
     return key

@@ -61,7 +61,10 @@ class Ticker:
         await self.tick()
 
     def _start_judging(self) -> None:
-        if self._judging.locked():
+        task = self._judge_task
+        if self._judging.locked() or (task is not None and not task.done()):
+            # A run is under way or about to start (it takes the lock when it does): it, or
+            # its next round, judges what this call would.
             self._judge_again = True
             return
         self._judge_task = asyncio.ensure_future(self.judge())
@@ -153,19 +156,24 @@ class Ticker:
         self._overrun_said, self._overruns, self._skipped = now, 0, 0
 
     async def finish(self) -> None:
-        judging = self._judge_task
-        if judging is not None and not judging.done():
-            await asyncio.wait({judging}, timeout=self.services.settings.shutdown_timeout_seconds)
+        """Wait for the judging and the sending under way, within one shutdown timeout."""
         task = self._tick_task
+        running = {t for t in (self._judge_task, task) if t is not None and not t.done()}
+        if not running:
+            return
+        await asyncio.wait(running, timeout=self.services.settings.shutdown_timeout_seconds)
+        if self._judge_task is not None and not self._judge_task.done():
+            # Its thread cannot be interrupted; its transaction ends with the process.
+            log.warning(
+                "clicks were still being judged at shutdown", extra={"action": "judge_left"}
+            )
         if task is None or task.done():
             return
-        await asyncio.wait({task}, timeout=self.services.settings.shutdown_timeout_seconds)
-        if not task.done():
-            log.warning(
-                "the mail on the wire did not finish within %ss; leaving it to the next worker",
-                self.services.settings.shutdown_timeout_seconds,
-                extra={"action": "shutdown_timeout"},
-            )
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        log.warning(
+            "the mail on the wire did not finish within %ss; leaving it to the next worker",
+            self.services.settings.shutdown_timeout_seconds,
+            extra={"action": "shutdown_timeout"},
+        )
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,5 +1,5 @@
 """an outside event's id is the app's, per person and event name: the unique key is (person,
-"name:id"), not the id alone (two people's events with id 42 are two events)
+"name/id"), not the id alone (two people's events with id 42 are two events)
 
 Revision ID: 0009
 Revises: 0008
@@ -7,6 +7,8 @@ Create Date: 2026-12-03
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import sqlalchemy as sa
 from alembic import op
@@ -25,9 +27,17 @@ events = sa.table(
 )
 
 
+def _key(name: str, given: str) -> str:
+    # As nurture.outside._idempotency_key made it when this revision was written.
+    key = f"{name}/{given}"
+    if len(key) > 200:
+        key = f"{name}/sha256:{hashlib.sha256(given.encode()).hexdigest()}"
+    return key
+
+
 def upgrade() -> None:
     conn = op.get_bind()
-    # Keys stored before this revision are the app's id alone: they become "name:id".
+    # Keys stored before this revision are the app's id alone: they become "name/id".
     rows = conn.execute(
         sa.select(events.c.id, events.c.detail, events.c.external_id).where(
             events.c.kind == "event", events.c.external_id.is_not(None)
@@ -36,7 +46,7 @@ def upgrade() -> None:
     for event_id, detail, key in rows:
         name = str((detail or {}).get("event", ""))
         conn.execute(
-            events.update().where(events.c.id == event_id).values(external_id=f"{name}:{key}"[:200])
+            events.update().where(events.c.id == event_id).values(external_id=_key(name, key))
         )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ux_events_external_id")
@@ -57,7 +67,7 @@ def downgrade() -> None:
     seen: set[str] = set()
     for event_id, detail, key in rows:
         name = str((detail or {}).get("event", ""))
-        old = key[len(name) + 1 :] if key.startswith(f"{name}:") else key
+        old = key[len(name) + 1 :] if key.startswith(f"{name}/") else key
         # The old key was global: of the same id for several people, the first keeps it.
         conn.execute(
             events.update()

@@ -15,7 +15,7 @@ from nurture.db.models import ENROLLMENTS, SUBSCRIBERS
 from nurture.engine import EnrollmentState
 from nurture.vocabulary import EnrollmentStatus, ExitReason, Phase, SubscriberStatus
 
-__all__ = ["EnrollmentRow", "DueRow", "EnrollmentStore", "claim_due_query"]
+__all__ = ["EnrollmentRow", "DueRow", "EnrollmentStore", "claim_due_query", "FRESH"]
 
 E = ENROLLMENTS.c
 S = SUBSCRIBERS.c
@@ -244,12 +244,13 @@ class EnrollmentStore:
             ]
             self._conn.execute(_START_CLOCK, params)
 
-    def claim_due(self, now: datetime, limit: int) -> list[DueRow]:
-        """Up to ``limit`` due enrollments: what fell due within ``FRESH`` first (at most
-        half of them, newest first), then the oldest."""
-        fresh = list(
-            self._conn.execute(claim_due_query(now, max(1, limit // 2), since=now - FRESH))
-        )
+    def claim_due(
+        self, now: datetime, limit: int, *, fresh_since: datetime | None = None
+    ) -> list[DueRow]:
+        """Up to ``limit`` due enrollments: what fell due since ``fresh_since`` (default: in
+        the last ``FRESH``) first, at most half of them, newest first; then the oldest."""
+        since = now - FRESH if fresh_since is None else fresh_since
+        fresh = list(self._conn.execute(claim_due_query(now, max(1, limit // 2), since=since)))
         rows = fresh
         if len(fresh) < limit:
             rest = claim_due_query(now, limit - len(fresh), skip=[r.id for r in fresh])

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from nurture.db.dialect import claim, insert_new
+from nurture.db.dialect import claim, insert_new, lock
 from nurture.db.models import EVENTS, MESSAGES
 from nurture.vocabulary import EventKind, Verdict
 
@@ -171,7 +171,9 @@ class EventStore:
     def mark_answered(self, event_id: int, *, enrollment_id: int, step_id: str) -> None:
         """The outside event ``event_id`` answered ``step_id`` of that enrollment: it answers
         no other step of it."""
-        detail = dict(self._conn.scalar(select(V.detail).where(V.id == event_id)) or {})
+        # Locked: two workers deciding two of the person's enrollments must not each write
+        # back a detail that lacks the other's answer.
+        detail = dict(self._conn.scalar(lock(select(V.detail).where(V.id == event_id))) or {})
         detail["answered"] = {**(detail.get("answered") or {}), str(enrollment_id): step_id}
         self._conn.execute(update(EVENTS).where(V.id == event_id).values(detail=detail))
 

@@ -181,7 +181,7 @@ class Event(Base):
             sqlite_where=text("verdict = 'pending'"),
         ),
         Index("ix_events_subscriber_id", "subscriber_id"),
-        # An app's own id for an outside event ("name:id"): the same id twice for the same
+        # An app's own id for an outside event ("name/id"): the same id twice for the same
         # person is one event. Scoped by person, so one app's ids never collide across people.
         Index("ux_events_subscriber_id_external_id", "subscriber_id", "external_id", unique=True),
     )

@@ -311,6 +311,12 @@ class OutboxStore:
             extra["waiting"] = waiting
         self._requeue(message_id, worker, next_attempt_at=at, last_error=error[:2000], **extra)
 
+    def hold(self, message_ids: Sequence[int], *, until: datetime) -> None:
+        """Queued messages claimed but not leased: due again at ``until``, nothing else
+        changed (a reminder held for a yes in waiting)."""
+        if message_ids:
+            self._set(message_ids, next_attempt_at=until)
+
     def defer(self, message_ids: Sequence[int], *, at: datetime, worker: str) -> None:
         """Claimed, not started: their domain's pace has no room before ``at``. Queued
         again for then, the attempt not counted."""

@@ -142,7 +142,7 @@ def test_an_outside_event_is_the_yes_of_the_step_waiting_for_it(
     assert again.status_code == 200 and again.json()["duplicate"] is True
     events = rows(asks.services.store, EVENTS, kind=EventKind.event.value)
     # The app's id, kept per person and event name.
-    assert [(e.external_id, e.outcome) for e in events] == [("trial_started:app-123", "advanced")]
+    assert [(e.external_id, e.outcome) for e in events] == [("trial_started/app-123", "advanced")]
     asks.tick()
     assert subjects(asks, "eve@example.com")[-1] == "Offer for you"
     [trial] = rows(asks.services.store, MESSAGES, step_id="trial")

@@ -181,4 +181,31 @@ def test_an_event_id_is_the_apps_own_per_person_and_event_name(promise: World) -
         "advanced": ["instalments"],
         "duplicate": False,
     }
-    assert len(rows(promise.services.store, EVENTS, kind="event")) == 3
+    # A name may hold ':' (order:paid), so the key's separator is one no name holds.
+    assert pay(promise, "ann@example.com", "order:paid", "42")["duplicate"] is False
+    assert pay(promise, "ann@example.com", "order", "paid:42")["duplicate"] is False
+    assert len(rows(promise.services.store, EVENTS, kind="event")) == 5
+
+
+def test_a_reminder_queued_for_its_window_waits_for_a_yes_in_waiting(promise: World) -> None:
+    """The reminder falls due at 05:00, outside the window, and waits in the queue for 09:00;
+    the person clicks, in doubt, five seconds before it opens. The reminder goes nowhere
+    until the click is judged, and then not at all."""
+    promise.subscribe("dee@example.com", "windowed", confirmed=True)
+    promise.tick()  # Monday 09:00
+    [mail] = promise.smtp.to("dee@example.com")
+    promise.clock.advance(hours=20)  # Tuesday 05:00: the reminder is decided, and queued
+    send_only(promise)
+    assert subjects(promise, "dee@example.com") == ["Read this"]
+    promise.clock.advance(hours=4, seconds=-5)  # 08:59:55
+    click(promise, visible_links(mail.part("html"))[0], IN_DOUBT)
+    promise.clock.advance(seconds=5)  # 09:00: the window opens, the click is not judged yet
+    send_only(promise)
+    assert subjects(promise, "dee@example.com") == ["Read this"]
+    promise.clock.advance(seconds=10)
+    judge(promise)
+    promise.clock.advance(seconds=2)
+    send_only(promise)
+    assert subjects(promise, "dee@example.com") == ["Read this", "Next"]
+    [reminder] = [m for m in rows(promise.services.store, MESSAGES) if m.kind == "reminder1"]
+    assert reminder.status == "cancelled"
