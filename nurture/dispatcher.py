@@ -427,7 +427,7 @@ class Dispatcher:
             return 0, 0
         self.ledger.paused = False  # a pause that ran out: try again (a success clears it)
         budget = max_batches * self.policy.batch_size
-        while planned + sent < budget:
+        while max(planned, sent) < budget:
             if self._halted():
                 break
             limit = self.slice_size()
