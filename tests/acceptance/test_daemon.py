@@ -32,7 +32,6 @@ def daemon(tmp_path: Path, smtp: SmtpServerThread) -> Iterator[Daemon]:
     env = e2e_env(
         tmp_path,
         NURTURE_RETRY_BASE_SECONDS="1",
-        NURTURE_SEND_LEASE_SECONDS="6",
         NURTURE_SMTP_TIMEOUT="1",
         NURTURE_SMTP_HOST="127.0.0.1",
         NURTURE_SMTP_PORT=str(smtp.port),
