@@ -394,7 +394,8 @@ class Journey:
         return found
 
     def close(self) -> None:
-        self.services.store.dispose()
+        # As the daemon stops: the click writer's thread, SMTP, then the database.
+        asyncio.run(self.services.close())
         self.server.stop()
 
     # -- the loop -------------------------------------------------------------------------
@@ -606,7 +607,7 @@ class Journey:
 
     def _restart(self) -> None:
         """The daemon stops and starts again on an edited file: nothing in memory is kept."""
-        self.services.store.dispose()
+        asyncio.run(self.services.close())
         self._write_files(edited=True)
         self.services = self._build()
         self.http = self.web.serve(self.services)
