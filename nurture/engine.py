@@ -115,9 +115,6 @@ class Yes:
     visit: int
     answer: str | None = None
     event: str | None = None
-    # When the person made it (a click is judged seconds later): one made after the step's
-    # wait was over answers nothing, though its timeout may not have been applied yet.
-    made_at: datetime | None = None
 
 
 def _enter(
@@ -293,12 +290,6 @@ def on_yes(state: EnrollmentState, sequence: Sequence, event: Yes, *, now: datet
     ):
         return Decision(state, outcome="ignored:not_current_step")
     step = sequence.step(state.step_id)
-    if (
-        event.made_at is not None
-        and state.step_sent_at is not None
-        and event.made_at >= state.step_sent_at + step.wait
-    ):
-        return Decision(state, outcome="ignored:after_the_wait")
     if not step.advance_on.accepts(event.by):
         return Decision(state, outcome=f"ignored:step_wants_{step.advance_on.value}")
     if event.by is YesBy.event and event.event not in step.events:

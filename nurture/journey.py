@@ -227,7 +227,7 @@ class Journey:
         ``made_at``: when the person made it (a click is judged seconds later), the yes's
         time in the report. Returns the outcome, for the event."""
         enrollment = self._locked(tx, message)
-        yes = engine.Yes(by, message.step_id, message.visit, answer=answer, made_at=made_at)
+        yes = engine.Yes(by, message.step_id, message.visit, answer=answer)
         return self._yes(tx, enrollment, yes, now=now, made_at=made_at)
 
     def event(

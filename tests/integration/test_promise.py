@@ -209,20 +209,3 @@ def test_a_reminder_queued_for_its_window_waits_for_a_yes_in_waiting(promise: Wo
     assert subjects(promise, "dee@example.com") == ["Read this", "Next"]
     [reminder] = [m for m in rows(promise.services.store, MESSAGES) if m.kind == "reminder1"]
     assert reminder.status == "cancelled"
-
-
-def test_a_click_made_after_the_wait_is_over_answers_nothing(promise: World) -> None:
-    """The step's wait ended at 30 s; the sender has not applied its timeout yet (a backlog)
-    when the person clicks at 31 s. The click is no yes: the softer ask follows."""
-    link = reading(promise, "eli@example.com")
-    promise.clock.advance(seconds=20)
-    promise.tick()  # the reminder
-    promise.clock.advance(seconds=11)  # 31 s: past the wait, its timeout not applied yet
-    click(promise, link, PERSON)
-    promise.clock.advance(seconds=2)
-    judge(promise)
-    assert promise.state("eli@example.com", "held").step_id == "read"
-    promise.tick()
-    assert subjects(promise, "eli@example.com") == ["Read this", "Still there?", "A softer ask"]
-    [event] = [e for e in rows(promise.services.store, EVENTS, kind="click")]
-    assert event.outcome == "ignored:after_the_wait"
