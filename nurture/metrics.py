@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -22,7 +23,13 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from nurture.services import Services
 
-__all__ = ["TICK_SECONDS", "TICK_OVERRUNS", "SMTP_CONNECT_ERRORS", "render_metrics"]
+__all__ = [
+    "TICK_SECONDS",
+    "TICK_OVERRUNS",
+    "SMTP_CONNECT_ERRORS",
+    "CLOCK_SKEW",
+    "render_metrics",
+]
 
 # Observed by the daemon's tick (nurture.daemon), in this process.
 TICK_SECONDS = Histogram(
@@ -40,6 +47,13 @@ TICK_OVERRUNS = PromCounter(
 SMTP_CONNECT_ERRORS = PromCounter(
     "nurture_smtp_connection_errors",
     "Connections to the SMTP server that failed (refused, unreachable, timed out)",
+    registry=None,
+)
+
+# Measured by the heartbeat (nurture.handover), in this process.
+CLOCK_SKEW = Gauge(
+    "nurture_clock_skew_seconds",
+    "This process's clock less the database's, at its last heartbeat (a web process: at start)",
     registry=None,
 )
 
@@ -129,5 +143,6 @@ def render_metrics(services: Services) -> tuple[bytes, str]:
     registry.register(TICK_SECONDS)
     registry.register(TICK_OVERRUNS)
     registry.register(SMTP_CONNECT_ERRORS)
+    registry.register(CLOCK_SKEW)
     registry.register(_Database(services))
     return generate_latest(registry), CONTENT_TYPE_LATEST

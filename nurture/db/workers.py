@@ -1,5 +1,5 @@
 """The workers table (each running worker and its heartbeat) and the control table (the
-deployment-wide sending pause)."""
+deployment-wide sending pause, and named values such as the secret keys' history)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
+from nurture.clock import utc
 from nurture.db.dialect import lock
 from nurture.db.models import CONTROL, WORKERS
 
@@ -21,6 +23,17 @@ C = CONTROL.c
 class WorkerStore:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+
+    def database_now(self) -> datetime:
+        """The database's time now, aware UTC: the clock heartbeats are written and judged on."""
+        if self._conn.dialect.name == "postgresql":
+            found: datetime = self._conn.execute(select(func.clock_timestamp())).scalar_one()
+            return utc(found)
+        # Text such as 2026-01-05 09:00:00.123, UTC.
+        text: str = self._conn.execute(
+            select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))
+        ).scalar_one()
+        return utc(datetime.fromisoformat(text))
 
     def register(self, worker_id: str, *, host: str, pid: int, now: datetime) -> None:
         self._conn.execute(
@@ -38,7 +51,8 @@ class WorkerStore:
         self._conn.execute(delete(WORKERS).where(W.id == worker_id))
 
     def forget_silent(self, *, since: datetime) -> list[str]:
-        """Remove the workers not heard from since ``since``; their ids."""
+        """Remove the workers not heard from since ``since`` (a time of the database's clock,
+        as the heartbeats are); their ids."""
         gone = list(self._conn.scalars(select(W.id).where(W.heartbeat_at < since)))
         if gone:
             self._conn.execute(delete(WORKERS).where(W.id.in_(gone)))
@@ -116,6 +130,21 @@ class ControlStore:
                 .values(value=pause.to_json(), updated_at=now)
             )
         return pause
+
+    def value(self, name: str) -> dict[str, Any] | None:
+        """The value stored under ``name``, held until the transaction ends."""
+        found = self._conn.execute(lock(select(C.value).where(C.name == name))).first()
+        return dict(found.value) if found and found.value else None
+
+    def put(self, name: str, value: dict[str, Any], *, now: datetime) -> None:
+        change = update(CONTROL).where(C.name == name).values(value=value, updated_at=now)
+        if self._conn.execute(change).rowcount:
+            return
+        try:
+            with self._conn.begin_nested():  # another process may insert it first
+                self._conn.execute(insert(CONTROL).values(name=name, value=value, updated_at=now))
+        except IntegrityError:
+            self._conn.execute(change)
 
     def clear_pause(self) -> bool:
         """Sending may go on; True if it was paused."""

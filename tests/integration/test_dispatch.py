@@ -298,7 +298,8 @@ def test_a_worker_that_died_mid_send_is_taken_over_once_with_the_same_message_id
 ) -> None:
     """Its heartbeat stops; within the worker timeout another worker takes its mail over, and
     sends each message once more, with the same Message-ID (a message it had handed to SMTP
-    may have arrived: the receiving side sees the same Message-ID twice at worst)."""
+    may have arrived: the receiving side sees the same Message-ID twice at worst). Silence is
+    measured on the database's clock: the dead worker's last heartbeat is set back on it."""
     world.subscribe("ned@example.com", confirmed=True)  # "read" waits a day
     dead, alive = world.new_dispatcher(), world.dispatcher
     dead.handover.register()
@@ -309,11 +310,11 @@ def test_a_worker_that_died_mid_send_is_taken_over_once_with_the_same_message_id
         with world.services.store.transaction() as tx:
             tx.outbox.hand_off([claimed[0].id], worker=dead.worker, now=world.clock.now())
     timeout = timedelta(seconds=world.services.settings.worker_timeout_seconds)
-    world.clock.advance(timeout / 2)
+    silent_for(world, dead.worker, timeout / 2)
     assert alive.handover.heartbeat(timeout=timeout) == ([], 0)  # not silent long enough yet
     world.tick()
     assert world.smtp.to("ned@example.com") == []  # it is the other worker's
-    world.clock.advance(timeout)
+    silent_for(world, dead.worker, timeout * 1.5)
     assert alive.handover.heartbeat(timeout=timeout) == ([dead.worker], 1)
     world.tick()
     [mail] = world.smtp.to("ned@example.com")
@@ -326,6 +327,13 @@ def test_a_worker_that_died_mid_send_is_taken_over_once_with_the_same_message_id
     assert len(world.smtp.to("ned@example.com")) == 1
     # A message the gone worker never started was not attempted: its attempt is taken back.
     assert messages(world) == [("read", "step", "sent", 2 if handed else 1)]
+
+
+def silent_for(world: World, worker: str, span: timedelta) -> None:
+    """``worker``'s last heartbeat was ``span`` ago, on the database's clock."""
+    with world.services.store.transaction() as tx:
+        last = tx.workers.database_now() - span
+        assert tx.workers.heartbeat(worker, now=last)
 
 
 def test_two_dispatchers_never_send_the_same_step_twice(world: World) -> None:
