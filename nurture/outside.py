@@ -15,6 +15,7 @@ from nurture.errors import SubscribeError
 from nurture.journey import Journey
 from nurture.people import TAG, clean_fields, clean_tags, normalize_email
 from nurture.sequences import Catalog
+from nurture.values import check_json, check_text
 from nurture.vocabulary import EventKind
 
 __all__ = ["EventResult", "OutsideEvents"]
@@ -76,6 +77,7 @@ class OutsideEvents:
                 'properties.set must be an object of fields, e.g. {"plan": "trial"}'
             )
         fields, tags = clean_fields(fields), clean_tags(props.get("tags"))
+        check_json("properties", props)  # kept whole in the event's detail
         key = _idempotency_key(name, external_id)
         with self.store.transaction() as tx:
             sub = tx.subscribers.by_email(address)
@@ -129,7 +131,7 @@ def _idempotency_key(name: str, external_id: object) -> str | None:
     store whole is kept as its digest."""
     if external_id is None:
         return None
-    given = str(external_id).strip()
+    given = check_text("id", str(external_id).strip())
     if not given:
         return None
     # "/" cannot be in an event name (letters, digits, _ . : -): "order:paid" with id 42

@@ -1,6 +1,7 @@
 """What a person is made of, cleaned: their address, their fields (which keep their JSON
 types) and their tags, from a form, the API, the CLI or an imported file. A bad value is a
-``SubscribeError`` that names it."""
+``SubscribeError`` that names it; text that cannot be kept (NUL, a control character, a lone
+surrogate: ``nurture.values``) is refused here, the one place every way in passes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from nurture.errors import SubscribeError
+from nurture.values import check_text
 
 __all__ = ["normalize_email", "clean_fields", "clean_tags", "TAG", "RESERVED"]
 
@@ -25,6 +27,7 @@ RESERVED = {"email", "sequence", "tags", "answers"}  # answers: kept by nurture 
 def normalize_email(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SubscribeError("an email address is required")
+    check_text("email", value.strip())
     try:
         # SMTPUTF8 addresses (non-ASCII local parts) are refused: most relays cannot deliver
         # them yet. Non-ASCII domains are kept in their ASCII (IDNA) form.
@@ -50,7 +53,7 @@ def _field_value(key: str, value: Any) -> Any:
     text = str(value).strip()
     if len(text) > MAX_FIELD_LENGTH:
         raise SubscribeError(f"field {key!r} is longer than {MAX_FIELD_LENGTH} characters")
-    return text
+    return check_text(f"field {key!r}", text)
 
 
 def clean_fields(raw: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def clean_fields(raw: dict[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key in RESERVED:
             continue
-        if not _FIELD_NAME.match(key):
+        if not isinstance(key, str) or not _FIELD_NAME.fullmatch(key):
             raise SubscribeError(f"field name {key!r} must be letters, digits and '_' (at most 64)")
         if value is None:
             continue

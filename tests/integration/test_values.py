@@ -1,0 +1,83 @@
+"""Values that cannot hurt (issue 20, finding 2): a NUL, a control character or a lone
+surrogate in a person's field is refused where it comes in (the form, the API, an import), and
+one already stored, or one row a database refuses, fails its own email and no other of the
+batch; a CSV in UTF-16 or Latin-1 is read, or refused with one clear line. On SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from support.db import EVENTS, SUBSCRIBERS, rows
+from support.world import World
+
+TOKEN = {"authorization": "Bearer test-api-token"}
+
+# One of each kind a single-line field refuses: NUL, ESC (a terminal's commands), a tab and a
+# newline (a name is one line), DEL, a C1 control (CSI), and, through JSON, a lone surrogate.
+POISON = ["\x00", "\x1b[2J", "\t", "\n", "\x7f", "\x9b"]
+
+
+def post_json(http: httpx.Client, url: str, body: dict[str, Any]) -> httpx.Response:
+    """JSON as a client's library sends it: characters outside ASCII escaped, so that a lone
+    surrogate arrives as its escape, as JavaScript's JSON.stringify writes it."""
+    headers = {**TOKEN, "content-type": "application/json"}
+    return http.post(url, content=json.dumps(body), headers=headers)
+
+
+def people(world: World) -> list[str]:
+    return [r.email for r in rows(world.services.store, SUBSCRIBERS)]
+
+
+@pytest.mark.parametrize("poison", POISON, ids=repr)
+def test_the_form_refuses_a_name_with_a_control_character(
+    world: World, http: httpx.Client, poison: str
+) -> None:
+    body = {"email": "ann@example.com", "sequence": "journey", "first_name": f"An{poison}n"}
+    r = http.post("/subscribe", data=body)
+    assert r.status_code == 422, r.text
+    assert "first_name" in r.text and "one line of text" in r.text
+    assert people(world) == []
+    # The same person with a clean name is subscribed: nothing else was wrong.
+    r = http.post("/subscribe", data={**body, "first_name": "Ann"})
+    assert r.is_success and people(world) == ["ann@example.com"]
+
+
+@pytest.mark.parametrize("poison", [*POISON, "\ud800"], ids=repr)
+def test_the_api_refuses_a_field_with_a_control_character_or_a_lone_surrogate(
+    world: World, http: httpx.Client, poison: str
+) -> None:
+    body = {"email": "bo@example.com", "sequence": "journey", "first_name": f"B{poison}o"}
+    r = post_json(http, "/subscribe", body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error.startswith("field 'first_name' holds ") and f"U+{ord(poison[0]):04X}" in error
+    assert people(world) == []
+
+
+def test_the_api_refuses_a_control_character_in_the_address_and_in_an_event(
+    world: World, http: httpx.Client
+) -> None:
+    r = http.post(
+        "/subscribe", json={"email": "bo\x00@example.com", "sequence": "journey"}, headers=TOKEN
+    )
+    assert r.status_code == 422 and r.json()["error"].startswith("email holds NUL (U+0000)")
+    world.subscribe("cy@example.com", confirmed=True)
+    base = {"email": "cy@example.com", "event": "trial_started"}
+    for body, named in [
+        ({**base, "properties": {"set": {"plan": "pro\x1b"}}}, "field 'plan'"),
+        ({**base, "properties": {"note": ["ok", "a\x00b"]}}, "properties.note"),
+        ({**base, "properties": {"n\ud800": 1}}, "properties"),
+        ({**base, "id": "42\x00"}, "id"),
+    ]:
+        r = post_json(http, "/events", body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"].startswith(f"{named} holds "), r.json()
+    assert [e.kind for e in rows(world.services.store, EVENTS) if e.kind == "event"] == []
+    # A multi-line property (a note) is text, not a name: tabs and newlines are kept.
+    note = {"note": "line one\n\tline two"}
+    r = http.post("/events", json={**base, "properties": note}, headers=TOKEN)
+    assert r.status_code == 200, r.text
