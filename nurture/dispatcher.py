@@ -40,6 +40,7 @@ from nurture.pacing import Pacer
 from nurture.sendpolicy import DispatchPolicy
 from nurture.sequences import Catalog
 from nurture.tokens import Signer
+from nurture.values import unsafe
 from nurture.vocabulary import Link
 
 __all__ = ["Dispatcher", "DispatchPolicy", "SLICE_SECONDS", "MIN_SLICE"]
@@ -237,11 +238,35 @@ class Dispatcher:
                 )
                 failed.append((row.id, error))
                 continue
+            why = unsafe(subject, single_line=False)
+            if why is not None:
+                # A field stored before nurture refused such values (or by hand): the header
+                # would carry it to the relay, and PostgreSQL cannot store a NUL. (A tab is
+                # the header's own whitespace; the email package refuses a line break.)
+                error = f"cannot render: the subject {why}"
+                log.error(
+                    "message %s: %s",
+                    row.id,
+                    error,
+                    extra={"action": "render_failed", "message_id": row.id},
+                )
+                failed.append((row.id, error))
+                continue
             ready.append(out)
             rendered.append((out.id, subject, links))
         if rendered or failed or postponed:
             with self.store.transaction() as tx:
-                still = tx.outbox.set_rendered(rendered)
+                still, refused = tx.outbox.set_rendered(rendered)
+                for message_id, reason in refused.items():
+                    # A row the database would not store fails alone, as a render does.
+                    error = f"cannot store the rendered email: {reason}"
+                    log.error(
+                        "message %s: %s",
+                        message_id,
+                        error,
+                        extra={"action": "render_store_failed", "message_id": message_id},
+                    )
+                    failed.append((message_id, error))
                 for message_id, error in failed:
                     self.ledger.fail(tx, message_id, error, now=now)
                 for message_id, error in postponed:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DataError, IntegrityError
 
 from nurture.db.dialect import claim
 from nurture.db.messages import (
@@ -37,6 +38,17 @@ __all__ = ["OutboxStore", "claim_outgoing_query"]
 
 M = MESSAGES.c
 OPEN = [s.value for s in MessageStatus.open()]
+# What the database says about one row's values (a NUL PostgreSQL cannot store, a constraint):
+# that row's fault, not the batch's. A lost connection is neither: the batch fails as a whole.
+_ROW_ERRORS = (DataError, IntegrityError)
+
+
+def _storable(error: str) -> str:
+    """An error text as it can be kept on either database: NUL and lone surrogates (from a
+    person's field quoted in an exception, a relay's answer) written out, at most 2,000
+    characters."""
+    text = error.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
 
 
 _MESSAGE_COLUMNS = (
@@ -237,7 +249,7 @@ class OutboxStore:
             self._conn.execute(update(MESSAGES).where(M.id.in_(message_ids)).values(values))
 
     def cancel(self, message_ids: Sequence[int], *, why: str) -> None:
-        self._set(message_ids, status=MessageStatus.cancelled.value, last_error=why)
+        self._set(message_ids, status=MessageStatus.cancelled.value, last_error=_storable(why))
 
     def cancel_open(
         self, *, why: str, subscriber_id: int | None = None, enrollment_id: int | None = None
@@ -260,19 +272,33 @@ class OutboxStore:
         params = {"ids": list(message_ids), "worker": worker, "now": now}
         return set(self._conn.scalars(_HAND_OFF, params))
 
-    def set_rendered(self, rendered: Sequence[tuple[int, str, Sequence[Link]]]) -> set[int]:
+    def set_rendered(
+        self, rendered: Sequence[tuple[int, str, Sequence[Link]]]
+    ) -> tuple[set[int], dict[int, str]]:
         """Keep each message's subject and links (the only URLs /c/ will ever redirect to).
-        Returns the ids still claimed for sending: the others were cancelled meanwhile."""
+        Returns the ids still claimed for sending (the others were cancelled meanwhile), and
+        those whose row the database refused, with why: one statement for the batch, and row
+        by row if it fails, so that one value the database cannot hold (a NUL on
+        PostgreSQL) fails its own message, never the batch."""
         if not rendered:
-            return set()
-        self._conn.execute(
-            _SET_RENDERED,
-            [{"_id": i, "subject": s, "links": links_to_json(x)} for i, s, x in rendered],
-        )
+            return set(), {}
+        params = [{"_id": i, "subject": s, "links": links_to_json(x)} for i, s, x in rendered]
+        refused: dict[int, str] = {}
+        try:
+            with self._conn.begin_nested():
+                self._conn.execute(_SET_RENDERED, params)
+        except _ROW_ERRORS:
+            for (message_id, _, _), one in zip(rendered, params, strict=True):
+                try:
+                    with self._conn.begin_nested():
+                        self._conn.execute(_SET_RENDERED, one)
+                except _ROW_ERRORS as exc:
+                    refused[message_id] = str(exc.orig or exc).strip().splitlines()[0]
         q = select(M.id).where(
-            M.id.in_([i for i, _, _ in rendered]), M.status == MessageStatus.sending.value
+            M.id.in_([i for i, _, _ in rendered if i not in refused]),
+            M.status == MessageStatus.sending.value,
         )
-        return set(self._conn.scalars(q))
+        return set(self._conn.scalars(q)), refused
 
     def mark_sent(self, message_ids: Sequence[int], *, worker: str, now: datetime) -> None:
         """Messages the relay accepted; only those still 'sending' for ``worker`` (a
@@ -309,7 +335,7 @@ class OutboxStore:
         extra: dict[str, Any] = {"attempts": M.attempts - 1} if uncount else {}
         if waiting is not None:
             extra["waiting"] = waiting
-        self._requeue(message_id, worker, next_attempt_at=at, last_error=error[:2000], **extra)
+        self._requeue(message_id, worker, next_attempt_at=at, last_error=_storable(error), **extra)
 
     def hold(self, message_ids: Sequence[int], *, until: datetime) -> None:
         """Queued messages claimed but not leased: due again at ``until``, nothing else
@@ -331,7 +357,7 @@ class OutboxStore:
             message_id,
             worker,
             next_attempt_at=at,
-            last_error=error[:2000],
+            last_error=_storable(error),
             unknown_outcomes=M.unknown_outcomes + 1,
         )
 
@@ -416,7 +442,7 @@ class OutboxStore:
                 M.claimed_by == worker,
             )
             .values(
-                status=MessageStatus.failed.value, next_attempt_at=None, last_error=error[:2000]
+                status=MessageStatus.failed.value, next_attempt_at=None, last_error=_storable(error)
             )
         )
         return self.get(message_id) if done.rowcount else None

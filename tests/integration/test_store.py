@@ -251,8 +251,8 @@ def test_messages_are_recorded_claimed_handed_off_and_finished(store: Store) -> 
         assert tx.outbox.hand_off(ids, worker="w2", now=T0 + M) == set()  # not w2's
         assert tx.outbox.hand_off(ids, worker="w1", now=T0 + M) == set(ids)
         links = [Link("https://a.example/", True), Link("https://n.test/hp", False, honeypot=True)]
-        still = tx.outbox.set_rendered([(ids[0], "Hi", links), (ids[1], "Again", [])])
-        assert still == set(ids)
+        still, refused = tx.outbox.set_rendered([(ids[0], "Hi", links), (ids[1], "Again", [])])
+        assert (still, refused) == (set(ids), {})
         tx.outbox.mark_sent([ids[0]], worker="w2", now=T0 + 6 * M)  # not w2's
         tx.outbox.mark_sent([ids[0]], worker="w1", now=T0 + 7 * M)
         tx.outbox.mark_sent([ids[0]], worker="w1", now=T0 + 8 * M)  # once: the first time stands

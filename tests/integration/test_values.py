@@ -11,8 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from support.db import EVENTS, SUBSCRIBERS, rows
+from sqlalchemy import text, update
+from support.db import EVENTS, MESSAGES, SUBSCRIBERS, rows
 from support.world import World
+
+from nurture.vocabulary import EnrollmentStatus, ExitReason
 
 TOKEN = {"authorization": "Bearer test-api-token"}
 
@@ -81,3 +84,84 @@ def test_the_api_refuses_a_control_character_in_the_address_and_in_an_event(
     note = {"note": "line one\n\tline two"}
     r = http.post("/events", json={**base, "properties": note}, headers=TOKEN)
     assert r.status_code == 200, r.text
+
+
+def _poison(world: World, email: str, fields: dict[str, Any]) -> None:
+    """A value stored by an older nurture (or by hand), as it is in the database."""
+    store = world.services.store
+    with store.database.begin() as conn:
+        conn.execute(update(SUBSCRIBERS).where(SUBSCRIBERS.c.email == email).values(fields=fields))
+
+
+@pytest.mark.parametrize("poison", ["\x00", "\x1b", "\ud800"], ids=repr)
+def test_a_poisoned_name_already_stored_fails_its_own_email_and_no_other(
+    world: World, poison: str
+) -> None:
+    everyone = [f"p{i:02}@example.com" for i in range(21)]
+    for email in everyone:
+        world.subscribe(email, confirmed=True)
+    _poison(world, "p07@example.com", {"first_name": f"Zo{poison}e"})
+    world.tick()  # no traceback: the batch goes on
+    sent = {m.recipient for m in world.smtp.caught}
+    assert sent == set(everyone) - {"p07@example.com"}
+    [bad] = [
+        m
+        for m in rows(world.services.store, MESSAGES)
+        if m.subscriber_id == world.subscriber_id("p07@example.com")
+    ]
+    assert bad.status == "failed" and bad.last_error.startswith("cannot render: "), bad
+    assert f"U+{ord(poison):04X}" in bad.last_error or "surrogate" in bad.last_error
+    state = world.state("p07@example.com")
+    assert (state.status, state.exit_reason) == (EnrollmentStatus.exited, ExitReason.failed)
+    # The next ticks do not try it again.
+    world.clock.advance(hours=2)
+    world.tick()
+    assert [r.attempts for r in rows(world.services.store, MESSAGES, id=bad.id)] == [1]
+    assert "p07@example.com" not in {m.recipient for m in world.smtp.caught}
+
+
+def _refuse_subjects_with(world: World, word: str) -> None:
+    """The database refuses to store one row of a batch (here a trigger, as a constraint a
+    DBA added would): a failure of the write that nurture cannot foresee."""
+    with world.services.store.database.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_subject BEFORE UPDATE OF subject ON messages "
+                    f"WHEN NEW.subject LIKE '%{word}%' "
+                    "BEGIN SELECT RAISE(ABORT, 'subject refused by the database'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_subject() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    f"BEGIN IF NEW.subject LIKE '%{word}%' THEN RAISE EXCEPTION "
+                    "'subject refused by the database' USING ERRCODE = 'check_violation'; "
+                    "END IF; RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_subject BEFORE UPDATE OF subject ON messages "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_subject()"
+                )
+            )
+
+
+def test_a_row_the_database_refuses_fails_alone_and_the_batch_is_sent(world: World) -> None:
+    everyone = [f"q{i:02}@example.com" for i in range(21)]
+    for email in everyone:
+        name = "Refusedname" if email == "q03@example.com" else email[:3].title()
+        world.subscribe(email, confirmed=True, fields={"first_name": name})
+    _refuse_subjects_with(world, "Refusedname")
+    world.tick()
+    assert {m.recipient for m in world.smtp.caught} == set(everyone) - {"q03@example.com"}
+    [bad] = [m for m in rows(world.services.store, MESSAGES) if m.status != "sent"]
+    assert bad.subscriber_id == world.subscriber_id("q03@example.com")
+    assert bad.status == "failed" and "subject refused by the database" in bad.last_error
+    assert bad.last_error.startswith("cannot store the rendered email: ")
+    world.clock.advance(hours=2)
+    world.tick()
+    assert [r.attempts for r in rows(world.services.store, MESSAGES, id=bad.id)] == [1]
+    assert len(world.smtp.caught) == 20
