@@ -158,6 +158,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         confirmed=args.confirmed,
         tags=args.tag,
         progress=progress,
+        encoding=args.encoding,
     )
     for refused in report.refused:
         print(
@@ -377,6 +378,9 @@ def register(add: Any) -> None:
         "--confirmed", action="store_true", help="they confirmed elsewhere: no confirmation email"
     )
     sp.add_argument("--tag", action="append", default=[], help="a tag for everyone imported")
+    sp.add_argument(
+        "--encoding", help="the file's encoding when it has no byte order mark (default utf-8)"
+    )
     sp = add("remove", "take an address out of one sequence (not out of the others)", cmd_remove)
     sp.add_argument("email")
     sp.add_argument("--sequence", required=True)

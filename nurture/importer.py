@@ -6,11 +6,16 @@ fields), then enrolled in chunks, one transaction per chunk: the addresses new t
 two statements (people, then enrollments), the others one by one in a savepoint each (the
 rules of ``subscribe``), so a row is either wholly in or not at all, and a refused row (say,
 someone who unsubscribed) never undoes the others. Every refused row is reported with its
-line and reason at the end.
+line and reason at the end (a value with a control character is one: ``nurture.values``).
+
+The file is read in the encoding its byte order mark says (UTF-8, UTF-16, UTF-32), else in
+the one asked for (``--encoding``), else in UTF-8; a file that is not in it is one clear line
+naming the first bad byte and its line, and nothing is imported.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,27 +63,79 @@ class _Row:
     tags: list[str]
 
 
-def _read(path: Path, extra_tags: Sequence[str], report: ImportReport) -> list[_Row]:
+# A byte order mark says the encoding whatever --encoding says (Excel's "Unicode text" and
+# "CSV UTF-8" write one). UTF-32's marks begin with UTF-16's, so they are looked at first.
+_BOMS = [
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+]
+
+
+def _encoding(path: Path, encoding: str | None) -> str:
+    """The codec to read ``path`` with: its byte order mark's, else ``encoding``, else UTF-8."""
     try:
-        handle = path.open(encoding="utf-8-sig", newline="")
+        with path.open("rb") as raw:
+            head = raw.read(4)
+    except OSError as exc:
+        raise SubscribeError(f"{path}: cannot read the file: {exc}") from None
+    for bom, codec in _BOMS:
+        if head.startswith(bom):
+            return codec
+    try:
+        codecs.lookup(encoding or "utf-8")
+    except LookupError:
+        raise SubscribeError(
+            f"unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)"
+        ) from None
+    return encoding or "utf-8"
+
+
+def _undecodable(path: Path, codec: str, encoding: str | None) -> SubscribeError:
+    """One line on a file that is not in ``codec``: the first bad byte, its line, what to do.
+    (Read again whole, only on this path: the decoder's own position is that of its chunk.)"""
+    data = path.read_bytes()
+    try:
+        data.decode(codec)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].decode(codec, errors="replace").count("\n") + 1
+        where = f"byte 0x{data[exc.start]:02X} at line {line}"
+    else:  # the whole decodes: the reader's codec state was at fault, say no more
+        where = "a byte that cannot be read"
+    name = "UTF-8" if encoding is None else encoding
+    return SubscribeError(
+        f"{path} is not {name} ({where}); save it as UTF-8, or pass --encoding latin-1"
+    )
+
+
+def _read(
+    path: Path, extra_tags: Sequence[str], report: ImportReport, encoding: str | None
+) -> list[_Row]:
+    codec = _encoding(path, encoding)
+    try:
+        handle = path.open(encoding=codec, newline="")
     except OSError as exc:
         raise SubscribeError(f"{path}: cannot read the file: {exc}") from None
     rows: list[_Row] = []
     seen: dict[str, int] = {}
     with handle:
         reader = csv.DictReader(handle)
-        names = [(n or "").strip().lower() for n in reader.fieldnames or []]
-        if "email" not in names:
-            raise SubscribeError(f"{path}: line 1 must name the columns, one of them email")
-        reader.fieldnames = names
         try:
+            names = [(n or "").strip().lower() for n in reader.fieldnames or []]
+            if "email" not in names:
+                raise SubscribeError(f"{path}: line 1 must name the columns, one of them email")
+            reader.fieldnames = names
             for record in reader:
                 line = reader.line_num
                 report.rows += 1
                 if report.rows > MAX_ROWS:
                     raise SubscribeError(f"{path}: more than {MAX_ROWS} rows; split the file")
                 rows += _checked(record, line, extra_tags, seen, report)
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise _undecodable(path, codec, encoding) from None
+        except csv.Error as exc:
             raise SubscribeError(f"{path}: line {reader.line_num}: {exc}") from None
     return rows
 
@@ -148,13 +205,15 @@ def import_csv(
     tags: Sequence[str] = (),
     chunk: int = CHUNK,
     progress: Callable[[int, int], None] | None = None,
+    encoding: str | None = None,
 ) -> ImportReport:
     """Enroll every good row of the file in the sequence; the report says what became of
-    each row (``refused`` sorted by line)."""
+    each row (``refused`` sorted by line). The file is read in its byte order mark's
+    encoding, else in ``encoding``, else in UTF-8."""
     sequence = subscriptions.sequence(sequence_id)
     extra_tags = clean_tags(list(tags))
     report = ImportReport()
-    rows = _read(path, extra_tags, report)
+    rows = _read(path, extra_tags, report, encoding)
     done = 0
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]

@@ -6,17 +6,25 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text, update
 from support.db import EVENTS, MESSAGES, SUBSCRIBERS, rows
+from support.paths import DATA
 from support.world import World
 
 from nurture.vocabulary import EnrollmentStatus, ExitReason
 
+ASKS = DATA / "asks"
+NURTURE = Path(sys.executable).parent / "nurture"
 TOKEN = {"authorization": "Bearer test-api-token"}
 
 # One of each kind a single-line field refuses: NUL, ESC (a terminal's commands), a tab and a
@@ -165,3 +173,110 @@ def test_a_row_the_database_refuses_fails_alone_and_the_batch_is_sent(world: Wor
     world.tick()
     assert [r.attempts for r in rows(world.services.store, MESSAGES, id=bad.id)] == [1]
     assert len(world.smtp.caught) == 20
+
+
+# -- imports --------------------------------------------------------------------------------
+
+
+def run_import(database_url: str, tmp_path: Path, path: Path, *extra: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
+    env.update(
+        NURTURE_DATABASE_URL=database_url,
+        NURTURE_SEQUENCES_DIR=str(ASKS / "sequences"),
+        NURTURE_TEMPLATES_DIR=str(ASKS / "templates"),
+        NURTURE_DATA_DIR=str(tmp_path),
+    )
+    args = [str(NURTURE), "import", str(path), "--sequence", "asks", "--confirmed", *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+
+
+def imported(database_url: str) -> dict[str, Any]:
+    from sqlalchemy import create_engine, select
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            q = select(SUBSCRIBERS.c.email, SUBSCRIBERS.c.fields)
+            return {r.email: r.fields for r in conn.execute(q)}
+    finally:
+        engine.dispose()
+
+
+def test_an_import_refuses_the_rows_with_control_characters_and_imports_the_rest(
+    tmp_path: Path, database_url: str
+) -> None:
+    path = tmp_path / "list.csv"
+    path.write_text(
+        "email,first_name,city\n"
+        "ann@example.com,Ann,Lyon\n"
+        "nul@example.com,Nu\x00l,Lyon\n"  # line 3
+        'tab@example.com,"Ta\tb",Lyon\n'  # line 4
+        "esc@example.com,Ann,Ly\x1b[31mon\n"  # line 5
+        "c1@example.com,C\x85one,Lyon\n"  # line 6
+        "bo@example.com,Bo,Lyon\n",
+        encoding="utf-8",
+    )
+    r = run_import(database_url, tmp_path, path)
+    assert r.returncode == 1, r.stderr
+    assert "6 rows: 2 enrolled in asks, 0 entered it again, 0 were in it already, 4 refused" in (
+        r.stdout
+    )
+    lines = r.stderr.splitlines()
+    for line, field, code in [
+        (3, "first_name", "U+0000"),
+        (4, "first_name", "U+0009"),
+        (5, "city", "U+001B"),
+        (6, "first_name", "U+0085"),
+    ]:
+        [said] = [s for s in lines if s.startswith(f"{path}:{line}: ")]
+        assert f"field {field!r} holds " in said and code in said, said
+    assert imported(database_url) == {
+        "ann@example.com": {"first_name": "Ann", "city": "Lyon"},
+        "bo@example.com": {"first_name": "Bo", "city": "Lyon"},
+    }
+
+
+ROWS = "email,first_name,city\nzoe@example.com,Zoé,Besançon\nxi@example.com,Xīn,Zürich\n"
+WANTED = {
+    "zoe@example.com": {"first_name": "Zoé", "city": "Besançon"},
+    "xi@example.com": {"first_name": "Xīn", "city": "Zürich"},
+}
+
+
+@pytest.mark.parametrize(
+    "bom, encoding",
+    [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"), (b"", "utf-16")],
+    ids=["utf-16-le", "utf-16-be", "utf-16-python"],
+)
+def test_an_import_reads_utf16_with_its_bom(
+    tmp_path: Path, database_url: str, bom: bytes, encoding: str
+) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(bom + ROWS.replace("\n", "\r\n").encode(encoding))
+    r = run_import(database_url, tmp_path, path)
+    assert r.returncode == 0, r.stderr
+    assert "2 rows: 2 enrolled in asks" in r.stdout
+    assert imported(database_url) == WANTED
+
+
+def test_an_import_in_latin1_is_refused_with_one_line_then_read_with_encoding(
+    tmp_path: Path, database_url: str
+) -> None:
+    path = tmp_path / "file.csv"
+    latin = "email,first_name,city\nann@example.com,Ann,Lyon\nzoe@example.com,Zoé,Besançon\n"
+    path.write_bytes(latin.encode("latin-1"))
+    r = run_import(database_url, tmp_path, path)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"error: {path} is not UTF-8 (byte 0xE9 at line 3); save it as UTF-8, "
+        "or pass --encoding latin-1"
+    )
+    assert imported(database_url) == {}  # nothing half-imported
+    r = run_import(database_url, tmp_path, path, "--encoding", "latin-1")
+    assert r.returncode == 0, r.stderr
+    assert imported(database_url) == {
+        "ann@example.com": {"first_name": "Ann", "city": "Lyon"},
+        "zoe@example.com": {"first_name": "Zoé", "city": "Besançon"},
+    }
+    r = run_import(database_url, tmp_path, path, "--encoding", "klingon")
+    assert r.returncode == 1 and "unknown encoding 'klingon'" in r.stderr
