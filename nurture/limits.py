@@ -11,9 +11,15 @@ per key in fixed windows, in memory, bounded in size.
 - The open pixel past the same limit per email is not recorded at all (opens decide nothing).
 - The form (``POST /subscribe``) past ``NURTURE_SUBSCRIBE_PER_MINUTE`` (10) per client address
   answers 429 with a page that says to try again in a minute.
+- The form's sign-ups of all addresses together past ``NURTURE_SUBSCRIBE_GLOBAL_PER_MINUTE``
+  (60) are dropped: each may mail a stranger's address, and a crowd of addresses (a botnet)
+  is under every per-address limit. The form still answers as usual; the log names each.
 - The marketer's own sign-ups (``POST /subscribe`` with the API token: a landing page's
   backend posts everyone's from one address) have a budget of their own, per token:
   ``NURTURE_API_SUBSCRIBE_PER_MINUTE`` (600; 0: none), past which they answer 429 too.
+- The dashboard's password: past ``ADMIN_FAILURES_PER_MINUTE`` (5) wrong passwords from one
+  client address in a minute, that address is answered 429 (the right password included,
+  or guessing would go on at full speed) until its minute is over.
 
 Each process counts on its own (several web processes each allow the limit).
 """
@@ -25,9 +31,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-__all__ = ["Window", "AbuseLimits", "FLOOD_NOTE_EVERY"]
+__all__ = ["Window", "AbuseLimits", "FLOOD_NOTE_EVERY", "ADMIN_FAILURES_PER_MINUTE"]
 
 FLOOD_NOTE_EVERY = 100  # a flood's summary row is brought up to date every this many clicks
+ADMIN_FAILURES_PER_MINUTE = 5  # wrong dashboard passwords from one address before a 429
 
 
 class Window:
@@ -58,6 +65,15 @@ class Window:
             self._counts.popitem(last=False)
         return count + 1, start
 
+    def count(self, key: Hashable) -> tuple[int, float]:
+        """This key's hits in its current window and the seconds until that window ends,
+        without counting one (0, 0.0 when it has none)."""
+        now = self.clock()
+        start, count = self._counts.get(key, (now, 0))
+        if now - start >= self.seconds:
+            return 0, 0.0
+        return count, self.seconds - (now - start)
+
 
 @dataclass
 class AbuseLimits:
@@ -68,6 +84,8 @@ class AbuseLimits:
     seconds: float = 10.0
     subscribe_per_minute: int = 10
     api_subscribe_per_minute: int = 600  # 0: no limit
+    subscribe_global_per_minute: int = 60  # the form's sign-ups, all addresses; 0: none
+    admin_failures_per_minute: int = ADMIN_FAILURES_PER_MINUTE
     tarpit_seconds: float = 0.1  # how long each click past a limit waits for its answer
 
     def __post_init__(self) -> None:
@@ -76,6 +94,8 @@ class AbuseLimits:
         self.opens = Window(self.seconds)
         self.forms = Window(60.0)
         self.tokens = Window(60.0)
+        self.sign_ups = Window(60.0)
+        self.admin_failures = Window(60.0)
 
     def click(self, message_id: int, link: int, client: str) -> tuple[int, float] | None:
         """None for a click to record as usual; past a limit, (how many clicks past it this
@@ -100,3 +120,17 @@ class AbuseLimits:
         """Whether a sign-up posted with the API token ``token`` may go on."""
         limit = self.api_subscribe_per_minute
         return limit == 0 or self.tokens.hit(token)[0] <= limit
+
+    def subscribe_global(self) -> bool:
+        """Whether the form may take one more sign-up this minute (all addresses together)."""
+        limit = self.subscribe_global_per_minute
+        return limit == 0 or self.sign_ups.hit("form")[0] <= limit
+
+    def admin_blocked(self, client: str) -> float:
+        """Seconds until ``client`` may try the dashboard's password again (0: it may now)."""
+        failures, left = self.admin_failures.count(client)
+        return left if failures >= self.admin_failures_per_minute else 0.0
+
+    def admin_failed(self, client: str) -> int:
+        """Count one wrong password from ``client``; its failures this minute."""
+        return self.admin_failures.hit(client)[0]

@@ -3,8 +3,11 @@ daemon for the marketer and the operator.
 
 Both exist only when ``NURTURE_ADMIN_PASSWORD`` is set (HTTP Basic, any user name, the
 password compared in constant time), or, with the built-in catcher (no SMTP relay: a
-newcomer's machine), for requests from a loopback address. Anything else is a 401. Nothing
-a recipient sees links here. ``NURTURE_METRICS_PUBLIC=true`` opens ``/metrics`` alone (for a
+newcomer's machine), for requests from a loopback address. Anything else is a 401. The
+catcher's pages (``nurture.web.outbox``) follow the same rule. Wrong passwords are counted
+per client address: past a few a minute it is answered 429 until its minute is over, and
+each one is logged with the address. Nothing a recipient sees links here, and no other
+site may frame these pages. ``NURTURE_METRICS_PUBLIC=true`` opens ``/metrics`` alone (for a
 scraper on a private network).
 """
 
@@ -14,6 +17,8 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import logging
+import math
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -26,9 +31,13 @@ from nurture.report import LEGEND, build_report, pct, span
 from nurture.web.links import services
 from nurture.web.pages import page
 
-__all__ = ["routes", "allowed", "funnel_svg"]
+__all__ = ["routes", "guard", "funnel_svg", "FRAMING"]
+
+log = logging.getLogger(__name__)
 
 BAR = 28  # px per step in the funnel
+# The operator's pages are never shown inside another site's frame (clickjacking).
+FRAMING = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 # What each column of the step table counts: the report's words, with the table's headings.
 _HEADINGS = {
@@ -51,26 +60,56 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def allowed(request: Request) -> bool:
-    """Whether this request may see the dashboard (see the module's docstring)."""
-    secret = services(request).settings.admin_password
-    if secret:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            _, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return hmac.compare_digest(password.encode(), secret.encode())
-    return request.app.state.outbox is not None and _loopback(request)
+def _password(request: Request) -> str | None:
+    """The password of a Basic ``Authorization`` header; None without one (a browser's first
+    request, before its prompt: no guess), "" for one that cannot be read (a guess)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def guard(request: Request) -> Response | None:
+    """None when this request may see the operator's pages (see the module's docstring);
+    else the answer: 401, or 429 to a client address with too many wrong passwords this
+    minute (counted and logged per address; a right password is never slowed)."""
+    s = services(request)
+    secret = s.settings.admin_password
+    if not secret:
+        allowed = request.app.state.outbox is not None and _loopback(request)
+        return None if allowed else _refused()
+    client = request.client.host if request.client else ""
+    wait = s.limits.admin_blocked(client)
+    if wait > 0:
+        return PlainTextResponse(
+            "429: too many wrong passwords from your address; try again in a minute\n",
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait)), **FRAMING},
+        )
+    supplied = _password(request)
+    if supplied is None:
+        return _refused()
+    if hmac.compare_digest(supplied.encode(), secret.encode()):
+        return None
+    failures = s.limits.admin_failed(client)
+    log.warning(
+        "wrong admin password from %s (%d this minute; %d and it waits a minute)",
+        client,
+        failures,
+        s.limits.admin_failures_per_minute,
+        extra={"action": "admin_login_failed", "client": client, "failures": failures},
+    )
+    return _refused()
 
 
 def _refused() -> Response:
     return PlainTextResponse(
         "401: set NURTURE_ADMIN_PASSWORD and sign in (any user name, that password)\n",
         status_code=401,
-        headers={"WWW-Authenticate": 'Basic realm="nurture admin", charset="UTF-8"'},
+        headers={"WWW-Authenticate": 'Basic realm="nurture admin", charset="UTF-8"', **FRAMING},
     )
 
 
@@ -112,8 +151,9 @@ def funnel_svg(sequence: dict[str, Any]) -> str:
 
 
 async def dashboard(request: Request) -> Response:
-    if not allowed(request):
-        return _refused()
+    refused = guard(request)
+    if refused is not None:
+        return refused
     s = services(request)
     email = (request.query_params.get("email") or "").strip().lower()
 
@@ -147,13 +187,14 @@ async def dashboard(request: Request) -> Response:
         legend=ADMIN_LEGEND,
         **found,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, headers={"Cache-Control": "no-store", **FRAMING})
 
 
 async def metrics(request: Request) -> Response:
     s = services(request)
-    if not (s.settings.metrics_public or allowed(request)):
-        return _refused()
+    refused = None if s.settings.metrics_public else guard(request)
+    if refused is not None:
+        return refused
     from nurture.metrics import render_metrics
 
     body, content_type = await run_in_threadpool(render_metrics, s)

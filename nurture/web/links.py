@@ -24,6 +24,9 @@ PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
 NO_STORE = {"Cache-Control": "no-store"}
+# A page whose URL carries a token (the confirm button, unsubscribe): no cache keeps it, and
+# nothing it leads to (its form's redirect included) learns its URL from a Referer.
+TOKEN_PAGE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
 def services(request: Request) -> Services:
@@ -55,7 +58,7 @@ async def click(request: Request) -> Response:
         return not_found()
     if result.confirm_page:
         return HTMLResponse(
-            page("confirm.html", title="Confirm your subscription"), headers=NO_STORE
+            page("confirm.html", title="Confirm your subscription"), headers=TOKEN_PAGE
         )
     status = 303 if request.method == "POST" else 302
     return RedirectResponse(result.url, status_code=status, headers=NO_STORE)
@@ -78,7 +81,8 @@ async def unsubscribe_page(request: Request) -> Response:
         )
     except TokenError:
         return not_found()
-    return HTMLResponse(page("unsubscribe.html", title="Unsubscribe", email=address))
+    html = page("unsubscribe.html", title="Unsubscribe", email=address)
+    return HTMLResponse(html, headers=TOKEN_PAGE)
 
 
 async def unsubscribe_post(request: Request) -> Response:
@@ -98,9 +102,10 @@ async def unsubscribe_post(request: Request) -> Response:
     except TokenError:
         return not_found()
     if one_click:
-        return PlainTextResponse("unsubscribed\n")
+        return PlainTextResponse("unsubscribed\n", headers=TOKEN_PAGE)
     text = f"{address} will get no more emails from us."
-    return HTMLResponse(page("message.html", title="You are unsubscribed", text=text))
+    html = page("message.html", title="You are unsubscribed", text=text)
+    return HTMLResponse(html, headers=TOKEN_PAGE)
 
 
 async def honeypot(request: Request) -> Response:
