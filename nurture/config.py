@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     click_flood_seconds: float = Field(default=10.0, gt=0)
     subscribe_per_minute: int = Field(default=10, ge=1)
     api_subscribe_per_minute: int = Field(default=600, ge=0)
+    # The form's sign-ups of all addresses together a minute (each may mail a stranger's
+    # address); past it they are dropped, answered as usual and logged. 0: no limit.
+    subscribe_global_per_minute: int = Field(default=60, ge=0)
     click_tarpit_seconds: float = Field(default=0.1, ge=0)  # each click past a limit waits
     # A/B tests: each variant's step emails sent before a verdict (a step's pick_winner may
     # say its own min_sent).

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # A step held for a yes in waiting (a click not judged yet) is looked at again this long
 # after the click's judgement is due.
 YES_PENDING_MARGIN = timedelta(seconds=1)
+# The event outcome that marks an enrollment's visit as waiting for its own confirmation.
+CONSENT_ASKED = "consent_asked"
 
 # An enrollment or message whose sequence or step the loaded files lack (renamed or removed
 # under a running deployment) is looked at again this much later, never failed.
@@ -81,11 +83,56 @@ class Journey:
     # -- entering ------------------------------------------------------------------------
 
     def start(
-        self, tx: Tx, subscriber: SubscriberRow, sequence: Sequence, *, now: datetime
+        self,
+        tx: Tx,
+        subscriber: SubscriberRow,
+        sequence: Sequence,
+        *,
+        now: datetime,
+        ask_consent: bool = False,
     ) -> int | None:
-        """Enroll a person at the first step; None if they are in that sequence already."""
-        state = engine.start(sequence, now=now, confirmed=subscriber.confirmed)
-        return tx.enrollments.create(subscriber.id, sequence.id, state, now=now)
+        """Enroll a person at the first step; None if they are in that sequence already.
+        With ``ask_consent`` (a stranger's sign-up named someone who is known already) the
+        sequence's confirmation step is sent even to a confirmed person, who goes on only by
+        its yes (the caller makes sure the sequence has one)."""
+        confirmed = subscriber.confirmed and not ask_consent
+        state = engine.start(sequence, now=now, confirmed=confirmed)
+        enrollment_id = tx.enrollments.create(subscriber.id, sequence.id, state, now=now)
+        if enrollment_id is not None and ask_consent:
+            self._ask_consent(tx, subscriber.id, enrollment_id, sequence, state.visit, now=now)
+        return enrollment_id
+
+    @staticmethod
+    def _ask_consent(
+        tx: Tx,
+        subscriber_id: int,
+        enrollment_id: int,
+        sequence: Sequence,
+        visit: int,
+        *,
+        now: datetime,
+    ) -> None:
+        """Mark this visit of the enrollment as waiting for its own confirmation (read by
+        ``_consent_asked``; rare, so an event row rather than a column)."""
+        tx.events.add(
+            subscriber_id=subscriber_id,
+            enrollment_id=enrollment_id,
+            kind=EventKind.entered,
+            outcome=CONSENT_ASKED,
+            detail={"sequence": sequence.id, "visit": visit, "how": "form"},
+            now=now,
+        )
+
+    @staticmethod
+    def _consent_asked(tx: Tx, row: EnrollmentRow) -> bool:
+        """Whether this visit of a confirmed person's enrollment waits for its own
+        confirmation (``start(ask_consent=True)``)."""
+        return any(
+            e.enrollment_id == row.id
+            and e.outcome == CONSENT_ASKED
+            and e.detail.get("visit") == row.state.visit
+            for e in tx.events.of_subscriber(row.subscriber_id, kind=EventKind.entered)
+        )
 
     def restart(
         self, tx: Tx, enrollment: EnrollmentRow, sequence: Sequence, *, now: datetime
@@ -103,13 +150,17 @@ class Journey:
         subscriber: SubscriberRow,
         *,
         now: datetime,
+        ask_consent: bool = False,
     ) -> None:
         """A person whose enrollment finished enters the sequence again (its ``reenter:``
         allows it): from the first step, as a new visit, with nothing answered before; a
-        confirmed person skips the confirmation."""
-        fresh = engine.start(sequence, now=now, confirmed=subscriber.confirmed)
+        confirmed person skips the confirmation, unless ``ask_consent`` (as in ``start``)."""
+        confirmed = subscriber.confirmed and not ask_consent
+        fresh = engine.start(sequence, now=now, confirmed=confirmed)
         state = replace(fresh, visit=enrollment.state.visit + 1)
         tx.enrollments.save([(enrollment.id, state)], now=now)
+        if ask_consent:
+            self._ask_consent(tx, subscriber.id, enrollment.id, sequence, state.visit, now=now)
 
     # -- due work ------------------------------------------------------------------------
 
@@ -146,6 +197,8 @@ class Journey:
                 decisions.append((row, engine.postpone(row.state, until=until, outcome="orphaned")))
                 continue
             confirmed = row.subscriber_status is SubscriberStatus.confirmed
+            if confirmed and found[1].confirms and self._consent_asked(tx, row):
+                confirmed = False  # a stranger named them for this sequence: its own yes first
             admits = self._admits(item)
             reported: dict[str, list[int]] = {}
             if found[1].events and row.state.phase is Phase.send:

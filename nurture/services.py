@@ -150,6 +150,7 @@ def build_services(
         seconds=settings.click_flood_seconds,
         subscribe_per_minute=settings.subscribe_per_minute,
         api_subscribe_per_minute=settings.api_subscribe_per_minute,
+        subscribe_global_per_minute=settings.subscribe_global_per_minute,
         tarpit_seconds=settings.click_tarpit_seconds,
     )
     wakeup = Wakeup()

@@ -31,7 +31,9 @@ class SubscribeResult:
     enrollment_id: int | None
     created: bool  # False: already in that sequence, nothing changed
     status: SubscriberStatus
-    outcome: str = "enrolled"  # enrolled, reentered, already_enrolled
+    # enrolled, reentered, already_enrolled; from the form, for a person known already:
+    # consent_asked (the sequence's confirmation is sent), not_entered (it has none)
+    outcome: str = "enrolled"
     # A pending person with a confirmation email on its way (double opt-in); a pending person
     # without one is held, nothing sent, until they confirm.
     confirming: bool = False
@@ -123,12 +125,18 @@ class Subscriptions:
         """``subscribe`` inside the caller's transaction, with clean values (an import runs
         many of these in one)."""
         sub = tx.subscribers.by_email(address)
+        # A stranger's post (the public form) tags nobody (conditions read tags), changes
+        # nothing known about a person who is there, and enters such a person in a sequence
+        # only through that sequence's own confirmation (ask_consent).
+        if not trusted:
+            tags = []
+        ask_consent = not trusted and sub is not None
         if sub is not None:
             # Lock order: the person's enrollments, then the person (nurture.journey).
             tx.enrollments.of_subscriber(sub.id)
             sub = tx.subscribers.get(sub.id, lock=True)
             if not trusted:
-                extra, tags = {}, []
+                extra = {}
         if sub is None:
             status = SubscriberStatus.confirmed if confirmed else SubscriberStatus.pending
             sub = tx.subscribers.create(address, extra, status=status, now=now, tags=tags)
@@ -163,13 +171,46 @@ class Subscriptions:
             if confirmed and sub.status is SubscriberStatus.pending:
                 self.journey.confirm(tx, sub.id, now=now)
             sub = tx.subscribers.get(sub.id)
-        enrollment_id = self.journey.start(tx, sub, sequence, now=now)
+        if ask_consent and not sequence.steps[0].confirms:
+            existing = tx.enrollments.of(sub.id, sequence.id)
+            if existing is None or existing.state.status.finished:
+                log.info(
+                    "not entering %s in %s from the form: the address is known and %s has no "
+                    "confirmation step to ask them with (use the API token or the CLI)",
+                    address,
+                    sequence.id,
+                    sequence.id,
+                    extra={"action": "consent_impossible", "sequence": sequence.id},
+                )
+                return SubscribeResult(sub.id, None, False, sub.status, "not_entered")
+        enrollment_id = self.journey.start(tx, sub, sequence, now=now, ask_consent=ask_consent)
         if enrollment_id is None:
             existing = tx.enrollments.of(sub.id, sequence.id)
             assert existing is not None  # the unique key was (person, sequence)
             if existing.state.status.finished:
-                return self._reenter(tx, sub, sequence, existing, now=now)
+                return self._reenter(tx, sub, sequence, existing, now=now, ask_consent=ask_consent)
+            log.info(
+                "%s is in %s already: nothing changed",
+                address,
+                sequence.id,
+                extra={"action": "already_enrolled", "enrollment_id": existing.id},
+            )
             return SubscribeResult(sub.id, existing.id, False, sub.status, "already_enrolled")
+        if ask_consent:
+            log.info(
+                "%s, known already, was signed up for %s by the form: its confirmation is "
+                "sent, and only its yes enters them",
+                address,
+                sequence.id,
+                extra={
+                    "action": "consent_asked",
+                    "sequence": sequence.id,
+                    "enrollment_id": enrollment_id,
+                },
+            )
+            return SubscribeResult(
+                sub.id, enrollment_id, True, sub.status, "consent_asked", confirming=True
+            )
         log.info(
             "subscribed %s to %s",
             address,
@@ -201,6 +242,7 @@ class Subscriptions:
         existing: EnrollmentRow,
         *,
         now: datetime,
+        ask_consent: bool = False,
     ) -> SubscribeResult:
         refused = reentry(sequence, existing, now=now)
         if refused is not None:
@@ -212,7 +254,7 @@ class Subscriptions:
                 extra={"action": "reentry_refused", "enrollment_id": existing.id},
             )
             raise SubscribeRefused(f"{sub.email} {refused}")
-        self.journey.reenter(tx, existing, sequence, sub, now=now)
+        self.journey.reenter(tx, existing, sequence, sub, now=now, ask_consent=ask_consent)
         tx.events.add(
             subscriber_id=sub.id,
             enrollment_id=existing.id,

@@ -27,7 +27,15 @@ from nurture.sequences import TEMPLATE_NAMES, Sequence, Step
 from nurture.tokens import Signer, TokenKind
 from nurture.vocabulary import HONEYPOT_PATH, Link, MessageKind
 
-__all__ = ["make_environment", "Rendered", "Renderer", "html_to_text", "sample_problems"]
+__all__ = [
+    "make_environment",
+    "Rendered",
+    "Renderer",
+    "html_to_text",
+    "sample_problems",
+    "safe_name",
+    "confirmation_fields",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,39 @@ _A_TAG = re.compile(r"""<a(?=[\s>/])(?:[^>"']|"[^"]*"|'[^']*')*>""", re.IGNORECA
 # subscriber's first name "x href=https://evil.example") is never taken for an attribute.
 _ATTR = re.compile(r"""\s*([^\s"'>/=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?|\s*/""")
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'\)\]]+""")
+
+
+# A confirmation goes to an address anyone can type, before its owner agreed to anything:
+# of what was typed with it, it shows only a first name of a name's shape (letters, with
+# spaces, apostrophes, hyphens or dots between them, at most 40). Anything else (a URL, a
+# domain, an address, digits, a slogan's punctuation, another field) is kept for after the
+# yes, and shown as undefined here: "{{ subscriber.first_name | default('there') }}" reads
+# "there", a bare "{{ subscriber.company }}" reads "".
+CONFIRMATION_FIELDS = frozenset({"first_name"})
+MAX_NAME = 40
+_NAME = re.compile(r"[^\W\d_]+(?:[ '\u2019.-]{1,2}[^\W\d_]+)*\.?")
+_DOMAIN_LIKE = re.compile(r"[^\W\d_]\.[^\W\d_]{2,}|\bwww\b", re.IGNORECASE)
+
+
+def safe_name(value: object) -> bool:
+    """Whether ``value`` may be shown in a confirmation (see ``CONFIRMATION_FIELDS``)."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_NAME
+        and _NAME.fullmatch(value) is not None
+        and _DOMAIN_LIKE.search(value) is None
+    )
+
+
+def confirmation_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a confirmation email renders: the safe ones as they are, the others
+    undefined (lenient: they render empty, and ``default(...)`` replaces them)."""
+    return {
+        key: value
+        if key in CONFIRMATION_FIELDS and safe_name(value)
+        else jinja2.ChainableUndefined(name=key)
+        for key, value in fields.items()
+    }
 
 
 class _Links:
@@ -126,6 +167,8 @@ class Renderer:
         step = sequence.step(step_id)
         subject_src, template_name = step.email(kind, variant)
         unsubscribe_url = self.unsubscribe_url(message_id)
+        if step.confirms:
+            fields = confirmation_fields(fields)
         context = {
             "subscriber": subscriber_context(email, fields, tags),
             "unsubscribe_url": unsubscribe_url,

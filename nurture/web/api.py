@@ -21,9 +21,8 @@ from starlette.responses import (
 
 from nurture.errors import SubscribeError, SubscribeRefused
 from nurture.mail.inbound import MAX_INBOUND_BYTES
-from nurture.people import clean_tags
-from nurture.subscriptions import SubscribeResult
-from nurture.vocabulary import InboundSource, InboundStatus, SubscriberStatus
+from nurture.people import clean_tags, normalize_email
+from nurture.vocabulary import InboundSource, InboundStatus
 from nurture.web.body import BodyError, read_body, read_payload, read_payload_kind
 from nurture.web.links import services
 from nurture.web.pages import page
@@ -46,6 +45,12 @@ API_TOKEN_KEY = "api-token"
 # Unknown event names are warned about once each (the app's state remembers them), up to this
 # many: a client holding the token could send endless new names.
 WARNED_MAX = 1000
+# The form's hidden field: people never see it, machines fill it (see the form's page).
+HONEYPOT = "nurture_trap"
+NEUTRAL = (
+    "Check your inbox: if this address can be subscribed, an email with a link to confirm "
+    "is on its way."
+)
 FLAGS = {"true": True, "1": True, "yes": True, "on": True}
 FLAGS |= {"false": False, "0": False, "no": False, "off": False, "": False}
 
@@ -137,49 +142,92 @@ async def subscribe_post(request: Request) -> Response:
         data, sent_json = await read_payload_kind(request)
         as_json = as_json or sent_json
         confirmed = _confirmed(data.get("confirmed"), own=own)
-        skip = ("email", "sequence", "tags", "confirmed")
+        if not own and _dropped(request, data, client):
+            return _neutral(request, as_json)
+        skip = ("email", "sequence", "tags", "confirmed", HONEYPOT)
         fields = {k: v for k, v in data.items() if k not in skip}
         result = await run_in_threadpool(
             lambda: s.subscriptions.subscribe(
                 email=data.get("email"),
                 sequence_id=data.get("sequence"),
                 fields=fields,
-                tags=clean_tags(data.get("tags")),  # a list, or text split on ';'
+                tags=clean_tags(data.get("tags")) if own else [],  # a list, or text split on ';'
                 now=s.clock.now(),
                 confirmed=confirmed,
                 trusted=own,
             )
         )
+    except SubscribeRefused:
+        if not own:
+            return _neutral(request, as_json)  # the log and `nurture person` say why
+        return JSONResponse(
+            {"error": SubscribeRefused.public, "result": "refused"}, status_code=409
+        )
     except (SubscribeError, BodyError) as exc:
-        # A refusal says nothing about the address (the log and `nurture person` say why).
-        message = exc.public if isinstance(exc, SubscribeRefused) else str(exc)
+        # What the request itself got wrong (never what is known about the address).
         if as_json:
-            said = {"error": message}
-            if isinstance(exc, SubscribeRefused):
-                said["result"] = "refused"
-            return JSONResponse(said, status_code=exc.status)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         return _form_page(
             request,
             status=exc.status,
-            error=message,
+            error=str(exc),
             email=data.get("email"),
             first_name=data.get("first_name"),
         )
     s.wakeup.soon()  # the confirmation the person waits for goes now
-    status = 201 if result.created else 200
+    if not own:
+        return _neutral(request, as_json)
+    body = {
+        "subscriber_id": result.subscriber_id,
+        "enrollment_id": result.enrollment_id,
+        "created": result.created,
+        "result": result.outcome,
+        "status": result.status.value,
+    }
+    return JSONResponse(body, status_code=201 if result.created else 200)
+
+
+def _dropped(request: Request, data: dict[str, Any], client: str) -> bool:
+    """Whether a stranger's post is answered without being taken: its honeypot field is
+    filled (a machine), or the form's sign-ups of all addresses together are over their
+    minute's cap. Raises as ``subscribe`` would for a bad address or sequence, so that a
+    person's typo is shown whatever the cap."""
+    s = services(request)
+    if str(data.get(HONEYPOT) or "").strip():
+        log.info(
+            "form post from %s filled the hidden %s field: not taken",
+            client,
+            HONEYPOT,
+            extra={"action": "subscribe_honeypot", "client": client},
+        )
+        return True
+    address = normalize_email(data.get("email"))
+    sequence = s.subscriptions.sequence(data.get("sequence"))
+    if s.limits.subscribe_global():
+        return False
+    log.warning(
+        "form sign-up of %s to %s from %s dropped: over NURTURE_SUBSCRIBE_GLOBAL_PER_MINUTE "
+        "(%d sign-ups a minute); add them with nurture subscribe if they are real",
+        address,
+        sequence.id,
+        client,
+        s.limits.subscribe_global_per_minute,
+        extra={"action": "subscribe_capped", "sequence": sequence.id, "client": client},
+    )
+    return True
+
+
+def _neutral(request: Request, as_json: bool) -> Response:
+    """The form's one answer to a stranger, whatever is known about the address (new, there
+    already, refused, unsubscribed, dropped): a different answer would tell anyone who is on
+    the list."""
     if as_json:
-        body = {
-            "subscriber_id": result.subscriber_id,
-            "enrollment_id": result.enrollment_id,
-            "created": result.created,
-            "result": result.outcome,
-            "status": result.status.value,
-        }
-        return JSONResponse(body, status_code=status)
-    title, text = _told(result)
-    if request.app.state.outbox is not None and result.created:
-        text += " (It is in the outbox.)"
-    return HTMLResponse(page("message.html", title=title, text=text), status_code=status)
+        return JSONResponse({"result": "accepted", "message": NEUTRAL}, status_code=202)
+    text = NEUTRAL
+    if request.app.state.outbox is not None:
+        text += " (No SMTP server is configured: emails go to the outbox.)"
+    html = page("message.html", title="Thank you", text=text)
+    return HTMLResponse(html, status_code=202)
 
 
 def _too_many(as_json: bool) -> Response:
@@ -207,21 +255,6 @@ def _confirmed(value: object, *, own: bool) -> bool:
             status=403,
         )
     return True
-
-
-def _told(result: SubscribeResult) -> tuple[str, str]:
-    """What the form tells the person, true to what happened."""
-    if result.outcome == "already_enrolled":
-        return "Already subscribed", "This address is on the list already: nothing changed."
-    if result.confirming:
-        return (
-            "Almost there",
-            "Check your inbox: we are sending you an email with a link to confirm your "
-            "subscription.",
-        )
-    if result.status is SubscriberStatus.pending:
-        return "Thank you", "Nothing will be sent to this address until it is confirmed."
-    return "You are in", "You are subscribed: your first email is on its way."
 
 
 async def events(request: Request) -> Response:
@@ -298,12 +331,18 @@ async def inbound(request: Request) -> Response:
     s = services(request)
     secret = s.settings.inbound_secret
     trusted = False
-    if secret:
-        supplied = (
-            request.headers.get("x-nurture-secret")
-            or _bearer(request)
-            or request.query_params.get("secret", "")
+    if "secret" in request.query_params:
+        # A secret in the URL lands in every proxy's and provider's logs: refused, even a
+        # right one, so that it is moved to the header (and changed).
+        log.warning(
+            "POST /inbound with ?secret= refused: send NURTURE_INBOUND_SECRET in the "
+            "X-Nurture-Secret header (or Authorization: Bearer), never in the URL, and change it",
+            extra={"action": "inbound_secret_in_url"},
         )
+        error = "send the secret in the X-Nurture-Secret header, not in the URL"
+        return JSONResponse({"error": error}, status_code=401)
+    if secret:
+        supplied = request.headers.get("x-nurture-secret") or _bearer(request)
         if not _same(supplied, secret):
             return JSONResponse({"error": "a valid secret is required"}, status_code=401)
         trusted = True

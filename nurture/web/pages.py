@@ -54,6 +54,8 @@ confirm an address without its owner.)</p>
  <label>Sequence <select name="sequence">{% for s in sequences %}
   <option value="{{ s.id }}">{{ s.name }} ({{ s.id }})</option>{% endfor %}</select></label>
  <input type="hidden" name="timezone" id="timezone" value="">
+ <div style="position:absolute;left:-10000px" aria-hidden="true"><label>Leave this empty
+  <input type="text" name="nurture_trap" tabindex="-1" autocomplete="off" value=""></label></div>
  <button type="submit">Subscribe</button>
 </form>
 <script>/* the browser's time zone, for send windows in the person's own time */

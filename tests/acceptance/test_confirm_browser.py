@@ -80,7 +80,7 @@ def test_a_persons_confirmation_in_their_browser_moves_them_on_at_once(
             daemon.base + "/subscribe",
             json={"email": "nia@example.com", "first_name": "Nia", "sequence": "prompt"},
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         outbox = Outbox(tmp_path / "outbox")
 
         def confirmation() -> Any:

@@ -61,7 +61,7 @@ def _journey(daemon: Daemon, server: RecordingHandler, http: httpx.Client, tmp_p
             "/subscribe",
             json={"email": f"{name}@example.com", "sequence": "e2e", "first_name": name.title()},
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
 
     def mails(who: str) -> list[Caught]:
         return server.to(f"{who}@example.com")
@@ -201,7 +201,7 @@ def test_replies_from_an_imap_mailbox_across_a_restart(
                 "/subscribe",
                 json={"email": f"{who}@example.com", "sequence": "e2e", "first_name": who.title()},
             )
-            assert r.status_code == 201
+            assert r.status_code == 202
             click(arrived(who, f"Confirm, {who.title()}"))
             click(arrived(who, f"Read this, {who.title()}"))
             return arrived(who, "Tell me by reply")

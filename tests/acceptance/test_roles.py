@@ -51,7 +51,7 @@ def test_two_web_processes_and_a_worker_share_the_work(
         r = http.post(
             "/subscribe", json={"email": "wen@example.com", "sequence": "e2e", "first_name": "Wen"}
         )
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         with engine.connect() as conn:
             # The web processes are no workers: nothing registered, nothing decided yet.
             assert conn.execute(text("SELECT count(*) FROM workers")).scalar() == 0

@@ -260,25 +260,25 @@ def test_remove_ends_one_sequence_only(asks: World, api: httpx.Client) -> None:
     assert subjects(asks, "rae@example.com") == ["Where are you, Rae?"]  # nothing from ab
 
 
-def test_the_form_tells_the_truth_and_a_refusal_reveals_nothing(
-    asks: World, api: httpx.Client
-) -> None:
+def test_the_form_answers_alike_and_a_stranger_tags_nobody(asks: World, api: httpx.Client) -> None:
+    """New, there already, refused: one answer (see test_strangers), while what is stored
+    differs as before; tags from the public form are ignored (conditions read them)."""
     form = {"email": "fay@example.com", "sequence": "asks", "first_name": "Fay", "tags": "vip;beta"}
     first = api.post("/subscribe", data=form)
-    # No sequence here asks for a confirmation: the form does not claim it sent one.
-    assert first.status_code == 201 and "until it is confirmed" in first.text
-    assert "sending you" not in first.text
-    assert person(asks, "fay@example.com")[0] == ["beta", "vip"]
+    assert first.status_code == 202 and "if this address can be subscribed" in first.text
+    tags, fields = person(asks, "fay@example.com")
+    assert tags == [] and fields == {"first_name": "Fay"}
     second = api.post("/subscribe", data=form)
-    assert second.status_code == 200 and "nothing changed" in second.text
-    assert "sending you" not in second.text
+    assert (second.status_code, second.text) == (first.status_code, first.text)
     asks.services.subscriptions.unsubscribe_address("fay@example.com", now=asks.clock.now())
     refused = api.post("/subscribe", data=form)
-    assert refused.status_code == 409 and "did not subscribe this address" in refused.text
-    assert "unsubscribed" not in refused.text
+    assert (refused.status_code, refused.text) == (first.status_code, first.text)
     as_json = api.post("/subscribe", json={**form, "tags": ["x"]})
-    assert as_json.status_code == 409
-    assert as_json.json() == {"error": SubscribeRefused.public, "result": "refused"}
+    assert as_json.status_code == 202 and as_json.json()["result"] == "accepted"
+    assert person(asks, "fay@example.com")[0] == []
+    with asks.services.store.transaction() as tx:
+        fay = tx.subscribers.by_email("fay@example.com")
+        assert fay is not None and fay.status.value == "unsubscribed"
     typed = api.post(
         "/subscribe",
         json={
@@ -289,9 +289,12 @@ def test_the_form_tells_the_truth_and_a_refusal_reveals_nothing(
             "ok": True,
         },
     )
-    assert typed.status_code == 201 and typed.json()["result"] == "enrolled"
+    assert typed.status_code == 202 and typed.json()["result"] == "accepted"
     tags, fields = person(asks, "ty@example.com")
-    assert tags == ["vip"] and fields == {"score": 7, "ok": True}
+    assert tags == [] and fields == {"score": 7, "ok": True}
+    with_token = {"email": "tok@example.com", "sequence": "asks", "tags": ["vip"]}
+    assert api.post("/subscribe", json=with_token, headers=AUTH).status_code == 201
+    assert person(asks, "tok@example.com")[0] == ["vip"]
 
 
 def test_an_event_reported_before_its_step_answers_that_step(
@@ -314,9 +317,13 @@ def test_the_public_form_never_changes_what_is_known_about_an_address(
 ) -> None:
     asks.subscribe("zoe@example.com", "asks", confirmed=True, tags=["basic"])
     form = {"email": "zoe@example.com", "sequence": "ab", "tags": "pro", "plan": "gold"}
-    assert api.post("/subscribe", data=form).status_code == 201
+    assert api.post("/subscribe", data=form).status_code == 202
     tags, fields = person(asks, "zoe@example.com")
     assert tags == ["basic"] and "plan" not in fields
+    # Nor enters them in another sequence: ab has no confirmation step to ask them with.
+    zoe = asks.subscriber_id("zoe@example.com")
+    with asks.services.store.transaction() as tx:
+        assert tx.enrollments.of(zoe, "ab") is None
 
 
 def test_the_report_counts_a_journey_whose_truth_is_known(asks: World) -> None:

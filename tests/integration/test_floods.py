@@ -13,6 +13,7 @@ from support.mail import visible_links
 from support.web import BROWSER, served_client
 from support.world import MakeWorld, World
 
+from nurture.db.subscribers import SubscriberRow
 from nurture.limits import FLOOD_NOTE_EVERY
 
 
@@ -102,7 +103,9 @@ def test_the_form_answers_429_past_its_limit_per_address(world: World, http: htt
         ).status_code
         for i in range(limit + 5)
     ]
-    assert codes[:limit] == [201] * limit and codes[limit:] == [429] * 5
+    assert codes[:limit] == [202] * limit and codes[limit:] == [429] * 5
+    taken = [i for i in range(limit + 5) if person(world, f"f{i}@example.com") is not None]
+    assert taken == list(range(limit))  # past the limit nothing is stored
     refused = http.post("/subscribe", json={"email": "late@example.com", "sequence": "journey"})
     assert refused.status_code == 429 and "try again in a minute" in refused.json()["error"]
     assert refused.headers["Retry-After"] == "60"
@@ -111,6 +114,11 @@ def test_the_form_answers_429_past_its_limit_per_address(world: World, http: htt
 
 
 TOKEN = {"authorization": "Bearer test-api-token"}
+
+
+def person(world: World, email: str) -> SubscriberRow | None:
+    with world.services.store.transaction() as tx:
+        return tx.subscribers.by_email(email)
 
 
 def test_the_marketers_own_server_has_its_own_limit_not_the_forms(
@@ -123,7 +131,7 @@ def test_the_marketers_own_server_has_its_own_limit_not_the_forms(
         http.post("/subscribe", data={"email": f"a{i}@example.com", "sequence": "journey"})
         for i in range(limit)
     ]
-    assert [r.status_code for r in anonymous] == [201] * limit
+    assert [r.status_code for r in anonymous] == [202] * limit
     own = [
         http.post(
             "/subscribe",
@@ -151,4 +159,4 @@ def test_the_api_tokens_sign_ups_have_a_limit_of_their_own(make_world: MakeWorld
         assert codes == [201, 201, 201, 429, 429]
         # The form, from the same address, has its own budget still.
         form = http.post("/subscribe", data={"email": "f@example.com", "sequence": "journey"})
-        assert form.status_code == 201
+        assert form.status_code == 202 and person(world, "f@example.com") is not None

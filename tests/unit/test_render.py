@@ -327,9 +327,51 @@ def test_subject_is_one_line_and_not_html_escaped(adhoc: tuple[Path, Renderer]) 
 
 
 def test_fields_are_escaped_in_html(renderer: Renderer, journey: Sequence) -> None:
-    out = render(renderer, journey, "confirm", first_name="<b>Ada</b>")
-    assert "Hi &lt;b&gt;Ada&lt;/b&gt;, please confirm." in out.html
+    out = render(renderer, journey, "read", first_name="<b>Ada</b>")
+    assert "the post</a>, &lt;b&gt;Ada&lt;/b&gt;." in out.html
     assert "<b>" not in out.html
+
+
+SPAM = "WIN a FREE iPhone https://spam.example/claim"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [SPAM, "spam.example", "www spam", "bit.ly", "ann@spam.example", "Call 555 0100", "x" * 41],
+)
+def test_a_confirmation_shows_no_stranger_text(
+    renderer: Renderer, journey: Sequence, typed: str
+) -> None:
+    """A confirmation goes to an address anyone typed: a first name that is no name's shape
+    is not in it (the default reads instead), nor is any other field; after the yes it is."""
+    for kind in ("step", "reminder1"):
+        out = render(renderer, journey, "confirm", kind, first_name=typed, note=typed)
+        for part in (out.subject, out.html, out.text):
+            assert typed not in part and "spam" not in part.lower()
+    out = render(renderer, journey, "confirm", first_name=typed)
+    assert out.subject == "Confirm, friend" and "Hi friend, please confirm." in out.html
+    assert render(renderer, journey, "read", first_name=typed).subject == f"Read this, {typed}"
+
+
+@pytest.mark.parametrize("name", ["Ann", "María José de la Cruz", "O'Brien", "Jean-Luc", "李小龍"])
+def test_a_confirmation_shows_a_first_name_of_a_names_shape(
+    renderer: Renderer, journey: Sequence, name: str
+) -> None:
+    assert render(renderer, journey, "confirm", first_name=name).subject == f"Confirm, {name}"
+
+
+def test_a_confirmation_template_reading_another_field_renders_it_empty(
+    adhoc: tuple[Path, Renderer],
+) -> None:
+    folder, rend = adhoc
+    (folder / "t.html").write_text("<p>[{{ subscriber.company }}]</p>\n", encoding="utf-8")
+    step = Step("only", "Hi", "t.html", AdvanceOn.click, timedelta(days=1), confirms=True)
+    seq = Sequence("adhoc", "Ad hoc", "Ada <ada@acme.example>", (step,))
+    out = rend.render(
+        seq, "only", MessageKind.STEP, message_id=1, email="b@example.com",
+        fields={"company": "Spam Inc"},
+    )  # fmt: skip
+    assert "<p>[]</p>" in out.html
 
 
 @pytest.mark.parametrize(
