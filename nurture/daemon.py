@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -150,6 +151,8 @@ class Daemon:
             f", tick every {settings.tick_seconds}s" if self.worker else ", sending nothing",
             extra={"action": "daemon_started", "role": self.role},
         )
+        if outbox is not None and self.web:
+            self._warn_open_outbox()
 
     def _start_catcher(self) -> tuple[Outbox, SmtpTarget]:
         settings = self.settings
@@ -164,6 +167,23 @@ class Daemon:
             extra={"action": "catcher_started", "port": self._catcher.port},
         )
         return Outbox(settings.outbox_dir), SmtpTarget("127.0.0.1", self._catcher.port)
+
+    def _warn_open_outbox(self) -> None:
+        """The catcher's pages hold everyone's confirmation links: on an address others can
+        reach (0.0.0.0 in a container), say who may see them and how to open them."""
+        host = self.settings.http_host
+        if self.settings.admin_password:
+            return  # they ask for it from everyone
+        with contextlib.suppress(ValueError):
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return
+        log.warning(
+            "NURTURE_HTTP_HOST=%s with the built-in catcher: /outbox and /admin answer only "
+            "browsers on this machine (loopback); set NURTURE_ADMIN_PASSWORD to open them "
+            "elsewhere with it, or NURTURE_HTTP_HOST=127.0.0.1",
+            host,
+            extra={"action": "catcher_exposed", "host": host},
+        )
 
     def _schedule(self, name: str, job: object, seconds: float) -> None:
         self._scheduler.add_job(
