@@ -3,6 +3,10 @@
 A token names a message (and, for clicks, which link in it) and is signed with HMAC-SHA256
 under the secret key, with the token's kind inside the signed bytes so that an unsubscribe
 token can never be used as a click token. Tokens are short: 31 characters for a click.
+
+``NURTURE_SECRET_KEY`` may hold several keys, separated by commas: the first signs,
+every one verifies. A key is rotated by putting the new one first and keeping the old one
+after it while mail signed with it is still read (links, one-click unsubscribe, replies).
 """
 
 from __future__ import annotations
@@ -13,15 +17,23 @@ import hashlib
 import hmac
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from nurture.errors import TokenError
 
-__all__ = ["TokenKind", "Token", "Signer"]
+__all__ = ["TokenKind", "Token", "Signer", "split_keys"]
 
 _SIG_BYTES = 12
 _LAYOUT = struct.Struct(">cQH")  # kind, message id, link index
+
+
+def split_keys(value: str) -> list[str]:
+    """The keys of ``NURTURE_SECRET_KEY``: separated by commas (not spaces: a passphrase
+    keeps working), signing key first; a key repeated counts once."""
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    return list(dict.fromkeys(keys))
 
 
 class TokenKind(StrEnum):
@@ -45,16 +57,26 @@ class Token:
 
 
 class Signer:
-    """Makes and checks tokens and Message-IDs under one secret key."""
+    """Makes tokens and Message-IDs under the first secret key; checks them under every key.
 
-    def __init__(self, secret_key: str) -> None:
-        if not secret_key:
+    ``secret_key``: one key, several in one string (see ``split_keys``), or a list of keys."""
+
+    def __init__(self, secret_key: str | Sequence[str]) -> None:
+        keys = split_keys(secret_key) if isinstance(secret_key, str) else list(secret_key)
+        if not keys or not all(keys):
             raise ValueError("a secret key is required")
-        self._key = hashlib.sha256(b"nurture-tokens:" + secret_key.encode()).digest()
-        self._mac = hmac.new(self._key, digestmod=hashlib.sha256)  # keyed once, copied per use
+        self._keys = [hashlib.sha256(b"nurture-tokens:" + k.encode()).digest() for k in keys]
+        # Keyed once, copied per use.
+        self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in self._keys]
 
-    def _sig(self, payload: bytes) -> bytes:
-        mac = self._mac.copy()
+    @property
+    def fingerprints(self) -> list[str]:
+        """One short name per key, signing key first, that gives the key away no more than a
+        token does: how the database remembers which key signed its mail (nurture.keys)."""
+        return [hmac.new(k, b"fingerprint", hashlib.sha256).hexdigest()[:12] for k in self._keys]
+
+    def _sig(self, payload: bytes, mac: hmac.HMAC | None = None) -> bytes:
+        mac = (mac or self._macs[0]).copy()
         mac.update(payload)
         return mac.digest()[:_SIG_BYTES]
 
@@ -90,7 +112,7 @@ class Signer:
         if self._encode(raw, kind) != (token.lower() if kind.in_address else token):
             raise TokenError("non-canonical token")
         payload, sig = raw[: _LAYOUT.size], raw[_LAYOUT.size :]
-        if not hmac.compare_digest(sig, self._sig(payload)):
+        if not any(hmac.compare_digest(sig, self._sig(payload, mac)) for mac in self._macs):
             raise TokenError("bad signature")
         kind_byte, message_id, link = _LAYOUT.unpack(payload)
         if kind_byte != kind.value.encode():
@@ -100,8 +122,11 @@ class Signer:
     # Message-IDs derive from the message row: <id.signature@domain>. A reply's In-Reply-To
     # or References header then leads back to the row without a lookup table.
     def message_id(self, message_id: int, domain: str) -> str:
-        sig = hmac.new(self._key, b"mid:%d" % message_id, hashlib.sha256).hexdigest()[:16]
-        return f"<{message_id}.{sig}@{domain}>"
+        return f"<{message_id}.{self._mid_sig(self._keys[0], message_id)}@{domain}>"
+
+    @staticmethod
+    def _mid_sig(key: bytes, message_id: int) -> str:
+        return hmac.new(key, b"mid:%d" % message_id, hashlib.sha256).hexdigest()[:16]
 
     _MID = re.compile(r"<?(\d{1,19})\.([0-9a-f]{16})@[^>\s]+>?")
 
@@ -110,5 +135,7 @@ class Signer:
         if not match:
             return None
         number = int(match.group(1))
-        expected = hmac.new(self._key, b"mid:%d" % number, hashlib.sha256).hexdigest()[:16]
-        return number if hmac.compare_digest(expected, match.group(2)) else None
+        signed = any(
+            hmac.compare_digest(self._mid_sig(key, number), match.group(2)) for key in self._keys
+        )
+        return number if signed else None

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nurture.errors import TokenError
-from nurture.tokens import Signer, Token, TokenKind
+from nurture.tokens import Signer, Token, TokenKind, split_keys
 
 SIGNER = Signer("test-secret-key")
 B64_ALPHABET = string.ascii_letters + string.digits + "-_"
@@ -288,3 +288,37 @@ def test_foreign_message_ids_return_none(value: str) -> None:
 @given(st.text())
 def test_read_message_id_of_arbitrary_text_returns_none(text: str) -> None:
     assert SIGNER.read_message_id(text) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Several keys (issue 20): the first signs, every one verifies
+
+
+@pytest.mark.parametrize("kind", list(TokenKind))
+def test_a_rotated_key_still_verifies_what_the_old_one_signed(kind: TokenKind) -> None:
+    old, rotated, replaced = Signer("key-a"), Signer("key-b, key-a"), Signer("key-b")
+    token = old.make(kind, 42, 3)
+    assert rotated.read(token, kind) == Token(kind, 42, 3)
+    with pytest.raises(TokenError):
+        replaced.read(token, kind)
+    # New tokens are signed with the first key: the old one alone does not read them.
+    assert replaced.read(rotated.make(kind, 7), kind) == Token(kind, 7, 0)
+    with pytest.raises(TokenError):
+        old.read(rotated.make(kind, 7), kind)
+
+
+def test_a_rotated_key_still_reads_the_old_message_ids() -> None:
+    old, rotated, replaced = Signer("key-a"), Signer(["key-b", "key-a"]), Signer("key-b")
+    mid = old.message_id(42, "acme.example")
+    assert rotated.read_message_id(mid) == 42
+    assert replaced.read_message_id(mid) is None
+    assert rotated.message_id(42, "acme.example") == replaced.message_id(42, "acme.example")
+
+
+def test_keys_are_separated_by_commas_only() -> None:
+    assert split_keys(" new ,old,,new ") == ["new", "old"]
+    # A passphrase with spaces stays one key, as it was before keys could be several.
+    assert split_keys("correct horse battery") == ["correct horse battery"]
+    assert Signer("a,b").fingerprints == [Signer("a").fingerprints[0], Signer("b").fingerprints[0]]
+    with pytest.raises(ValueError):
+        Signer(" , ")
