@@ -6,7 +6,8 @@ business logic: the tick asks tracking and the dispatcher to do one unit of work
 database says what is due.
 
 ``Daemon.start`` builds everything (a busy port, an unreachable database or, on SQLite, a
-second daemon on the same file is one clear error before anything runs), ``serve`` answers
+second daemon on the same file is one clear error before anything runs; a secret key that no
+longer verifies mail of the last 30 days is a loud line, nurture.keys), ``serve`` answers
 HTTP until SIGTERM or SIGINT, ``stop`` stops claiming, lets the mail already on the wire finish
 (at most ``NURTURE_SHUTDOWN_TIMEOUT_SECONDS``) and every outcome be recorded, puts back what
 was claimed but not started (due at once for the next worker), then closes the connections.
@@ -29,6 +30,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import IO
 
 import uvicorn
@@ -37,6 +39,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from nurture import edits
 from nurture.config import Settings
 from nurture.db.migrate import ensure_schema
+from nurture.errors import ConfigError
+from nurture.keys import check_keys
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
@@ -110,11 +114,25 @@ class Daemon:
         outbox = None
         smtp = None
         if settings.uses_catcher:
-            if self.worker:
-                outbox, smtp = self._start_catcher()
-            else:  # the worker's catcher writes it; this process shows it at /outbox
-                outbox = Outbox(settings.outbox_dir)
+            try:
+                if self.worker:
+                    outbox, smtp = self._start_catcher()
+                else:  # the worker's catcher writes it; this process shows it at /outbox
+                    outbox = Outbox(settings.outbox_dir)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot keep the catcher's mail in {settings.outbox_dir}: "
+                    f"{exc.strerror or exc}; NURTURE_DATA_DIR must be a folder nurture can write"
+                ) from None
+        # A key file generated now, beside a database that has sent mail: its data folder
+        # was probably lost (an ephemeral container), and every link sent with it.
+        generated = (
+            None
+            if settings.secret_key or settings.secret_key_file.exists()
+            else settings.secret_key_file
+        )
         self.services = build_services(settings, smtp=smtp)
+        await asyncio.to_thread(self._check_keys, generated)
         if self.worker:
             await asyncio.to_thread(self._register)
         settle_heap()
@@ -213,6 +231,17 @@ class Daemon:
             settings.imap_poll_seconds,
             extra={"action": "imap_enabled"},
         )
+
+    def _check_keys(self, generated: Path | None) -> None:
+        assert self.services is not None
+        for problem in check_keys(
+            self.services.store,
+            self.services.signer,
+            now=self.services.clock.now(),
+            record=self.worker,  # the worker signs; a web process only verifies
+            generated=generated,
+        ):
+            log.error("%s", problem, extra={"action": "secret_key_changed"})
 
     def _register(self) -> None:
         assert self.services is not None

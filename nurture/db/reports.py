@@ -154,6 +154,11 @@ class ReportStore:
         q = select(func.count()).where(E.status == EnrollmentStatus.active.value, E.due_at <= now)
         return int(self._conn.scalar(q) or 0)
 
+    def sent_between(self, start: datetime, end: datetime) -> int:
+        """Emails the relay took from ``start`` to ``end``: what a key signed in that time."""
+        q = select(func.count()).where(M.sent_at >= start, M.sent_at <= end)
+        return int(self._conn.scalar(q) or 0)
+
     def message_counts(self) -> dict[str, int]:
         q = select(M.status, func.count()).group_by(M.status)
         return {status: n for status, n in self._conn.execute(q)}
