@@ -10,23 +10,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nurture.config import Settings, load_settings, unknown_variables
+from nurture.config import Settings, check_unknown_variables, load_settings
 from nurture.errors import ConfigError, NurtureError, SequenceError, SubscribeError
 
 if TYPE_CHECKING:
     from nurture.services import Services
 
-__all__ = ["main"]
+__all__ = ["main", "shown"]
 
-log = logging.getLogger("nurture.cli")
+# C0 but tab and newline, DEL, C1: what a terminal may take as a command.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: object) -> str:
+    """Text that came from outside (a form, a CSV, an inbound From, a relay's answer) as it
+    may reach the operator's terminal: control characters written out (ESC as \\x1b), so
+    that none can retitle, clear or rewrite the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    # A typo such as NURTURE_SMTP_HOTS would otherwise send production mail to the catcher.
+    check_unknown_variables()
     overrides: dict[str, Any] = {}
     if getattr(args, "sequences", None):
         overrides["sequences_dir"] = args.sequences
@@ -35,8 +46,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(**overrides)
     if args.command == "run":
         _logging(settings.log_level, settings.log_format)
-    for warning in unknown_variables():
-        log.warning("%s", warning, extra={"action": "unknown_setting"})
     return settings
 
 
@@ -94,7 +103,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     with services.store.transaction() as tx:
         stranded = edits.stranded(services.journey, tx)
     for line in edits.describe_stranded(stranded):
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     if not stranded:
         print("ok  nobody in the database waits at a step these files do not have")
     return 1 if stranded else 0
@@ -211,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for seq_id, steps in layout:
         counts = by_seq.get(seq_id, {})
         total = sum(sum(v.values()) for v in counts.values())
-        print(f"\n{seq_id}: {total} enrollments")
+        print(shown(f"\n{seq_id}: {total} enrollments"))
         print(
             f"  {'step':<16}{'waiting':>9}{'held':>7}{'completed':>11}"
             f"{'human clicks':>14}{'bot clicks':>12}  left (why)"
@@ -223,9 +232,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             k = clicks.get((seq_id, step_id), {})
             print(
-                f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
-                f"{c.get('completed', 0):>11}{k.get('human', 0):>14}{k.get('bot', 0):>12}"
-                f"  {left or '-'}"
+                shown(
+                    f"  {step_id:<16}{c.get('active', 0):>9}{c.get('held', 0):>7}"
+                    f"{c.get('completed', 0):>11}{k.get('human', 0):>14}{k.get('bot', 0):>12}"
+                    f"  {left or '-'}"
+                )
             )
     if layout:
         print(STATUS_LEGEND)
@@ -239,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     if pause is not None:
         print(
-            f"SENDING PAUSED since {pause.since:%Y-%m-%d %H:%M:%S} UTC: {pause.reason}\n"
+            f"SENDING PAUSED since {pause.since:%Y-%m-%d %H:%M:%S} UTC: {shown(pause.reason)}\n"
             f"  retried at {pause.until:%Y-%m-%d %H:%M:%S} UTC; `nurture resume` retries now"
         )
     if inbound:
@@ -268,10 +279,10 @@ def cmd_inbound(args: argparse.Namespace) -> int:
         kept = f"  (kept: nurture inbound --raw {r.id})" if r.kept else ""
         print(
             f"{r.id:>6}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.source or '-':<8}"
-            f"{r.kind or '-':<11}{r.status.value:<11}{r.sender or '-'}"
+            f"{r.kind or '-':<11}{r.status.value:<11}{shown(r.sender or '-')}"
         )
         if r.note:
-            print(f"        {r.note}{kept}")
+            print(f"        {shown(r.note)}{kept}")
     return 0
 
 
@@ -280,7 +291,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if pause is None:
         print("sending was not paused")
     else:
-        print(f"sending resumes at the next tick (it was paused: {pause.reason})")
+        print(f"sending resumes at the next tick (it was paused: {shown(pause.reason)})")
     return 0
 
 
@@ -372,15 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SequenceError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            print(shown(problem), file=sys.stderr)
         n = len(exc.problems)
         print(f"{n} problem{'s' if n != 1 else ''} found", file=sys.stderr)
         return 1
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {shown(exc)}", file=sys.stderr)
         return 1
     except NurtureError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return 1
 
 

@@ -131,6 +131,12 @@ def _settings_of(args: argparse.Namespace) -> Any:
     return _settings(args)
 
 
+def _shown(text: object) -> str:
+    from nurture.cli import shown
+
+    return shown(text)
+
+
 def _fields_of(pairs: list[str]) -> dict[str, str]:
     from nurture.cli import _fields
 
@@ -162,7 +168,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     for refused in report.refused:
         print(
-            f"{args.file}:{refused.line}: {refused.email or '-'}: {refused.reason}", file=sys.stderr
+            _shown(f"{args.file}:{refused.line}: {refused.email or '-'}: {refused.reason}"),
+            file=sys.stderr,
         )
     print(
         f"{report.rows} rows: {report.enrolled} enrolled in {args.sequence}, "
@@ -200,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             sequence_id=args.sequence,
             since=_since(args.since),
         )
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(report, indent=2) if args.json else _shown(format_report(report)))
     return 0
 
 
@@ -282,7 +289,8 @@ def cmd_person(args: argparse.Namespace) -> int:
         )
     if story is None:
         raise SubscribeError(f"no subscriber {address}")
-    print(json.dumps(story, indent=2) if args.json else format_story(story))
+    # JSON escapes every control character itself.
+    print(json.dumps(story, indent=2) if args.json else _shown(format_story(story)))
     return 0
 
 

@@ -20,8 +20,16 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nurture.errors import ConfigError
+from nurture.tokens import split_keys
 
-__all__ = ["Settings", "SmtpTls", "load_settings", "unknown_variables", "ensure_secret_key"]
+__all__ = [
+    "Settings",
+    "SmtpTls",
+    "load_settings",
+    "unknown_variables",
+    "check_unknown_variables",
+    "ensure_secret_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,7 @@ class Settings(BaseSettings):
     max_rate: str | None = None
     catcher_port: int = Field(default=0, ge=0, le=65535)
 
+    # Several keys, comma-separated, rotate it: the first signs, every one verifies.
     secret_key: str | None = None
     api_token: str | None = None
     reply_address: str | None = Field(
@@ -149,6 +158,9 @@ class Settings(BaseSettings):
     pause_seconds: float = Field(default=300.0, gt=0)  # first pause; doubles while it recurs
     pause_max_seconds: float = Field(default=3600.0, gt=0)
     log_level: str = "INFO"
+    # NURTURE_* names that are not nurture's (another tool's, a newer nurture's), comma-separated,
+    # or "*": start in spite of them. Any other unknown name stops start-up.
+    ignore_settings: str | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -195,6 +207,13 @@ class Settings(BaseSettings):
 
         if value is not None:
             parse_rate(value) if info.field_name == "max_rate" else parse_rates(value)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: str | None) -> str | None:
+        if value is not None and not split_keys(value):
+            raise ValueError("must hold a key (several, to rotate it: NEW,OLD)")
         return value
 
     @field_validator("log_level")
@@ -246,18 +265,36 @@ def unknown_variables(
     environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
 ) -> list[str]:
     """One sentence per ``NURTURE_*`` variable (in the environment or ``.env``) that no setting
-    has: a typo such as NURTURE_SMTP_HOTS would otherwise be ignored without a word, and mail
-    would quietly go to the built-in catcher."""
+    has, and ``NURTURE_IGNORE_SETTINGS`` does not name: a typo such as NURTURE_SMTP_HOTS would
+    otherwise be ignored, and production mail would go to the built-in catcher."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | NOT_SETTINGS
-    names = {k.upper() for k in (os.environ if environ is None else environ)}
+    values: dict[str, str | None] = {}
     if env_file.is_file():
-        names |= {k.upper() for k in dotenv_values(env_file)}
+        values |= {k.upper(): v for k, v in dotenv_values(env_file).items()}
+    values |= {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    ignored = {
+        n.strip().upper() for n in (values.get(ENV_PREFIX + "IGNORE_SETTINGS") or "").split(",")
+    }
+    if "*" in ignored:
+        return []
     out = []
-    for name in sorted(n for n in names if n.startswith(ENV_PREFIX) and n not in known):
+    for name in sorted(n for n in values if n.startswith(ENV_PREFIX) and n not in known | ignored):
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        out.append(f"unknown setting {name} is ignored{hint}")
+        hint = f"did you mean {close[0]}?" if close else "no setting is called that"
+        out.append(f"unknown setting {name}; {hint}")
     return out
+
+
+def check_unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+) -> None:
+    """A ConfigError naming every unknown ``NURTURE_*`` variable, with the way past it."""
+    unknown = unknown_variables(environ, env_file)
+    if unknown:
+        raise ConfigError(
+            "; ".join(unknown)
+            + " (a name that is not nurture's: list it in NURTURE_IGNORE_SETTINGS)"
+        )
 
 
 def ensure_secret_key(settings: Settings) -> Settings:
@@ -265,13 +302,21 @@ def ensure_secret_key(settings: Settings) -> Settings:
     if settings.secret_key:
         return settings
     path = settings.secret_key_file
-    if path.exists():
-        key = path.read_text().strip()
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        path.touch(mode=0o600)
-        path.write_text(key + "\n")
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_urlsafe(32)
+            path.touch(mode=0o600)
+            path.write_text(key + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot keep the generated secret key in {path}: {exc.strerror or exc}; "
+            "NURTURE_DATA_DIR must be a folder nurture can write, or set NURTURE_SECRET_KEY"
+        ) from None
+    if not split_keys(key):
+        raise ConfigError(f"{path} holds no key; delete it or set NURTURE_SECRET_KEY")
         log.warning(
             "NURTURE_SECRET_KEY is not set: generated one and kept it in %s; "
             "every process that signs or checks links must share it",

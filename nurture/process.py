@@ -9,9 +9,7 @@ import socket
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy.engine import make_url
-
-from nurture.db.connect import is_sqlite, normalize_url
+from nurture.db.connect import sqlite_file
 from nurture.errors import ConfigError
 
 __all__ = ["lock_sqlite_file", "listen"]
@@ -19,13 +17,19 @@ __all__ = ["lock_sqlite_file", "listen"]
 
 def lock_sqlite_file(url: str) -> IO[str] | None:
     """One daemon per SQLite file: a lock beside it, held while the daemon runs."""
-    if not is_sqlite(url):
+    database = sqlite_file(url)  # its folder exists and is writable, or a DatabaseError
+    if database is None:
         return None
-    path = make_url(normalize_url(url)).database
-    if not path or path == ":memory:":
-        return None
+    path = str(database)
     lock_path = Path(path + ".lock")
-    handle = lock_path.open("a+")
+    try:
+        # Owner only, like the database: it names the daemon's pid.
+        handle = os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the lock file {lock_path}: {exc.strerror or exc}; its folder must "
+            "be writable by nurture"
+        ) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
