@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(default=12, ge=1)
     unknown_retry_seconds: float = Field(default=600.0, ge=0)  # resend after no known outcome
     worker_timeout_seconds: float = Field(default=30.0, gt=0)  # silent this long: gone
+    # Tests only: a file holding seconds added to this process's wall clock (re-read when it
+    # changes), to run a real daemon whose clock is off or steps (nurture.clock.OffsetClock).
+    clock_offset_file: Path | None = None
     shutdown_timeout_seconds: float = Field(default=30.0, ge=0)  # for the mail on the wire
     breaker_failures: int = Field(default=20, ge=2)  # the same refusal in a row: pause
     pause_seconds: float = Field(default=300.0, gt=0)  # first pause; doubles while it recurs

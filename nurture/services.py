@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from nurture.clickpath import ClickPath
 from nurture.clicks import ClickPolicy
-from nurture.clock import Clock, SystemClock
+from nurture.clock import Clock, system_clock
 from nurture.conditions import Conditions, condition_problems
 from nurture.config import Settings, ensure_secret_key
 from nurture.db.connect import connect_database
@@ -111,7 +111,7 @@ def build_services(
     """Raises SequenceError when the sequences do not validate: nothing starts on bad files."""
     settings = ensure_secret_key(settings)
     assert settings.secret_key
-    clock = clock or SystemClock()
+    clock = clock or system_clock(settings.clock_offset_file)
     env, catalog = load_sequences(settings)
     signer = Signer(settings.secret_key)
     store = Store(connect_database(settings.database_url))
