@@ -1,4 +1,4 @@
-"""The daemon: one process with the web app, one APScheduler tick, the IMAP reader when a
+"""The daemon: one process with the web app, the tick, the IMAP reader when a
 mailbox is configured and (without an SMTP server) the built-in mail catcher; or, to scale
 them apart, only the web app (``--role web``, as many processes as the clicks need, sharing
 one port) or only the rest (``--role worker``, as many as the sending needs). It holds no
@@ -14,7 +14,10 @@ was claimed but not started (due at once for the next worker), then closes the c
 A second signal exits at once; what it leaves claimed is taken over by the next worker.
 
 The worker says it is alive every ``NURTURE_WORKER_TIMEOUT_SECONDS / 6``; with each heartbeat
-it also takes over the mail of workers silent for longer than the timeout.
+it also takes over the mail of workers silent for longer than the timeout (both on the
+database's clock, see ``nurture.handover``). The tick, the heartbeat and the IMAP poll run on
+the event loop's monotonic clock (``nurture.periodic``): a step of the wall clock moves none
+of them.
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
 import uvicorn
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from nurture import edits
 from nurture.config import Settings
@@ -44,6 +46,7 @@ from nurture.keys import check_keys
 from nurture.mail.catcher import MaildirHandler, Outbox, SmtpServerThread
 from nurture.mail.imap import ImapMailbox, ImapSettings
 from nurture.mail.send import SmtpTarget
+from nurture.periodic import Periodic
 from nurture.process import listen, lock_sqlite_file
 from nurture.reader import MailboxReader
 from nurture.services import Services, build_services
@@ -91,11 +94,11 @@ class Daemon:
         self.services: Services | None = None
         self._socket: socket.socket | None = None
         self._catcher: SmtpServerThread | None = None
-        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._jobs: dict[str, Periodic] = {}
         self._server: _Server | None = None
         self._stopping = threading.Event()
         self._reader: MailboxReader | None = None
-        self._scheduler_started = False
+        self._started = False
         self._file_lock: IO[str] | None = None
         self._registered = False
         self._signals = 0
@@ -135,6 +138,8 @@ class Daemon:
         await asyncio.to_thread(self._check_keys, generated)
         if self.worker:
             await asyncio.to_thread(self._register)
+        else:  # a worker measures its clock with each heartbeat, the first one at once
+            await asyncio.to_thread(self.services.dispatcher.handover.check_clock)
         settle_heap()
         if self.worker:
             self._ticker = Ticker(self.services, self._stopping)
@@ -153,8 +158,9 @@ class Daemon:
                     server_header=False,
                 )
             )
-        self._scheduler.start()
-        self._scheduler_started = True
+        for job in self._jobs.values():
+            job.start()
+        self._started = True
         where = (
             f"web on http://{settings.http_host}:{self._socket.getsockname()[1]}"
             if self._socket is not None
@@ -203,16 +209,8 @@ class Daemon:
             extra={"action": "catcher_exposed", "host": host},
         )
 
-    def _schedule(self, name: str, job: object, seconds: float) -> None:
-        self._scheduler.add_job(
-            job,
-            "interval",
-            seconds=seconds,
-            id=name,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
+    def _schedule(self, name: str, job: Callable[[], Awaitable[None]], seconds: float) -> None:
+        self._jobs[name] = Periodic(name, job, seconds)
 
     def _start_imap(self) -> None:
         settings, services = self.settings, self.services
@@ -295,8 +293,8 @@ class Daemon:
             )
 
     def _poll_now(self) -> None:
-        if self._scheduler.running and not self._stopping.is_set():
-            self._scheduler.modify_job("imap", next_run_time=datetime.now(UTC))
+        if "imap" in self._jobs and not self._stopping.is_set():
+            self._jobs["imap"].now()
 
     # -- serve and stop ------------------------------------------------------------------
 
@@ -340,10 +338,10 @@ class Daemon:
             self.services.dispatcher.stopping.set()
         if self._reader is not None:
             await self._reader.stop()
+        for job in self._jobs.values():
+            await job.stop()
         if self._ticker is not None:
             await self._ticker.finish()
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
         if self._registered:
             await asyncio.to_thread(self._unregister)
         if self.services is not None:
@@ -354,7 +352,7 @@ class Daemon:
             self._socket.close()
         if self._file_lock is not None:
             self._file_lock.close()
-        if self._scheduler_started:
+        if self._started:
             log.info("stopped", extra={"action": "daemon_stopped"})
 
     def _unregister(self) -> None:

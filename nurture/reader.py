@@ -1,6 +1,7 @@
-"""The daemon's IMAP reader: a poll job on the daemon's scheduler, and a thread waiting on
-IMAP IDLE that runs the poll at once when the server announces mail. It holds no logic of
-its own: the inbox reads and handles the messages (``Inbox.poll``)."""
+"""The daemon's IMAP reader: a periodic poll job of the daemon (``nurture.periodic``, on the
+monotonic clock), and a thread waiting on IMAP IDLE that runs the poll at once when the server
+announces mail. It holds no logic of its own: the inbox reads and handles the messages
+(``Inbox.poll``)."""
 
 from __future__ import annotations
 

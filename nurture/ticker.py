@@ -1,9 +1,10 @@
 """The daemon's tick, in two lanes that never wait for each other: **judging** the clicks
 whose window closed (a yes takes effect), and **sending** (plan and send what is due, in
-slices). Both run on the scheduler's interval and when woken early (``nurture.wakeup``: a
-reply, a form, a click about to be judged). A bulk send (a fresh import's 10,000
-confirmations) runs for minutes; a person's click during it is judged on time and their next
-email goes in the next slice, since the sender claims what just fell due first.
+slices). Both run every ``NURTURE_TICK_SECONDS`` on the event loop's monotonic clock
+(``nurture.periodic``: a step of the wall clock neither stalls nor bursts them) and when woken
+early (``nurture.wakeup``: a reply, a form, a click about to be judged). A bulk send (a fresh
+import's 10,000 confirmations) runs for minutes; a person's click during it is judged on time
+and their next email goes in the next slice, since the sender claims what just fell due first.
 
 One run of each lane at a time: an interval that comes while the sender runs is skipped and
 counted, and a send that ran past its interval is one log line (at most one a minute) saying
@@ -42,7 +43,7 @@ class Ticker:
         self._running: asyncio.Future[None] | None = None
 
     async def interval(self) -> None:
-        """The scheduler's interval: judge the clicks due, and start a send unless one runs
+        """The periodic interval: judge the clicks due, and start a send unless one runs
         (then the interval is skipped and counted: a send that overruns is one log line when
         it ends, not a warning per interval)."""
         self._start_judging()
