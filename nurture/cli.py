@@ -272,9 +272,10 @@ def cmd_inbound(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(raw)
         return 0
     with services.store.transaction() as tx:
-        rows = tx.inbound.newest(args.limit)
+        rows = tx.inbound.newest(args.limit, unmatched_reports=args.unmatched)
+        unmatched = tx.inbound.unmatched_reports()
     if not rows:
-        print("no inbound mail yet")
+        print("no unmatched reports" if args.unmatched else "no inbound mail yet")
     for r in rows:
         kept = f"  (kept: nurture inbound --raw {r.id})" if r.kept else ""
         print(
@@ -283,6 +284,11 @@ def cmd_inbound(args: argparse.Namespace) -> int:
         )
         if r.note:
             print(f"        {shown(r.note)}{kept}")
+    if unmatched and not args.unmatched:
+        # Reports that referenced no email we sent to the address they name changed nobody:
+        # forged, or a real one whose relay dropped our headers (for a person to look at).
+        reports = "1 report" if unmatched == 1 else f"{unmatched} reports"
+        print(f"{reports} matched no email we sent; nobody changed (nurture inbound --unmatched)")
     return 0
 
 
@@ -361,7 +367,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--sequence", metavar="ID", help="only this sequence")
     sp = add("inbound", "inbound mail, newest first: what it was and what was done", cmd_inbound)
     sp.add_argument("--limit", type=int, default=50)
-    sp.add_argument("--raw", type=int, metavar="ID", help="print a set-aside message's bytes")
+    sp.add_argument("--raw", type=int, metavar="ID", help="print a kept message's bytes")
+    sp.add_argument(
+        "--unmatched",
+        action="store_true",
+        help="only delivery and abuse reports that matched no email we sent (they changed nobody)",
+    )
     add("resume", "resume sending now after a pause (the relay refused us)", cmd_resume)
     sp = add("move", "move everyone waiting at a step to another step of its sequence", cmd_move)
     sp.add_argument("sequence")

@@ -3,8 +3,10 @@ mailbox, the outbox's reply form), recognised once and acted on.
 
 Each message is deduplicated on its identity and classified (``nurture.mail.classify``); a
 person's reply to the current step is the micro-yes; an out-of-office moves the wait to the
-return date; a permanent bounce or an abuse report stops the person's mail; what cannot be
-read is set aside, visible in ``nurture inbound``, and never blocks the messages after it.
+return date; a permanent bounce or an abuse report stops the person's mail, when it references
+an email we sent to that person (any other is kept as an unmatched report and changes nobody);
+what cannot be read is set aside, visible in ``nurture inbound``, and never blocks the messages
+after it.
 ``poll`` reads the IMAP mailbox (``nurture.mail.imap`` speaks the protocol).
 """
 
@@ -21,7 +23,7 @@ from nurture.db.messages import MessageRow
 from nurture.db.store import Store, Tx
 from nurture.errors import TokenError
 from nurture.journey import Journey
-from nurture.mail.classify import InboundKind
+from nurture.mail.classify import Classification, InboundKind
 from nurture.mail.imap import ImapFolder, ImapMailbox
 from nurture.mail.inbound import MAX_INBOUND_BYTES, InboundMail, parse_inbound
 from nurture.sequences import Catalog
@@ -113,12 +115,28 @@ class Inbox:
             if inbound_id is None:
                 return InboundResult(InboundStatus.duplicate)
             if kind in _REPORTS:
-                result = self._report(tx, mail, now=now, trusted=trusted)
+                result = self._report(tx, mail, now=now)
             else:
                 result = self._reply(tx, mail, now=now, source=source, trusted=trusted)
+            # A report that matched nothing is kept whole: a real one whose relay dropped our
+            # headers can be read (nurture inbound --raw) and acted on by hand.
+            unmatched_report = kind in _REPORTS and result.status is InboundStatus.unmatched
             tx.inbound.finish(
-                inbound_id, status=result.status, matched=result.message_id, note=result.outcome
+                inbound_id,
+                status=result.status,
+                matched=result.message_id,
+                note=result.outcome,
+                raw=raw if unmatched_report else None,
             )
+        if unmatched_report:
+            log.warning(
+                "inbound %s from %s matched no email we sent; nobody changed: %s",
+                kind.value,
+                source.value,
+                result.outcome,
+                extra={"action": "report_unmatched", "kind": kind.value},
+            )
+            return result
         log.info(
             "inbound %s from %s: %s %s",
             kind.value,
@@ -291,60 +309,111 @@ class Inbox:
 
     # -- reports -------------------------------------------------------------------------
 
-    def _report(self, tx: Tx, mail: InboundMail, *, now: datetime, trusted: bool) -> InboundResult:
-        """A delivery report or an abuse report: find whom it is about, then act."""
-        c = mail.classification
-        original = self._verp(tx, mail)
-        for header_id in [] if original is not None else c.original_ids + mail.in_reply_to:
+    def _referenced(self, tx: Tx, mail: InboundMail) -> dict[int, tuple[MessageRow, str]]:
+        """The emails of ours a report points at, each with how: the signed VERP address it
+        was sent back to, our signed Message-ID in the returned headers, an
+        Original-Message-ID field, or In-Reply-To/References. Nothing else ties a report to
+        anyone: a report is as easy to forge as any email."""
+        found: dict[int, tuple[MessageRow, str]] = {}
+        verp = self._verp(tx, mail)
+        if verp is not None:
+            found[verp.id] = (verp, "verp")
+        for header_id in mail.classification.original_ids + mail.in_reply_to:
             number = self.signer.read_message_id(header_id)
-            if number is not None and (found := tx.outbox.get(number)) is not None:
-                original = found
-                break
-        named = set(c.permanent if c.kind is InboundKind.bounce else ())
-        if c.kind is InboundKind.complaint and c.complainant:
-            named.add(c.complainant)
-        targets: dict[int, str] = {}
-        if trusted:
-            for address in named:
-                sub = tx.subscribers.by_email(address)
-                if sub is not None:
-                    targets[sub.id] = address
-        if original is not None and not targets:
-            sub = tx.subscribers.get(original.subscriber_id)
-            if c.kind is InboundKind.complaint or sub.email in named or not named:
-                targets[sub.id] = sub.email
-        status = InboundStatus(c.kind.value)
-        if c.kind in _STOPS and not targets:
+            if number is not None and number not in found:
+                row = tx.outbox.get(number)
+                if row is not None:
+                    found[number] = (row, "message_id")
+        return found
+
+    def _report(self, tx: Tx, mail: InboundMail, *, now: datetime) -> InboundResult:
+        """A delivery or an abuse report acts only on what we sent: each address it names
+        counts when one of the emails it references went to that address; an address named
+        alongside is not ours to touch. A report that matches nobody is kept, with why, and
+        stops nobody: the replies mailbox is every email's Reply-To, so anyone who got one
+        email can send it a "report" from any sender naming any list of addresses."""
+        c = mail.classification
+        referenced = self._referenced(tx, mail)
+        sent_to: dict[str, tuple[MessageRow, str]] = {}
+        for message, how in referenced.values():
+            address = tx.subscribers.get(message.subscriber_id).email.lower()
+            sent_to.setdefault(address, (message, how))
+        if c.kind is InboundKind.report:
+            first = next(iter(referenced.values()), None)
+            if first is not None:
+                self._event(tx, first[0], c, how=first[1], outcome="recorded", now=now)
             return InboundResult(
-                InboundStatus.unmatched, f"{c.kind.value} about no known subscriber"
+                InboundStatus.report, f"recorded: {c.reason}", first[0].id if first else None
             )
-        message_id = original.id if original is not None else None
-        if c.kind in _STOPS:
-            subscriber_status, reason, outcome = _STOPS[c.kind]
-            for subscriber_id in targets:
+        named = _named(c)
+        if named:
+            matched = {a: sent_to[a] for a in named if a in sent_to}
+        else:
+            # An abuse report whose recipient was redacted: our signed reference alone
+            # says whom, as long as it says one person.
+            matched = dict(sent_to) if len(sent_to) == 1 else {}
+        if not matched:
+            why = _unmatched_why(c.kind, named, referenced)
+            return InboundResult(InboundStatus.unmatched, why)
+        others = [a for a in named if a not in matched]
+        for message, how in matched.values():
+            if c.kind in _STOPS:
+                subscriber_status, reason, outcome = _STOPS[c.kind]
                 self.journey.stop_person(
-                    tx, subscriber_id, status=subscriber_status, reason=reason, now=now
+                    tx, message.subscriber_id, status=subscriber_status, reason=reason, now=now
                 )
-                tx.events.add(
-                    subscriber_id=subscriber_id,
-                    message_id=message_id,
-                    kind=EventKind(c.kind.value),
-                    outcome=outcome,
-                    detail={"why": c.reason},
-                    now=now,
-                )
-            who = ", ".join(sorted(targets.values()))
-            return InboundResult(status, f"{subscriber_status.value}: {who}", message_id)
-        if original is not None:
-            tx.events.add(
-                subscriber_id=original.subscriber_id,
-                message_id=original.id,
-                kind=EventKind(c.kind.value),
-                outcome="recorded",
-                detail={"why": c.reason},
-                now=now,
-            )
-        return InboundResult(status, f"recorded: {c.reason}", message_id)
+            else:
+                outcome = "recorded"
+            self._event(tx, message, c, how=how, outcome=outcome, now=now)
+        done = _STOPS[c.kind][0].value if c.kind in _STOPS else "recorded"
+        note = f"{done}: {', '.join(sorted(matched))}"
+        if others:
+            note += f"; not the recipient of an email it references: {_some(others)}"
+        first_message = next(iter(matched.values()))[0]
+        return InboundResult(InboundStatus(c.kind.value), note, first_message.id)
+
+    @staticmethod
+    def _event(
+        tx: Tx, message: MessageRow, c: Classification, *, how: str, outcome: str, now: datetime
+    ) -> None:
+        tx.events.add(
+            subscriber_id=message.subscriber_id,
+            message_id=message.id,
+            kind=EventKind(c.kind.value),
+            outcome=outcome,
+            detail={"why": c.reason, "matched_by": how},
+            now=now,
+        )
+
+
+def _named(c: Classification) -> tuple[str, ...]:
+    """The recipients a report is about: a DSN's failed ones (Final-Recipient, or
+    Original-Recipient where given), an abuse report's Original-Rcpt-To, else the returned
+    copy's To."""
+    if c.kind is InboundKind.bounce:
+        return c.permanent
+    if c.kind is InboundKind.delay:
+        return c.temporary
+    if c.complainant:
+        return (c.complainant,)
+    return c.returned_to
+
+
+def _some(addresses: list[str] | tuple[str, ...], shown: int = 5) -> str:
+    more = len(addresses) - shown
+    return ", ".join(addresses[:shown]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _unmatched_why(
+    kind: InboundKind, named: tuple[str, ...], referenced: dict[int, tuple[MessageRow, str]]
+) -> str:
+    about = f"{kind.value} naming {_some(named)}" if named else f"{kind.value} naming nobody"
+    if not referenced:
+        return f"{about}: references no email we sent (no VERP address, no Message-ID of ours)"
+    ids = ", ".join(str(n) for n in referenced)
+    if not named:
+        return f"{about}: references emails to more than one person (messages {ids})"
+    return f"{about}: not the recipient of the email it references (message {ids})"
 
 
 def _reply_regex(pattern: str) -> re.Pattern[str]:

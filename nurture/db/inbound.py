@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -15,6 +16,8 @@ from nurture.vocabulary import InboundSource, InboundStatus
 __all__ = ["InboundRow", "InboundStore", "MailboxStore"]
 
 N = INBOUND.c
+# The kinds of inbound mail that are reports about an email (nurture.mail.classify).
+REPORT_KINDS = ("bounce", "delay", "complaint")
 I = IMAP_STATE.c  # noqa: E741
 
 
@@ -27,7 +30,7 @@ class InboundRow:
     status: InboundStatus
     sender: str | None
     note: str | None
-    kept: bool  # its raw bytes were kept (it was set aside)
+    kept: bool  # its raw bytes were kept (set aside, or a report that matched nothing)
 
 
 class InboundStore:
@@ -62,15 +65,28 @@ class InboundStore:
         return insert_new(self._conn, INBOUND, values)
 
     def finish(
-        self, inbound_id: int, *, status: InboundStatus, matched: int | None, note: str
+        self,
+        inbound_id: int,
+        *,
+        status: InboundStatus,
+        matched: int | None,
+        note: str,
+        raw: bytes | None = None,
     ) -> None:
-        self._conn.execute(
-            update(INBOUND)
-            .where(N.id == inbound_id)
-            .values(status=status.value, matched_message_id=matched, note=note[:2000])
-        )
+        """What was done; ``raw`` keeps the message itself (a report that matched nothing)."""
+        values: dict[str, Any] = {
+            "status": status.value,
+            "matched_message_id": matched,
+            "note": note[:2000],
+        }
+        if raw is not None:
+            values["raw"] = raw
+        self._conn.execute(update(INBOUND).where(N.id == inbound_id).values(values))
 
-    def newest(self, limit: int) -> list[InboundRow]:
+    def newest(self, limit: int, *, unmatched_reports: bool = False) -> list[InboundRow]:
+        """The newest inbound messages; ``unmatched_reports``: only the delivery and abuse
+        reports that referenced no email we sent to the address they name (they changed
+        nobody)."""
         q = select(
             N.id,
             N.received_at,
@@ -81,6 +97,8 @@ class InboundStore:
             N.note,
             N.raw.is_not(None).label("kept"),
         )
+        if unmatched_reports:
+            q = q.where(N.status == InboundStatus.unmatched.value, N.kind.in_(REPORT_KINDS))
         return [
             InboundRow(
                 r.id,
@@ -98,6 +116,12 @@ class InboundStore:
     def counts(self) -> dict[str, int]:
         q = select(N.status, func.count()).group_by(N.status)
         return {status: n for status, n in self._conn.execute(q)}
+
+    def unmatched_reports(self) -> int:
+        q = select(func.count()).where(
+            N.status == InboundStatus.unmatched.value, N.kind.in_(REPORT_KINDS)
+        )
+        return int(self._conn.scalar(q) or 0)
 
     def raw(self, inbound_id: int) -> bytes | None:
         return self._conn.scalar(select(N.raw).where(N.id == inbound_id))

@@ -44,6 +44,7 @@ class Classification:
     temporary: tuple[str, ...] = ()  # addresses that failed for now
     original_ids: tuple[str, ...] = ()  # Message-IDs of our message inside a report
     complainant: str | None = None  # the address an abuse report is about
+    returned_to: tuple[str, ...] = ()  # the To of the original enclosed in a report
 
 
 _AUTO_SUBJECT = re.compile(
@@ -109,37 +110,77 @@ def _auto_reply_reason(msg: Message) -> str | None:
 
 
 _MSGID = re.compile(r"<[^<>\s]+>")
+# Where a report names the original's Message-ID itself (Gmail's DSNs, some feedback loops).
+_ORIGINAL_ID_FIELDS = ("original-message-id", "x-original-message-id")
 
 
-def _original_ids(msg: Message) -> tuple[str, ...]:
-    """Message-IDs of the original message enclosed in a report (message/rfc822 or
-    text/rfc822-headers parts)."""
-    found: list[str] = []
+def _copies(msg: Message) -> list[Message]:
+    """The headers of the original message enclosed in a report (message/rfc822 or
+    text/rfc822-headers parts; else the copy Exim and qmail put inline after a marker)."""
+    found: list[Message] = []
     for part in msg.walk():
         ctype = part.get_content_type()
         if ctype == "message/rfc822":
             inner = part.get_payload()
             inner = inner[0] if isinstance(inner, list) and inner else inner
             if isinstance(inner, Message):
-                found += _MSGID.findall(_header(inner, "Message-ID"))
+                found.append(inner)
         elif ctype in ("text/rfc822-headers", "message/rfc822-headers"):
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
-                headers = email.message_from_bytes(payload, policy=email.policy.compat32)
-                found += _MSGID.findall(_header(headers, "Message-ID"))
+                found.append(email.message_from_bytes(payload, policy=email.policy.compat32))
     if not found and msg.get_content_type() == "text/plain":
-        # Exim and qmail copy the original inline, after a marker line.
         payload = msg.get_payload(decode=True)
         body = payload if isinstance(payload, bytes) else b""
         for marker in _COPY_MARKERS:
             at = body.find(marker)
             if at >= 0:
-                copy = email.message_from_bytes(
-                    body[at + len(marker) :].lstrip(b"\r\n"), policy=email.policy.compat32
-                )
-                found += _MSGID.findall(_header(copy, "Message-ID"))
+                copy = body[at + len(marker) :].lstrip(b"\r\n")
+                found.append(email.message_from_bytes(copy, policy=email.policy.compat32))
                 break
+    return found
+
+
+def _report_fields(msg: Message) -> list[tuple[str, str]]:
+    """Every field of the machine-readable parts of a report (message/delivery-status,
+    message/feedback-report), lower-cased names, in order."""
+    fields: list[tuple[str, str]] = []
+    for part in msg.walk():
+        if part.get_content_type() not in ("message/delivery-status", "message/feedback-report"):
+            continue
+        payload = part.get_payload()
+        blocks = payload if isinstance(payload, list) else []
+        for block in blocks:
+            if isinstance(block, Message):
+                fields += [(k.strip().lower(), str(v).strip()) for k, v in block.items()]
+        if isinstance(payload, str):
+            for line in payload.splitlines():
+                name, _, value = line.partition(":")
+                if value.strip():
+                    fields.append((name.strip().lower(), value.strip()))
+    return fields
+
+
+def _original_ids(msg: Message, copies: list[Message]) -> tuple[str, ...]:
+    """Message-IDs of the original message a report is about: its enclosed copy's, and an
+    Original-Message-ID field of the report or of its machine-readable parts."""
+    found: list[str] = []
+    for copy in copies:
+        found += _MSGID.findall(_header(copy, "Message-ID"))
+    for name, value in _report_fields(msg):
+        if name in _ORIGINAL_ID_FIELDS:
+            found += _MSGID.findall(value)
+    for name in _ORIGINAL_ID_FIELDS:
+        found += _MSGID.findall(_header(msg, name))
     return tuple(dict.fromkeys(found))
+
+
+def _returned_to(copies: list[Message]) -> tuple[str, ...]:
+    """The To addresses of the enclosed original (whom it was sent to, as the report shows
+    it; a redacted "To: redacted" holds none)."""
+    values = [str(v) for copy in copies for v in copy.get_all("To", [])]
+    found = (a.lower() for _, a in email.utils.getaddresses(values))
+    return tuple(dict.fromkeys(a for a in found if "@" in a))
 
 
 _COPY_MARKERS = (
@@ -203,10 +244,16 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
     """Classify one inbound message. ``today`` is the day it was received (out-of-office
     return dates are looked for after it)."""
     report = _report_type(msg)
+    copies = _copies(msg) if report or _looks_like_bounce(msg) else []
+    ids, returned_to = _original_ids(msg, copies), _returned_to(copies)
     if report == "feedback-report":
         who, kind = _feedback(msg)
         return Classification(
-            InboundKind.complaint, f"ARF {kind}", original_ids=_original_ids(msg), complainant=who
+            InboundKind.complaint,
+            f"ARF {kind}",
+            original_ids=ids,
+            complainant=who,
+            returned_to=returned_to,
         )
     if report == "delivery-status" or _looks_like_bounce(msg):
         # flufl.bounce reads the compat32 object model.
@@ -217,7 +264,6 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
             temporary, permanent = all_failures(legacy)
         except Exception:  # noqa: BLE001 - a detector's bug must not lose the message
             temporary, permanent = frozenset(), frozenset()
-        ids = _original_ids(msg)
         if permanent and not report and _looks_like_warning(msg):
             temporary, permanent = temporary | permanent, frozenset()
         if permanent:
@@ -227,6 +273,7 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
                 permanent=_addresses(permanent),
                 temporary=_addresses(temporary),
                 original_ids=ids,
+                returned_to=returned_to,
             )
         if temporary:
             return Classification(
@@ -234,15 +281,14 @@ def classify(msg: EmailMessage, *, today: date) -> Classification:
                 "delivery delayed",
                 temporary=_addresses(temporary),
                 original_ids=ids,
+                returned_to=returned_to,
             )
         if report:
             return Classification(
                 InboundKind.report, "delivery report without failures", original_ids=ids
             )
     elif report:
-        return Classification(
-            InboundKind.report, f"report-type={report}", original_ids=_original_ids(msg)
-        )
+        return Classification(InboundKind.report, f"report-type={report}", original_ids=ids)
     reason = _auto_reply_reason(msg)
     if reason is not None:
         return Classification(

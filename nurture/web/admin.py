@@ -169,6 +169,7 @@ async def dashboard(request: Request) -> Response:
                 "report": report,
                 "story": story,
                 "inbound": tx.inbound.newest(15),
+                "unmatched": tx.inbound.newest(15, unmatched_reports=True),
                 "messages": tx.reports.message_counts(),
                 "pause": tx.control.pause(),
             }

@@ -109,6 +109,11 @@ Emails (steps' and reminders'), by status: {% for k, v in messages|dictsort %}{{
 {% if not inbound %}<p>None yet.</p>{% else %}<table><tr><th>received (UTC)</th><th>from</th><th>kind</th><th>status</th><th>what was done</th></tr>
 {% for r in inbound %}<tr><td>{{ r.received_at.strftime('%Y-%m-%d %H:%M') }}</td><td>{{ r.sender or '-' }}</td>
 <td>{{ r.kind or '-' }}</td><td>{{ r.status.value }}</td><td>{{ r.note or '' }}</td></tr>{% endfor %}</table>{% endif %}
+{% if unmatched %}<h2 id="unmatched-reports">Reports that matched no email we sent</h2>
+<p class="muted">Bounces and complaints that reference no email nurture sent to the address they name: nobody was changed. Each is kept (<code>nurture inbound --raw ID</code>).</p>
+<table><tr><th>id</th><th>received (UTC)</th><th>from</th><th>kind</th><th>why</th></tr>
+{% for r in unmatched %}<tr><td>{{ r.id }}</td><td>{{ r.received_at.strftime('%Y-%m-%d %H:%M') }}</td><td>{{ r.sender or '-' }}</td>
+<td>{{ r.kind }}</td><td>{{ r.note or '' }}</td></tr>{% endfor %}</table>{% endif %}
 {% endblock %}""",
     "outbox_message.html": """{% extends "base.html" %}{% block main %}
 <p><a href="/outbox">&larr; Outbox</a></p>

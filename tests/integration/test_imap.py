@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.db import EVENTS, rows
 from support.dovecot import Dovecot
 from support.mail import reply
+from support.reports import CORPUS_NAMED, corpus, dsn
 from support.smtp import Caught
 from support.world import World
 
 from nurture.mail.imap import ImapMailbox
+from nurture.vocabulary import EnrollmentStatus
 
 
 @pytest.fixture
@@ -172,3 +175,62 @@ def test_an_idle_refused_once_is_an_error_to_retry_not_the_end_of_idle() -> None
         mailbox = ImapMailbox(ImapSettings("127.0.0.1", server.port, "u", "p", SmtpTls.none))
         with pytest.raises(imaplib.IMAP4.error, match="IDLE refused"):
             mailbox.wait_for_mail(timeout=5)
+
+
+# -- reports act only on what we sent (issue 20, finding 1) ---------------------------------
+
+REPORTS = ("bounce", "delay", "complaint")
+
+
+def test_reports_found_in_the_wild_about_emails_we_never_sent_change_nobody(
+    world: World, dovecot: Dovecot
+) -> None:
+    """The corpus of real-world bounces, delays and abuse reports (Postfix, Exim, qmail,
+    Office 365, Gmail, Yahoo, Microsoft's JMRP...) names people who are on the list, but the
+    emails it returns are not ours; and a forged DSN naming ten people. The mailbox is
+    trusted (it is ours), the reports are not: nobody is bounced or complained."""
+    named = sorted({a for a in CORPUS_NAMED.values() if a is not None})
+    people = [*named, *(f"reader{n}@example.com" for n in range(10))]
+    for email in people:
+        world.first_email(email, confirmed=True)
+    for file in CORPUS_NAMED:
+        dovecot.append(corpus(file))
+    dovecot.append(dsn(people[len(named) :], sender="postmaster@outside.example"))
+    assert poller(world, dovecot).poll_once() == len(CORPUS_NAMED) + 1
+    with world.services.store.transaction() as tx:
+        assert tx.inbound.counts() == {"unmatched": len(CORPUS_NAMED) + 1}
+        kept = tx.inbound.newest(50, unmatched_reports=True)
+        assert len(kept) == len(CORPUS_NAMED) + 1 and all(r.kept for r in kept)
+        for email in people:
+            person = tx.subscribers.by_email(email)
+            assert person is not None and person.status == "confirmed", email
+    for email in people:
+        assert world.state(email).status is EnrollmentStatus.active, email
+    assert [e for e in rows(world.services.store, EVENTS) if e.kind in REPORTS] == []
+
+
+def test_reports_found_in_the_wild_about_our_emails_act_on_exactly_their_recipient(
+    world: World, dovecot: Dovecot
+) -> None:
+    """The same corpus, each report rewritten to return one of our emails and name its
+    recipient: each format still finds its person, and only them."""
+    bystander = world.first_email("bystander@example.com", confirmed=True)
+    expected: dict[str, str] = {}
+    for n, file in enumerate(CORPUS_NAMED):
+        email = f"person{n}@example.com"
+        mail = world.first_email(email, confirmed=True)
+        dovecot.append(corpus(file, about=mail))
+        expected[email] = file.split("-", 1)[0]  # bounce, delay or complaint
+    assert poller(world, dovecot).poll_once() == len(CORPUS_NAMED)
+    with world.services.store.transaction() as tx:
+        assert tx.inbound.counts() == {"bounce": 6, "delay": 3, "complaint": 4}
+        for email, kind in expected.items():
+            person = tx.subscribers.by_email(email)
+            assert person is not None
+            status = {"bounce": "bounced", "delay": "confirmed", "complaint": "complained"}
+            assert person.status == status[kind], (email, kind)
+        assert tx.subscribers.by_email(bystander.recipient).status == "confirmed"  # type: ignore[union-attr]
+    events = [e for e in rows(world.services.store, EVENTS) if e.kind in REPORTS]
+    assert sorted((e.subscriber_id, e.kind) for e in events) == sorted(
+        (world.subscriber_id(email), kind) for email, kind in expected.items()
+    )

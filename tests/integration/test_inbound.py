@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from email.utils import make_msgid
+from pathlib import Path
 
 import httpx
 import pytest
-from support.db import INBOUND, rows
+from support.db import EVENTS, INBOUND, rows
 from support.mail import reply
-from support.smtp import Caught
-from support.web import ServedApp
+from support.reports import arf, dsn
+from support.web import ServedApp, served_client
 from support.world import MakeWorld, World
 
 from nurture.vocabulary import EnrollmentStatus as Status
@@ -31,48 +35,10 @@ def trusted(make_world: MakeWorld) -> Iterator[tuple[World, httpx.Client]]:
         yield world, http
 
 
-def dsn(original: Caught, status: str, action: str) -> bytes:
-    return (
-        "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
-        "To: ada@acme.example\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: {make_msgid(domain='mx.example.com')}\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
-        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n"
-        "\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.example.com\r\n\r\n"
-        f"Final-Recipient: rfc822; {original.recipient}\r\n"
-        f"Action: {action}\r\nStatus: {status}\r\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n"
-        "\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        f"From: ada@acme.example\r\nTo: {original.recipient}\r\n"
-        f"Message-ID: {original.message['Message-ID']}\r\nSubject: {original.subject}\r\n"
-        "\r\n--B--\r\n"
-    ).encode()
-
-
-def arf(original: Caught) -> bytes:
-    return (
-        "From: feedback@isp.example\r\nTo: abuse@acme.example\r\n"
-        "Subject: FW: spam report\r\n"
-        f"Message-ID: {make_msgid(domain='isp.example')}\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r\n'
-        "\r\n--F\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n"
-        "\r\n--F\r\nContent-Type: message/feedback-report\r\n\r\n"
-        "Feedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n"
-        f"Original-Rcpt-To: {original.recipient}\r\n"
-        "\r\n--F\r\nContent-Type: message/rfc822\r\n\r\n"
-        f"From: ada@acme.example\r\nTo: {original.recipient}\r\n"
-        f"Message-ID: {original.message['Message-ID']}\r\nSubject: {original.subject}\r\n\r\nhi\r\n"
-        "\r\n--F--\r\n"
-    ).encode()
-
-
 def test_a_permanent_bounce_stops_the_person(world: World) -> None:
     mail = world.first_email("bob@example.com", confirmed=True)
     result = world.services.inbox.receive(
-        dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source=InboundSource.webhook
+        dsn([mail.recipient], about=mail), now=world.clock.now(), source=InboundSource.webhook
     )
     assert result.status == "bounce"
     state = world.state("bob@example.com")
@@ -85,7 +51,9 @@ def test_a_permanent_bounce_stops_the_person(world: World) -> None:
 def test_a_delay_report_is_recorded_only(world: World) -> None:
     mail = world.first_email("dee@example.com", confirmed=True)
     result = world.services.inbox.receive(
-        dsn(mail, "4.4.1", "delayed"), now=world.clock.now(), source=InboundSource.webhook
+        dsn([mail.recipient], about=mail, status="4.4.1", action="delayed"),
+        now=world.clock.now(),
+        source=InboundSource.webhook,
     )
     assert result.status == "delay"
     assert world.state("dee@example.com").status is Status.active
@@ -94,7 +62,7 @@ def test_a_delay_report_is_recorded_only(world: World) -> None:
 def test_an_abuse_report_unsubscribes_and_marks_complained(world: World) -> None:
     mail = world.first_email("cy@example.com", confirmed=True)
     result = world.services.inbox.receive(
-        arf(mail), now=world.clock.now(), source=InboundSource.webhook
+        arf(mail.recipient, about=mail), now=world.clock.now(), source=InboundSource.webhook
     )
     assert result.status == "complaint"
     assert world.state("cy@example.com").exit_reason is ExitReason.complained
@@ -104,9 +72,10 @@ def test_an_abuse_report_unsubscribes_and_marks_complained(world: World) -> None
 
 def test_a_forged_bounce_without_our_message_id_changes_nothing(world: World) -> None:
     mail = world.first_email("eve@example.com", confirmed=True)
-    forged = dsn(mail, "5.1.1", "failed").replace(
+    forged = dsn([mail.recipient], about=mail).replace(
         mail.message["Message-ID"].encode(), b"<1.0000000000000000@acme.example>"
     )
+    assert mail.message["Message-ID"].encode() not in forged
     result = world.services.inbox.receive(
         forged, now=world.clock.now(), source=InboundSource.webhook
     )
@@ -204,15 +173,204 @@ def test_a_complaint_after_an_unsubscribe_is_remembered_as_a_complaint(world: Wo
     subscriber_id = world.subscriber_id("vi@example.com")
     assert world.services.subscriptions.unsubscribe(subscriber_id, now=world.clock.now())
     result = world.services.inbox.receive(
-        arf(mail), now=world.clock.now(), source=InboundSource.webhook
+        arf(mail.recipient, about=mail), now=world.clock.now(), source=InboundSource.webhook
     )
     assert result.status == "complaint"
     with world.services.store.transaction() as tx:
         assert tx.subscribers.get(subscriber_id).status == "complained"
     # ... and a bounce reported after the complaint does not hide it.
     world.services.inbox.receive(
-        dsn(mail, "5.1.1", "failed"), now=world.clock.now(), source=InboundSource.webhook
+        dsn([mail.recipient], about=mail), now=world.clock.now(), source=InboundSource.webhook
     )
     with world.services.store.transaction() as tx:
         assert tx.subscribers.get(subscriber_id).status == "complained"
     assert world.state("vi@example.com").exit_reason is ExitReason.unsubscribed
+
+
+# -- reports act only on what we sent (issue 20, finding 1) ---------------------------------
+#
+# The replies mailbox is every email's Reply-To: anyone who got one email can send it a
+# "bounce" or an "abuse report" naming anyone. A report counts for an address only when it
+# references an email nurture sent to that same address.
+
+LIST = [f"reader{n}@example.com" for n in range(10)]
+
+
+def untouched(world: World, *emails: str) -> None:
+    """Each is still confirmed and in the sequence, and no report event was recorded."""
+    with world.services.store.transaction() as tx:
+        for email in emails:
+            person = tx.subscribers.by_email(email)
+            assert person is not None and person.status == "confirmed", (email, person)
+    for email in emails:
+        assert world.state(email).status is Status.active, email
+    reported = [e for e in rows(world.services.store, EVENTS) if e.kind in REPORT_EVENTS]
+    for email in emails:
+        assert world.subscriber_id(email) not in {e.subscriber_id for e in reported}, email
+
+
+REPORT_EVENTS = ("bounce", "delay", "complaint")
+
+
+def test_a_forged_dsn_naming_ten_subscribers_bounces_nobody(
+    trusted: tuple[World, httpx.Client],
+) -> None:
+    """From an outside address, referencing no email of ours, naming ten people on the list:
+    it bounced all ten, even through the webhook's secret (anyone can write to the replies
+    mailbox the provider forwards)."""
+    world, http = trusted
+    for email in LIST:
+        world.first_email(email, confirmed=True)
+    forged = dsn(LIST, sender="postmaster@outside.example")
+    r = http.post("/inbound", content=forged)
+    assert r.status_code == 200
+    assert r.json()["status"] == "unmatched"
+    assert "references no email we sent" in r.json()["outcome"]
+    untouched(world, *LIST)
+    with world.services.store.transaction() as tx:
+        [kept] = tx.inbound.newest(10, unmatched_reports=True)
+        assert (kept.kind, kept.status, kept.sender) == (
+            "bounce",
+            "unmatched",
+            "postmaster@outside.example",
+        )
+        assert kept.kept and tx.inbound.raw(kept.id) == forged  # kept whole, for a person
+        assert "reader0@example.com" in (kept.note or "")
+        assert tx.inbound.unmatched_reports() == 1
+    # Nobody was bounced: the next emails still go.
+    world.clock.advance(days=30)
+    world.tick()
+    assert all(len(world.smtp.to(email)) > 1 for email in LIST)
+
+
+def test_a_forged_abuse_report_complains_nobody(trusted: tuple[World, httpx.Client]) -> None:
+    world, http = trusted
+    world.first_email("victim@example.com", confirmed=True)
+    r = http.post("/inbound", content=arf("victim@example.com", sender="abuse@outside.example"))
+    assert r.json()["status"] == "unmatched"
+    untouched(world, "victim@example.com")
+    with world.services.store.transaction() as tx:
+        [kept] = tx.inbound.newest(10, unmatched_reports=True)
+        assert kept.kind == "complaint"
+
+
+def test_a_report_on_one_of_our_emails_naming_someone_else_changes_nobody(
+    trusted: tuple[World, httpx.Client],
+) -> None:
+    """Mallory got an email: its Message-ID is real and signed. A report that returns it but
+    names another person is not about that person, nor (naming someone else) about Mallory."""
+    world, http = trusted
+    own = world.first_email("mallory@example.com", confirmed=True)
+    world.first_email("victim@example.com", confirmed=True)
+    for forged in (
+        dsn(["victim@example.com"], about=own),
+        dsn(["victim@example.com"], about=own, returned_to="victim@example.com"),
+        arf("victim@example.com", about=own),
+        arf(None, about=own, returned_to="victim@example.com"),
+    ):
+        r = http.post("/inbound", content=forged)
+        assert r.json()["status"] == "unmatched", r.json()
+        assert "not the recipient of the email it references" in r.json()["outcome"]
+    untouched(world, "mallory@example.com", "victim@example.com")
+
+
+def test_a_report_on_our_email_naming_others_too_bounces_only_its_recipient(
+    trusted: tuple[World, httpx.Client],
+) -> None:
+    """Each recipient of a report is checked on its own."""
+    world, http = trusted
+    mail = world.first_email("bob@example.com", confirmed=True)
+    for email in LIST:
+        world.first_email(email, confirmed=True)
+    r = http.post("/inbound", content=dsn([*LIST[:5], "bob@example.com", *LIST[5:]], about=mail))
+    assert r.json()["status"] == "bounce"
+    assert r.json()["outcome"].startswith("bounced: bob@example.com; not the recipient")
+    assert world.state("bob@example.com").exit_reason is ExitReason.bounced
+    untouched(world, *LIST)
+    [event] = rows(world.services.store, EVENTS, kind="bounce")
+    assert (event.subscriber_id, event.message_id) == (
+        world.subscriber_id("bob@example.com"),
+        int(mail.message["Message-ID"][1:].split(".")[0]),
+    )
+    assert event.detail["matched_by"] == "message_id"
+
+
+def test_a_genuine_abuse_report_with_the_recipient_redacted_complains_its_recipient(
+    world: World,
+) -> None:
+    """Feedback loops often redact the recipient ("To: redacted"): our signed Message-ID then
+    says whom, and it can only be the person it was sent to."""
+    mail = world.first_email("cy@example.com", confirmed=True)
+    result = world.services.inbox.receive(
+        arf(None, about=mail, returned_to="redacted"),
+        now=world.clock.now(),
+        source=InboundSource.webhook,
+    )
+    assert (result.status, result.outcome) == ("complaint", "complained: cy@example.com")
+    assert world.state("cy@example.com").exit_reason is ExitReason.complained
+
+
+def test_a_soft_bounce_counts_only_when_it_is_about_our_email(world: World) -> None:
+    mail = world.first_email("dee@example.com", confirmed=True)
+    world.first_email("fay@example.com", confirmed=True)
+    inbox = world.services.inbox
+    now = world.clock.now()
+    delayed = {"status": "4.4.1", "action": "delayed"}
+    forged = inbox.receive(
+        dsn(["dee@example.com"], **delayed), now=now, source=InboundSource.imap, trusted=True
+    )
+    elsewhere = inbox.receive(
+        dsn(["fay@example.com"], about=mail, **delayed), now=now, source=InboundSource.imap
+    )
+    assert (forged.status, elsewhere.status) == ("unmatched", "unmatched")
+    assert rows(world.services.store, EVENTS, kind="delay") == []
+    genuine = inbox.receive(
+        dsn(["dee@example.com"], about=mail, **delayed), now=now, source=InboundSource.webhook
+    )
+    assert (genuine.status, genuine.outcome) == ("delay", "recorded: dee@example.com")
+    [event] = rows(world.services.store, EVENTS, kind="delay")
+    assert event.subscriber_id == world.subscriber_id("dee@example.com")
+    untouched(world, "fay@example.com")
+    assert world.state("dee@example.com").status is Status.active
+    with world.services.store.transaction() as tx:
+        assert [r.kind for r in tx.inbound.newest(10, unmatched_reports=True)] == ["delay"] * 2
+
+
+def test_unmatched_reports_are_listed_by_nurture_inbound_and_on_the_dashboard(
+    make_world: MakeWorld, database_url: str, tmp_path: Path
+) -> None:
+    world = make_world(admin_password="s3cret")
+    world.first_email("victim@example.com", confirmed=True)
+    world.services.inbox.receive(
+        dsn(["victim@example.com"], sender="postmaster@outside.example"),
+        now=world.clock.now(),
+        source=InboundSource.webhook,
+    )
+    reply_to = world.first_email("amy@example.com", confirmed=True)
+    world.services.inbox.receive(
+        reply(reply_to, "hello"), now=world.clock.now(), source=InboundSource.webhook
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")},
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_SECRET_KEY": "test-secret-key",
+        "NURTURE_SEQUENCES_DIR": str(world.services.settings.sequences_dir),
+        "NURTURE_TEMPLATES_DIR": str(world.services.settings.templates_dir),
+    }
+    nurture = [str(Path(sys.executable).parent / "nurture"), "inbound"]
+    listed = subprocess.run(nurture, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "bounce     unmatched  postmaster@outside.example" in listed.stdout
+    assert "references no email we sent" in listed.stdout
+    assert "1 report matched no email we sent" in listed.stdout
+    only = subprocess.run(
+        [*nurture, "--unmatched"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert only.returncode == 0, only.stderr
+    assert "postmaster@outside.example" in only.stdout and "amy@example.com" not in only.stdout
+    auth = {"authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+    with served_client(world.services) as http:
+        page = http.get("/admin", headers=auth).text
+    section = page.split('id="unmatched-reports"', 1)[1]
+    assert "postmaster@outside.example" in section and "references no email we sent" in section
+    assert "amy@example.com" not in section
